@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` runs the whole DAG on the generated demo corpus,
+# `make test` runs the test suite. Both set everything up themselves (venv, packages, Debian TTS).
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# CPU runs: one BLAS thread per job; Snakemake runs jobs in parallel instead.
+export OMP_NUM_THREADS ?= 1
+CORES ?= all
+
+.PHONY: demo test setup system-deps lint dag clean
+
+setup: $(VENV)/.installed system-deps
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
+	scripts/setup_venv.sh $(VENV)
+	touch $@
+
+system-deps:
+	scripts/install_system_deps.sh
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) all
+	$(BIN)/python -m eval.report --print results/report
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow/
+	$(BIN)/snakemake --lint
+
+dag: setup
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,1 @@
+"""Zero-resource evaluation: sWUGGY, sBLIMP, tSC/sSC, ABX, PNMI, and the paper-style report."""

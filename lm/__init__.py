@@ -1,0 +1,1 @@
+"""GPT-style unit language model: data packing, training, scoring."""

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's Python 3.12 virtual environment with the pinned dependency set.
+# Idempotent: re-running only installs what constraints.txt or pyproject.toml changed.
+set -euo pipefail
+VENV="${1:-.venv}"
+
+find_python312() {
+    if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+    if command -v pyenv >/dev/null 2>&1; then
+        local prefix
+        prefix="$(pyenv prefix 3.12 2>/dev/null || true)"
+        if [[ -z "$prefix" ]]; then
+            prefix="$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1 | xargs -r pyenv prefix 2>/dev/null || true)"
+        fi
+        if [[ -n "$prefix" && -x "$prefix/bin/python3.12" ]]; then echo "$prefix/bin/python3.12"; return; fi
+    fi
+    for p in "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
+        if [[ -x "$p" ]]; then echo "$p"; return; fi
+    done
+    return 1
+}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    PY="$(find_python312)" || { echo "error: Python 3.12 not found (install it, e.g. 'pyenv install 3.12')" >&2; exit 1; }
+    echo "creating $VENV with $PY"
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -c 'import sys; assert sys.version_info[:2] >= (3, 12), sys.version' \
+    || { echo "error: $VENV is not a Python >= 3.12 environment; delete it and rerun" >&2; exit 1; }
+"$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
+# constraints.txt pins every package (the lock file); the project is installed editable on top.
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"

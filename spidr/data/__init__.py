@@ -1,0 +1,1 @@
+"""Audio corpora: reading and validating audio, manifests, and the generated demo corpus."""

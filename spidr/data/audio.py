@@ -1,0 +1,101 @@
+"""Audio reading and validation: 16 kHz mono float32 waveforms, with every bad file reported by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16_000
+# The SpidR/HuBERT conv front end has a 400-sample receptive field: anything shorter yields zero frames.
+MIN_SAMPLES = 400
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+class BadAudioError(ValueError):
+    """An audio file that cannot be used as is; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AudioCheck:
+    """What validation found about one file: `problem` is None for a good file."""
+
+    path: str
+    num_samples: int
+    sample_rate: int
+    channels: int
+    problem: str | None = None
+
+
+def check_audio(path: str | Path, *, convert: bool = False) -> AudioCheck:
+    """Read a whole file and report the first problem that makes it unusable.
+
+    With `convert`, another sample rate or several channels are not problems (they are resampled / downmixed
+    at load time); unreadable, empty, too-short and non-finite audio always is.
+    """
+    path = str(path)
+    try:
+        info = sf.info(path)
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError, ...)
+        return AudioCheck(path, 0, 0, 0, f"unreadable ({err})")
+    channels = info.channels
+    num_samples = data.shape[0]
+    if rate != SAMPLE_RATE:
+        num_samples = int(round(num_samples * SAMPLE_RATE / rate))
+    if data.shape[0] == 0:
+        return AudioCheck(path, 0, rate, channels, "empty (0 samples)")
+    if not np.isfinite(data).all():
+        return AudioCheck(path, num_samples, rate, channels, "contains NaN or Inf samples")
+    if not convert and rate != SAMPLE_RATE:
+        return AudioCheck(path, num_samples, rate, channels, f"sample rate {rate} Hz, expected {SAMPLE_RATE} Hz")
+    if not convert and channels != 1:
+        return AudioCheck(path, num_samples, rate, channels, f"{channels} channels, expected mono")
+    if num_samples < MIN_SAMPLES:
+        return AudioCheck(
+            path, num_samples, rate, channels, f"too short ({num_samples} samples < {MIN_SAMPLES}, one frame)"
+        )
+    return AudioCheck(path, num_samples, rate, channels)
+
+
+def load_audio(path: str | Path, *, convert: bool = True) -> np.ndarray:
+    """Load a file as a 1-D float32 array at 16 kHz; downmix and resample only when `convert` allows it."""
+    path = str(path)
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise BadAudioError(f"{path}: unreadable audio ({err})") from err
+    if data.shape[1] != 1:
+        if not convert:
+            raise BadAudioError(f"{path}: {data.shape[1]} channels, expected mono")
+        data = data.mean(axis=1, keepdims=True)
+    wav = data[:, 0]
+    if rate != SAMPLE_RATE:
+        if not convert:
+            raise BadAudioError(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE} Hz")
+        wav = resample(wav, rate)
+    if wav.size == 0:
+        raise BadAudioError(f"{path}: empty audio")
+    if not np.isfinite(wav).all():
+        raise BadAudioError(f"{path}: contains NaN or Inf samples")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def resample(wav: np.ndarray, rate: int) -> np.ndarray:
+    """Resample a mono waveform to 16 kHz with torchaudio's windowed-sinc resampler."""
+    import torch
+    import torchaudio.functional as AF
+
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig_freq=rate, new_freq=SAMPLE_RATE)
+    return out.numpy().astype(np.float32)
+
+
+def write_wav(path: str | Path, wav: np.ndarray) -> None:
+    """Write 16 kHz mono 16-bit PCM atomically (a killed writer never leaves a truncated wav behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    tmp.replace(path)

@@ -1,0 +1,158 @@
+"""Corpus manifests (TSV: id, path, num_samples, speaker) built from any directory of wav/flac, bad files reported.
+
+Usage: python -m spidr.data.manifest ROOT OUT.tsv [--ext flac] [--speaker dir|prefix] [--bad-audio fail|skip]
+
+`path` is stored relative to the manifest's directory when the audio lies below it, absolute otherwise, so a
+manifest can move together with its audio. `id` is the file stem (LibriSpeech: `6295-244435-0009`), which is
+also what ABX item files and unit files use to name utterances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from spidr.data.audio import AUDIO_EXTENSIONS, check_audio
+
+MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
+BAD_AUDIO_POLICIES = ("fail", "skip")
+
+
+class ManifestError(ValueError):
+    """A manifest (or the directory it is built from) is not usable; the message names the file."""
+
+
+def speaker_of(relpath: Path, how: str) -> str:
+    """Speaker id of a file: its first directory below the root (`dir`, LibriSpeech) or its stem prefix."""
+    if how == "dir":
+        if len(relpath.parts) < 2:
+            raise ManifestError(f"{relpath}: --speaker dir needs files inside speaker folders (ROOT/SPEAKER/...)")
+        return relpath.parts[0]
+    if how == "prefix":
+        stem = relpath.stem
+        for sep in ("-", "_"):
+            if sep in stem:
+                return stem.split(sep, 1)[0]
+        return stem
+    raise ManifestError(f"unknown speaker rule {how!r}; expected 'dir' or 'prefix'")
+
+
+def find_audio(root: Path, exts: tuple[str, ...]) -> list[Path]:
+    """All audio files below root, sorted, so that manifests are identical across runs and machines."""
+    if not root.is_dir():
+        raise ManifestError(f"{root}: not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    if not files:
+        raise ManifestError(f"{root}: no audio files with extension {', '.join(exts)}")
+    return files
+
+
+def build_manifest(
+    root: str | Path,
+    out: str | Path,
+    *,
+    exts: tuple[str, ...] = AUDIO_EXTENSIONS,
+    speaker: str = "dir",
+    bad_audio: str = "fail",
+    convert: bool = False,
+    threads: int = 4,
+    log=sys.stderr,
+) -> pd.DataFrame:
+    """Validate every file below root and write the manifest (and a `.skipped.tsv` of rejected files) atomically."""
+    if bad_audio not in BAD_AUDIO_POLICIES:
+        raise ManifestError(f"bad_audio={bad_audio!r}; expected one of {BAD_AUDIO_POLICIES}")
+    root, out = Path(root).resolve(), Path(out)
+    files = find_audio(root, tuple(e if e.startswith(".") else f".{e}" for e in exts))
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        checks = list(pool.map(lambda p: check_audio(p, convert=convert), files))
+
+    rows, bad = [], []
+    for path, check in zip(files, checks, strict=True):
+        if check.problem is not None:
+            bad.append((str(path), check.problem))
+            print(f"bad audio: {path}: {check.problem}", file=log)
+            continue
+        rel = path.relative_to(root)
+        rows.append((path.stem, str(path), check.num_samples, speaker_of(rel, speaker)))
+    if bad and bad_audio == "fail":
+        shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ManifestError(
+            f"{len(bad)} bad audio file(s) under {root} (set bad_audio: skip to drop and count them):\n{shown}{more}"
+        )
+    table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    duplicated = table[table["id"].duplicated(keep=False)]
+    if len(duplicated):
+        raise ManifestError(f"{root}: utterance ids (file stems) must be unique; repeated: {duplicated['path'].tolist()[:10]}")
+    write_manifest(table, out)
+    write_table(pd.DataFrame(bad, columns=["path", "problem"]), out.with_suffix(".skipped.tsv"))
+    print(f"manifest {out}: {len(table)} files, {len(bad)} skipped, "
+          f"{table['num_samples'].sum() / 16000 / 3600:.3f} h", file=log)
+    return table
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """Write a TSV atomically: a reader never sees a half-written table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, out)
+
+
+def write_manifest(table: pd.DataFrame, out: str | Path) -> None:
+    """Write a manifest, storing paths relative to its folder when the audio lies below it."""
+    out = Path(out)
+    base = out.parent.resolve()
+    table = table.copy()
+
+    def rel(p: str) -> str:
+        p = Path(p).resolve()
+        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+
+    table["path"] = table["path"].map(rel)
+    write_table(table[list(MANIFEST_COLUMNS)], out)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest, check its columns and make every path absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype={"id": str, "speaker": str, "path": str})
+    except Exception as err:
+        raise ManifestError(f"{path}: not a readable TSV manifest ({err})") from err
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
+    base = path.parent.resolve()
+    table["path"] = [str(p) if os.path.isabs(p) else str(base / p) for p in table["path"]]
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--ext", nargs="+", default=[e[1:] for e in AUDIO_EXTENSIONS])
+    parser.add_argument("--speaker", choices=["dir", "prefix"], default="dir")
+    parser.add_argument("--bad-audio", choices=BAD_AUDIO_POLICIES, default="fail")
+    parser.add_argument("--convert", action="store_true", help="accept other sample rates / multi-channel audio")
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args(argv)
+    try:
+        build_manifest(
+            args.root, args.out, exts=tuple(args.ext), speaker=args.speaker,
+            bad_audio=args.bad_audio, convert=args.convert, threads=args.threads,
+        )
+    except ManifestError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

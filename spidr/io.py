@@ -1,0 +1,55 @@
+"""Shared file helpers: atomic writes and the provenance (config + code version) every result file records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def code_version() -> str:
+    """`git describe` of the checkout this code runs from (with `-dirty`), or the package version outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, check=True, timeout=10,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"textless-slm {version('textless-slm')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def provenance(config: Any = None) -> dict[str, Any]:
+    """What produced a result: the config subset, the code version, the command line and the time."""
+    return {
+        "config": config,
+        "code_version": code_version(),
+        "command": sys.argv,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see either the old content or the whole new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
