@@ -72,7 +72,6 @@ class DemoConfig:
     tempo: tuple[float, float] = (0.85, 1.2)  # flite duration_stretch range
     pitch: tuple[float, float] = (0.85, 1.15)  # factor on the voice's median F0
     snr_db: tuple[float, float] = (15.0, 30.0)  # white noise level
-    threads: int = 2
 
     @classmethod
     def from_dict(cls, values: dict) -> DemoConfig:
@@ -274,8 +273,8 @@ def synthesize(utt: Utterance, cfg: DemoConfig) -> Utterance:
     return utt
 
 
-def synthesize_all(utts: list[Utterance], cfg: DemoConfig) -> None:
-    with ThreadPoolExecutor(max_workers=max(1, cfg.threads)) as pool:
+def synthesize_all(utts: list[Utterance], cfg: DemoConfig, threads: int) -> None:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         list(pool.map(lambda u: synthesize(u, cfg), utts))
 
 
@@ -325,9 +324,15 @@ def opaque_ids(n: int, rng: np.random.Generator) -> list[str]:
     return ids
 
 
-def generate(out: str | Path, cfg: DemoConfig) -> dict:
+def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     """Build every layout below `out`; info.json is written last, so its presence means the corpus is complete."""
     out = Path(out)
+    for owned in ("train", "dev", "sLM21", "storycloze", "info.json"):  # no stale files from an earlier config
+        target = out / owned
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
     rng = np.random.default_rng(cfg.seed)
     sentences = alice_sentences(cfg.max_words)
     order = rng.permutation(len(sentences))
@@ -413,8 +418,8 @@ def generate(out: str | Path, cfg: DemoConfig) -> dict:
                 jobs[task].append(Utterance(path, voice, " ".join([*context, ending]), (cfg.seed, 5, s)))
 
     all_jobs = [u for group in jobs.values() for u in group]
-    print(f"synthesizing {len(all_jobs)} utterances with flite ({cfg.threads} threads)", file=sys.stderr)
-    synthesize_all(all_jobs, cfg)
+    print(f"synthesizing {len(all_jobs)} utterances with flite ({threads} threads)", file=sys.stderr)
+    synthesize_all(all_jobs, cfg, threads)
 
     # Manifests, items, labels, gold files.
     for split in ("train", "dev"):
@@ -447,10 +452,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", default="{}", help="JSON object of DemoConfig fields")
+    parser.add_argument("--threads", type=int, default=2, help="parallel flite processes")
     args = parser.parse_args(argv)
     try:
         cfg = DemoConfig.from_dict(json.loads(args.config))
-        info = generate(args.out, cfg)
+        info = generate(args.out, cfg, args.threads)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps({"counts": info["counts"], "hours": info["hours"], "abx_items": info["abx_items"]}))

@@ -1,0 +1,34 @@
+"""Shared fixtures: a small generated demo corpus (flite), built once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Small enough to build in a few seconds, large enough for every layout to be non-trivial.
+SMALL_DEMO = {
+    "train_sentences": 12,
+    "train_voices_per_sentence": 2,
+    "dev_sentences": 3,
+    "lexical_pairs": 4,
+    "syntactic_pairs": 6,
+    "storycloze_stories": 3,
+}
+
+
+def require_flite() -> None:
+    if shutil.which("flite") is None:
+        pytest.skip("Debian package 'flite' is not installed (make test installs it)")
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo corpus in the official layouts (see spidr/data/demo.py), read-only for tests."""
+    require_flite()
+    from spidr.data.demo import DemoConfig, generate
+
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, DemoConfig.from_dict(SMALL_DEMO), threads=2)
+    return out
