@@ -44,7 +44,7 @@ def check_audio(path: str | Path, *, convert: bool = False) -> AudioCheck:
     channels = info.channels
     num_samples = data.shape[0]
     if rate != SAMPLE_RATE:
-        num_samples = int(round(num_samples * SAMPLE_RATE / rate))
+        num_samples = round(num_samples * SAMPLE_RATE / rate)
     if data.shape[0] == 0:
         return AudioCheck(path, 0, rate, channels, "empty (0 samples)")
     if not np.isfinite(data).all():

@@ -8,7 +8,7 @@ Wonderland* that ship with the Debian package. Every utterance gets its own rand
 
     OUT/train/manifest.tsv, train/wav/*.wav, train/text.txt   training corpus (id, path, num_samples, speaker)
     OUT/dev/manifest.tsv, dev/wav/*.wav                          held-out sentences, every voice
-    OUT/dev/triphone.item, dev/phoneme.item                      ABX items (#file onset offset #phone prev next speaker)
+    OUT/dev/triphone.item, dev/phoneme.item                      ABX items (#file onset offset #phone prev next spk)
     OUT/dev/phones_100hz.jsonl                                   {"id", "phones"}: frame i = phone at (i + 0.5) * 10 ms
     OUT/dev/alignment.tsv                                        id onset offset phone
     OUT/sLM21/lexical/dev/*.wav + gold.csv                       sWUGGY: words vs nonwords built from phones

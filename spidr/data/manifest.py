@@ -88,7 +88,8 @@ def build_manifest(
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     duplicated = table[table["id"].duplicated(keep=False)]
     if len(duplicated):
-        raise ManifestError(f"{root}: utterance ids (file stems) must be unique; repeated: {duplicated['path'].tolist()[:10]}")
+        repeated = duplicated["path"].tolist()[:10]
+        raise ManifestError(f"{root}: utterance ids (file stems) must be unique; repeated: {repeated}")
     write_manifest(table, out)
     write_table(pd.DataFrame(bad, columns=["path", "problem"]), out.with_suffix(".skipped.tsv"))
     print(f"manifest {out}: {len(table)} files, {len(bad)} skipped, "

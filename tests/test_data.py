@@ -1,0 +1,280 @@
+"""Tests of the data stage: demo corpus layouts, alignments, items, determinism, manifests and bad audio."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from spidr.data.audio import SAMPLE_RATE, BadAudioError, check_audio, load_audio
+from spidr.data.demo import DemoConfig, abx_items, frame_labels, generate, make_nonword, parse_psdur
+from spidr.data.manifest import ManifestError, build_manifest, read_manifest
+from tests.conftest import SMALL_DEMO, require_flite
+
+ARPABET = {"AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY",
+           "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z",
+           "ZH", "SIL"}
+
+
+def durations(manifest: pd.DataFrame) -> dict[str, float]:
+    return dict(zip(manifest["id"], manifest["num_samples"] / SAMPLE_RATE, strict=True))
+
+
+# --- layouts ------------------------------------------------------------------------------------------------------
+
+
+def test_manifests_point_at_16k_mono_audio(demo_corpus: Path) -> None:
+    for split, n_voices in (("train", SMALL_DEMO["train_voices_per_sentence"]), ("dev", 4)):
+        table = read_manifest(demo_corpus / split / "manifest.tsv")
+        assert list(table.columns) == ["id", "path", "num_samples", "speaker"]
+        assert len(table) == SMALL_DEMO[f"{split}_sentences"] * n_voices
+        assert table["id"].is_unique
+        for row in table.itertuples():
+            info = sf.info(row.path)
+            assert (info.samplerate, info.channels, info.frames) == (SAMPLE_RATE, 1, row.num_samples)
+            assert row.id.startswith(row.speaker)
+    # Dev sentences are held out: no dev text is in the training text.
+    assert set(read_manifest(demo_corpus / "dev/manifest.tsv")["speaker"]) == {"slt", "awb", "rms", "kal16"}
+
+
+def test_lexical_gold_is_sLM21_shaped(demo_corpus: Path) -> None:
+    root = demo_corpus / "sLM21/lexical/dev"
+    gold = pd.read_csv(root / "gold.csv")
+    assert list(gold.columns) == ["filename", "id", "voice", "frequency", "word", "phones", "length", "correct"]
+    assert len(gold) == SMALL_DEMO["lexical_pairs"] * 4 * 2
+    assert sorted(p.stem for p in root.glob("*.wav")) == sorted(gold["filename"])
+    for (pair, voice), group in gold.groupby(["id", "voice"]):
+        assert sorted(group["correct"]) == [0, 1], (pair, voice)
+        word, nonword = group[group.correct == 1].iloc[0], group[group.correct == 0].iloc[0]
+        assert word["phones"] != nonword["phones"]
+        assert word["length"] == nonword["length"] == len(word["phones"].split())
+        assert isinstance(word["word"], str) and pd.isna(nonword["word"])
+    # frequency = count in the training text, so in-vocab scoring has something to select.
+    text = (demo_corpus / "train/text.txt").read_text().split()
+    for row in gold[gold.correct == 1].itertuples():
+        assert row.frequency == text.count(row.word)
+
+
+def test_syntactic_gold_pairs_by_row_order(demo_corpus: Path) -> None:
+    root = demo_corpus / "sLM21/syntactic/dev"
+    gold = pd.read_csv(root / "gold.csv")
+    assert list(gold.columns) == ["filename", "id", "voice", "type", "subtype", "transcription", "correct"]
+    assert sorted(p.stem for p in root.glob("*.wav")) == sorted(gold["filename"])
+    # The official scorer pairs the correct==1 and correct==0 slices by position.
+    good, bad = gold[gold.correct == 1].reset_index(), gold[gold.correct == 0].reset_index()
+    assert len(good) == len(bad) == SMALL_DEMO["syntactic_pairs"] * 4
+    assert (good[["id", "voice", "type", "subtype"]] == bad[["id", "voice", "type", "subtype"]]).all().all()
+    assert (good["transcription"] != bad["transcription"]).all()
+    assert gold["type"].nunique() >= 3
+
+
+def test_storycloze_folders(demo_corpus: Path) -> None:
+    for task in ("sSC", "tSC"):
+        names = sorted((demo_corpus / "storycloze" / task).glob("*.wav"), key=lambda p: int(p.stem.split("_")[0]))
+        assert len(names) == 2 * SMALL_DEMO["storycloze_stories"]
+        for i in range(0, len(names), 2):
+            good, bad = names[i].stem.split("_"), names[i + 1].stem.split("_")
+            assert (int(good[0]), good[2]) == (i, "correct") and (int(bad[0]), bad[2]) == (i + 1, "incorrect")
+            assert good[1] == bad[1]  # same story
+
+
+# --- alignments, items, frame labels --------------------------------------------------------------------------------
+
+
+def test_alignment_covers_each_wav(demo_corpus: Path) -> None:
+    dur = durations(read_manifest(demo_corpus / "dev/manifest.tsv"))
+    alignment = pd.read_csv(demo_corpus / "dev/alignment.tsv", sep="\t")
+    assert set(alignment["phone"]) <= ARPABET
+    for uid, seg in alignment.groupby("id", sort=False):
+        assert seg["onset"].iloc[0] == 0.0
+        assert np.allclose(seg["onset"].to_numpy()[1:], seg["offset"].to_numpy()[:-1], atol=1e-4)  # no gaps
+        assert (seg["offset"] > seg["onset"]).all()
+        assert abs(seg["offset"].iloc[-1] - dur[uid]) < 0.01
+        assert seg["phone"].iloc[0] == "SIL" and (seg["phone"] != "SIL").sum() >= 5
+
+
+@pytest.mark.parametrize("kind", ["triphone", "phoneme"])
+def test_item_files(demo_corpus: Path, kind: str) -> None:
+    dur = durations(read_manifest(demo_corpus / "dev/manifest.tsv"))
+    path = demo_corpus / f"dev/{kind}.item"
+    assert path.read_text().splitlines()[0] == "#file onset offset #phone prev-phone next-phone speaker"
+    items = pd.read_csv(path, sep=" ")
+    assert len(items) > 50
+    assert set(items["#file"]) <= set(dur)
+    assert not (items[["#phone", "prev-phone", "next-phone"]] == "SIL").any().any()
+    # Every item lies in its file, and at 50 Hz (frame i at 10 ms + 20 ms * i) it holds at least one frame.
+    for row in items.itertuples():
+        assert 0 <= row.onset < row.offset <= dur[row._1] + 1e-6
+        first = math.ceil((row.onset - 0.01) / 0.02 - 1e-9)
+        last = math.floor((row.offset - 0.01) / 0.02 + 1e-9)
+        assert last >= first
+        assert last < int(dur[row._1] * 50)
+
+
+def test_triphone_items_span_their_context(demo_corpus: Path) -> None:
+    tri = pd.read_csv(demo_corpus / "dev/triphone.item", sep=" ")
+    pho = pd.read_csv(demo_corpus / "dev/phoneme.item", sep=" ")
+    assert len(tri) == len(pho)
+    assert (tri["onset"] < pho["onset"]).all() and (tri["offset"] > pho["offset"]).all()
+
+
+def test_frame_labels_at_100hz(demo_corpus: Path) -> None:
+    dur = durations(read_manifest(demo_corpus / "dev/manifest.tsv"))
+    alignment = pd.read_csv(demo_corpus / "dev/alignment.tsv", sep="\t")
+    lines = [json.loads(x) for x in (demo_corpus / "dev/phones_100hz.jsonl").read_text().splitlines()]
+    assert {x["id"] for x in lines} == set(dur)
+    for x in lines:
+        assert len(x["phones"]) == int(dur[x["id"]] * 100)
+        seg = alignment[alignment["id"] == x["id"]]
+        # Frame i carries the phone that covers its centre (i + 0.5) * 10 ms.
+        for i in (0, len(x["phones"]) // 2, len(x["phones"]) - 1):
+            t = (i + 0.5) / 100
+            hit = seg[(seg.onset <= t) & (t <= seg.offset)]
+            assert x["phones"][i] in set(hit["phone"])
+
+
+def test_frame_labels_and_items_on_a_hand_made_alignment() -> None:
+    segs = [("SIL", 0.0, 0.1), ("K", 0.1, 0.15), ("AE", 0.15, 0.3), ("T", 0.3, 0.35), ("SIL", 0.35, 0.5)]
+    labels = frame_labels(segs, num_samples=8000)
+    assert len(labels) == 50
+    assert labels[:10] == ["SIL"] * 10 and labels[10:15] == ["K"] * 5 and labels[15:30] == ["AE"] * 15
+    tri, pho = abx_items("u", "spk", segs)
+    assert tri == [("u", 0.1, 0.35, "AE", "K", "T", "spk")]
+    assert pho == [("u", 0.15, 0.3, "AE", "K", "T", "spk")]
+
+
+def test_parse_psdur_maps_phones_and_clips_to_the_wav() -> None:
+    segs = parse_psdur("pau:0.2 dh:0.25 ax:0.3 pau:0.35 pau:0.6", duration=0.5)
+    assert segs == [("SIL", 0.0, 0.2), ("DH", 0.2, 0.25), ("AH", 0.25, 0.3), ("SIL", 0.3, 0.5)]
+    # A final pause cut short (flite kal16) is stretched to the wav's end.
+    assert parse_psdur("pau:0.1 b:0.2", duration=0.3)[-1] == ("B", 0.1, 0.3)
+
+
+def test_nonwords_change_one_phone_within_its_class() -> None:
+    rng = np.random.default_rng(0)
+    word = ["b", "r", "ih", "k"]
+    known = {tuple(word), ("p", "r", "ih", "k")}
+    for _ in range(20):
+        new = make_nonword(word, rng, known)
+        assert new is not None and tuple(new) not in known
+        assert sum(a != b for a, b in zip(word, new, strict=True)) == 1
+
+
+# --- determinism ----------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_corpus_other_seed_other_jitter(tmp_path: Path, demo_corpus: Path) -> None:
+    require_flite()
+    again = tmp_path / "again"
+    generate(again, DemoConfig.from_dict(SMALL_DEMO), threads=1)
+    for rel in ("train/manifest.tsv", "dev/triphone.item", "dev/phones_100hz.jsonl", "sLM21/lexical/dev/gold.csv",
+                "sLM21/syntactic/dev/gold.csv"):
+        assert (again / rel).read_bytes() == (demo_corpus / rel).read_bytes(), rel
+    wav = next((demo_corpus / "dev/wav").glob("*.wav")).name
+    assert np.array_equal(sf.read(again / "dev/wav" / wav)[0], sf.read(demo_corpus / "dev/wav" / wav)[0])
+
+    other = tmp_path / "other"
+    generate(other, DemoConfig.from_dict({**SMALL_DEMO, "seed": 1}), threads=2)
+    assert (other / "dev/manifest.tsv").read_bytes() != (demo_corpus / "dev/manifest.tsv").read_bytes()
+
+
+def test_bad_demo_config_names_the_key() -> None:
+    with pytest.raises(ValueError, match="train_sentence"):
+        DemoConfig.from_dict({"train_sentence": 3})
+    with pytest.raises(ValueError, match="nosuchvoice"):
+        DemoConfig.from_dict({"voices": ["nosuchvoice"]})
+
+
+# --- manifests from directories and bad audio ------------------------------------------------------------------------
+
+
+def make_librispeech_like(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for spk, chap in (("19", "198"), ("26", "495")):
+        for i in range(2):
+            path = root / spk / chap / f"{spk}-{chap}-{i:04d}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, rng.normal(0, 0.1, 16000 + 100 * i).astype(np.float32), SAMPLE_RATE)
+
+
+def make_bad_files(root: Path) -> dict[str, str]:
+    """One file per kind of bad audio, with the phrase its error message must contain."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "9-0-notaudio.wav").write_text("this is not a wav file")
+    sf.write(root / "9-0-empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)
+    sf.write(root / "9-0-short.wav", np.zeros(100, np.float32), SAMPLE_RATE)
+    sf.write(root / "9-0-rate.wav", np.zeros(8000, np.float32), 8000)
+    sf.write(root / "9-0-stereo.wav", np.zeros((16000, 2), np.float32), SAMPLE_RATE)
+    nan = np.zeros(16000, np.float32)
+    nan[5] = np.nan
+    sf.write(root / "9-0-nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
+    return {"notaudio": "unreadable", "empty": "empty", "short": "too short", "rate": "sample rate 8000",
+            "stereo": "2 channels", "nan": "NaN"}
+
+
+def test_manifest_from_librispeech_layout(tmp_path: Path) -> None:
+    make_librispeech_like(tmp_path / "ls")
+    table = build_manifest(tmp_path / "ls", tmp_path / "out/manifest.tsv", speaker="dir")
+    assert list(table["id"]) == ["19-198-0000", "19-198-0001", "26-495-0000", "26-495-0001"]
+    assert list(table["speaker"]) == ["19", "19", "26", "26"]
+    back = read_manifest(tmp_path / "out/manifest.tsv")
+    assert list(back["num_samples"]) == [16000, 16100, 16000, 16100]
+    assert all(Path(p).is_file() for p in back["path"])
+
+
+def test_bad_audio_fail_policy_names_every_file(tmp_path: Path) -> None:
+    make_librispeech_like(tmp_path / "ls")
+    expected = make_bad_files(tmp_path / "ls/9/0")
+    with pytest.raises(ManifestError) as err:
+        build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir")
+    message = str(err.value)
+    assert "6 bad audio file(s)" in message
+    for stem, phrase in expected.items():
+        line = next(x for x in message.splitlines() if f"9-0-{stem}." in x)
+        assert phrase in line, line
+    assert not (tmp_path / "manifest.tsv").exists()  # nothing half-written
+
+
+def test_bad_audio_skip_policy_counts_and_logs(tmp_path: Path) -> None:
+    make_librispeech_like(tmp_path / "ls")
+    expected = make_bad_files(tmp_path / "ls/9/0")
+    log = tmp_path / "log.txt"
+    with log.open("w") as handle:
+        table = build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir", bad_audio="skip", log=handle)
+    assert len(table) == 4
+    skipped = pd.read_csv(tmp_path / "manifest.skipped.tsv", sep="\t")
+    assert len(skipped) == len(expected)
+    text = log.read_text()
+    assert "4 files, 6 skipped" in text and text.count("bad audio:") == 6
+
+
+def test_convert_accepts_other_rates_and_channels(tmp_path: Path) -> None:
+    make_bad_files(tmp_path)
+    assert check_audio(tmp_path / "9-0-rate.wav", convert=True).problem is None
+    assert check_audio(tmp_path / "9-0-stereo.wav", convert=True).problem is None
+    assert len(load_audio(tmp_path / "9-0-rate.wav")) == 16000
+    assert load_audio(tmp_path / "9-0-stereo.wav").ndim == 1
+    with pytest.raises(BadAudioError, match=r"9-0-rate\.wav"):
+        load_audio(tmp_path / "9-0-rate.wav", convert=False)
+    with pytest.raises(BadAudioError, match=r"9-0-nan\.wav"):
+        load_audio(tmp_path / "9-0-nan.wav")
+
+
+def test_manifest_cli_reports_the_error(tmp_path: Path) -> None:
+    make_bad_files(tmp_path / "bad/9/0")
+    out = subprocess.run([sys.executable, "-m", "spidr.data.manifest", str(tmp_path / "bad"), str(tmp_path / "m.tsv")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "9-0-notaudio.wav" in out.stderr
+
+
+def test_read_manifest_rejects_missing_columns(tmp_path: Path) -> None:
+    (tmp_path / "m.tsv").write_text("id\tpath\nx\ty.wav\n")
+    with pytest.raises(ManifestError, match=r"m\.tsv.*num_samples"):
+        read_manifest(tmp_path / "m.tsv")
