@@ -1,0 +1,312 @@
+"""SpidR / DinoSR checkpoints: our format, and the official release state-dict layout (load and export).
+
+Our format is a dict written with `torch.save` and read with `torch.load(weights_only=True)`:
+
+    {"format": FORMAT, "version": 1, "kind": "spidr" | "dinosr", "model_config": {...}, "model": state_dict,
+     "step": int, "train_config": {...} | None, "provenance": {...}, ...}
+
+`model` uses the official key layout (reference §8), so `export_official` only re-wraps it. Official files are
+either `{"model": state_dict, ...}` (spidr_base.pt, dinosr_base_reproduced.pt) or a bare state dict (HF
+`final.pt`). Their architecture is read from the tensor shapes (and a sibling official `config.json` if present);
+their kind from the `kind` argument, that config.json, or the file name (`dinosr` in it), SpidR otherwise.
+Anything else is refused with a CheckpointError naming the file and the missing / unexpected keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, model_config_from_dict
+from spidr.model import MODELS, DinoSR
+
+FORMAT = "textless-slm/spidr-checkpoint"
+VERSION = 1
+_MARKER_KEY = "feature_extractor.conv_layers.0.conv.weight"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable SpidR / DinoSR checkpoint; the message names the file and why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None = None, **extra: Any) -> dict:
+    """Our checkpoint payload for `model` (the full training module: student, teacher, heads, codebooks)."""
+    if model.teacher is None:
+        raise CheckpointError("cannot save a model built without its teacher (load it with teacher=True)")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": model.kind,
+        "model_config": _jsonable(dataclasses.asdict(model.cfg)),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": int(step),
+        "train_config": train_config,
+        **extra,
+    }
+
+
+def save_model(model: DinoSR, path: str | Path, *, step: int = 0, train_config: dict | None = None, **extra) -> None:
+    """Write `model` in our format, atomically (e.g. a randomly initialised `build_model("tiny")` for tests)."""
+    if "provenance" not in extra:
+        from spidr.io import provenance
+
+        extra["provenance"] = provenance(train_config)
+    atomic_torch_save(checkpoint_dict(model, step=step, train_config=train_config, **extra), path)
+
+
+def export_official(model: DinoSR, path: str | Path, *, write_config: bool = False) -> None:
+    """Write `{"model": state_dict}` in the official release layout (loadable by the official `build_model`).
+
+    With `write_config`, also write the architecture as an official `config.json` beside it (the official
+    loader and ours read it; needed for anything but the paper's base architecture).
+    """
+    if model.teacher is None:
+        raise CheckpointError("the official layout holds the teacher: load the model with teacher=True to export it")
+    atomic_torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    if write_config:
+        from spidr.io import atomic_write_json
+
+        atomic_write_json(Path(path).with_name("config.json"), official_config(model.cfg))
+
+
+def official_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The official DinoSRConfig / SpidRConfig fields for an architecture (a flat dict, as in config.json)."""
+    ours = _jsonable(dataclasses.asdict(cfg))
+    return {theirs: ours[mine] for theirs, mine in _OFFICIAL_NAMES.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """torch.load(weights_only=True) on CPU, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint with torch.load(weights_only=True) ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, kind: str | None = None, teacher: bool = True
+) -> DinoSR:
+    """Load our checkpoint or an official release file into a SpidR / DinoSR model (eval mode).
+
+    With `teacher=False` the teacher's weights are checked but not kept (inference needs only the student).
+    """
+    path = Path(path)
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version") != VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {obj.get('version')}, this code reads {VERSION}")
+        file_kind = obj.get("kind")
+        if file_kind not in MODELS:
+            raise CheckpointError(f"{path}: unknown model kind {file_kind!r}")
+        if kind is not None and kind != file_kind:
+            raise CheckpointError(f"{path}: holds a {file_kind} model, but kind={kind!r} was asked for")
+        try:
+            cfg = model_config_from_dict(obj["model_config"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: bad model_config ({err})") from err
+        kind, state = file_kind, obj["model"]
+    else:
+        state = _official_state_dict(obj, path)
+        official = _sibling_official_config(path)
+        cfg = _infer_config(state, path, official)
+        kind = kind or _official_kind(path, official)
+        if kind not in MODELS:
+            raise CheckpointError(f"{path}: unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
+        if "current_step" not in state:  # not essential for inference; tolerated
+            state = {**state, "current_step": torch.zeros(1, dtype=torch.int64)}
+        if kind == "dinosr" and cfg.layer_drop == 0.0 and official is None:
+            cfg = dataclasses.replace(cfg, layer_drop=0.05)
+
+    model = MODELS[kind](cfg, teacher=teacher)
+    _load_state(model, state, path, teacher=teacher)
+    step = int(state["current_step"].reshape(-1)[0]) if "current_step" in state else 0
+    model.current_step.fill_(step)
+    return model.to(map_location).eval()
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu", *, kind: str | None = None) -> DinoSR:
+    """The inference model (student, heads, codebooks; no teacher) from our checkpoint or an official file (eval)."""
+    return load_model(path, map_location, kind=kind, teacher=False)
+
+
+def _load_state(model: DinoSR, state: dict[str, torch.Tensor], path: Path, *, teacher: bool) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if not teacher:  # the file must still hold a teacher of the right shape
+        for k, v in model.student.state_dict().items():
+            expected[f"teacher.{k}"] = v.shape
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: not a {model.kind} checkpoint of this architecture: "
+            f"{_few(missing)} missing key(s), {_few(unexpected)} unexpected key(s)"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(s)})" for k, s in expected.items() if state[k].shape != s]
+    if wrong:
+        raise CheckpointError(f"{path}: tensor shapes do not match the architecture: {_few(wrong)}")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: state dict holds non-tensor values")
+    model.load_state_dict({k: v for k, v in state.items() if teacher or not k.startswith("teacher.")}, strict=True)
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    if not items:
+        return "no"
+    shown = ", ".join(items[:n])
+    return f"{len(items)} [{shown}{', ...' if len(items) > n else ''}]"
+
+
+def _official_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        state = obj["model"]
+    elif isinstance(obj, dict):
+        state = obj
+    else:
+        raise CheckpointError(
+            f"{path}: expected a dict (our checkpoint, or an official state dict), got {type(obj).__name__}"
+        )
+    if any(str(k).startswith("encoder.") for k in state) or "cfg" in obj or "args" in obj:
+        raise CheckpointError(
+            f"{path}: looks like a fairseq checkpoint (keys {_few(sorted(map(str, state))[:3], 3)}); only the "
+            "official SpidR/DinoSR release layout and our own format are supported"
+        )
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if _MARKER_KEY not in state:
+        raise CheckpointError(
+            f"{path}: neither our checkpoint format nor the official SpidR/DinoSR layout: missing key "
+            f"{_MARKER_KEY!r}; found {_few(sorted(map(str, state)))} key(s)"
+        )
+    return state
+
+
+def _sibling_official_config(path: Path) -> dict | None:
+    """The official `config.json` next to a release file (the dumped official Config), if there is one."""
+    cfg_path = path.with_name("config.json")
+    if not cfg_path.is_file():
+        return None
+    try:
+        data = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and "encoder_embed_dim" in data["model"]:
+        return data
+    if isinstance(data, dict) and "encoder_embed_dim" in data:  # flat DinoSRConfig dump
+        return {"model": data}
+    return None
+
+
+_OFFICIAL_NAMES = {  # official DinoSRConfig field -> ours
+    "extractor_conv_layer_config": "conv_layers",
+    "extractor_conv_bias": "conv_bias",
+    "encoder_embed_dim": "embed_dim",
+    "encoder_num_layers": "num_layers",
+    "encoder_num_heads": "num_heads",
+    "encoder_ff_interm_features": "ffn_dim",
+    "encoder_qkv_bias": "qkv_bias",
+    "encoder_pos_conv_kernel": "pos_conv_kernel",
+    "encoder_pos_conv_groups": "pos_conv_groups",
+    "encoder_pos_conv_depth": "pos_conv_depth",
+    "encoder_dropout": "dropout",
+    "encoder_attention_dropout": "attention_dropout",
+    "encoder_ff_interm_dropout": "ffn_dropout",
+    "encoder_projection_dropout": "projection_dropout",
+    "encoder_layer_drop": "layer_drop",
+    "num_codebooks": "num_codebooks",
+    "codebook_size": "codebook_size",
+    "codebook_decay": "codebook_decay",
+}
+
+
+def _official_kind(path: Path, official: dict | None) -> str:
+    if official is not None:
+        kind = (official.get("run") or {}).get("model_type")
+        if kind in MODELS:
+            return kind
+    return "dinosr" if "dinosr" in path.name.lower() else "spidr"
+
+
+def _count(state: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def _infer_config(state: dict[str, torch.Tensor], path: Path, official: dict | None) -> ModelConfig:
+    """The architecture of an official state dict: from its config.json when present, else from tensor shapes."""
+    values: dict[str, Any] = {}
+    if official is not None:
+        m = official["model"]
+        if m.get("extractor_mode", "layer_norm") != "layer_norm" or m.get("encoder_layer_norm_first", False):
+            raise CheckpointError(
+                f"{path.with_name('config.json')}: only extractor_mode=layer_norm post-LN models are supported"
+            )
+        values = {ours: m[theirs] for theirs, ours in _OFFICIAL_NAMES.items() if theirs in m}
+    try:
+        n_conv = _count(state, r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight")
+        convs = [tuple(state[f"feature_extractor.conv_layers.{i}.conv.weight"].shape) for i in range(n_conv)]
+        if "conv_layers" not in values:
+            kernels = [k for _, _, k in convs]
+            if kernels != [k for _, k, _ in PAPER_CONV_LAYERS]:
+                raise CheckpointError(f"{path}: conv kernels {kernels} differ from the paper's; strides unknown "
+                                      "(put the official config.json next to the file)")
+            values["conv_layers"] = [(o, k, s) for (o, _, k), (_, _, s) in zip(convs, PAPER_CONV_LAYERS, strict=True)]
+        values.setdefault("conv_bias", "feature_extractor.conv_layers.0.conv.bias" in state)
+        d = state["feature_projection.projection.weight"].shape[0]
+        values.setdefault("embed_dim", d)
+        values.setdefault("num_layers", _count(state, r"student\.layers\.(\d+)\."))
+        values.setdefault("num_heads", max(1, d // 64))
+        values.setdefault("ffn_dim", state["student.layers.0.feed_forward.intermediate_dense.weight"].shape[0])
+        values.setdefault("qkv_bias", "student.layers.0.attention.qkv.bias" in state)
+        depth = _count(state, r"student\.pos_conv_embed\.convs\.(\d+)\.weight")
+        pw = state["student.pos_conv_embed.convs.0.weight"].shape
+        values.setdefault("pos_conv_depth", depth)
+        values.setdefault("pos_conv_groups", d // pw[1])
+        values.setdefault("pos_conv_kernel", pw[2] * depth)
+        values.setdefault("num_codebooks", _count(state, r"heads\.(\d+)\.0\.weight"))
+        values.setdefault("codebook_size", state["heads.0.0.weight"].shape[0])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: official layout incomplete, missing key {err}") from err
+    try:
+        return model_config_from_dict(values)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: cannot build a model from it ({err})") from err
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj

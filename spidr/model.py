@@ -1,0 +1,536 @@
+"""SpidR and DinoSR: conv front end, post-LN transformer, fp32 EMA teacher, online codebooks and prediction heads.
+
+Module and parameter names follow the official release layout (reference §8), so an official state dict loads
+into these modules key for key. `DinoSR` holds everything; `SpidR` only changes which hidden states feed the heads.
+
+Objective (both models): the student sees the masked input, the teacher (an EMA copy of the transformer) the
+clean one. Each of the teacher's last K layers is instance-normalised over time, its masked frames assigned to the
+nearest codeword of that layer's codebook (an EMA of sums and counts), and a head predicts the assignment with a
+cross-entropy averaged over the K codebooks and all masked frames. SpidR: student layer l predicts teacher layer l
+from its own FFN output (before the residual). DinoSR: the last student layer predicts every teacher layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spidr.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of a (batch, channels, time) tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, bias=bias)
+        self.layer_norm = ChannelLayerNorm(out_channels)
+        nn.init.kaiming_normal_(self.conv.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.layer_norm(self.conv(x)))
+
+
+class FeatureExtractor(nn.Module):
+    """Waveform (B, L) -> frames (B, T, C): 7 strided convs, each with a channel LayerNorm and GELU."""
+
+    def __init__(self, conv_layers: Sequence[tuple[int, int, int]], *, bias: bool) -> None:
+        super().__init__()
+        channels = [1] + [c for c, _, _ in conv_layers]
+        self.conv_layers = nn.ModuleList(
+            ConvBlock(channels[i], c, k, s, bias=bias) for i, (c, k, s) in enumerate(conv_layers)
+        )
+
+    def forward(self, wav: Tensor) -> Tensor:
+        x = wav.unsqueeze(1)
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x.transpose(1, 2)
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_features)
+        self.projection = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projection(self.layer_norm(x))
+
+
+class ConvPositionalEmbedding(nn.Module):
+    """`depth` grouped convs of kernel max(3, kernel // depth), each followed by a non-affine LayerNorm and GELU.
+
+    Padded frames are zeroed before every conv, so a padded batch gives the same values as each item alone.
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int, depth: int) -> None:
+        super().__init__()
+        k = max(3, kernel // depth)
+        self.trim = 1 if k % 2 == 0 else 0  # an even kernel with k // 2 padding makes one frame too many
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, k, padding=k // 2, groups=groups) for _ in range(depth))
+        self.layer_norm = ChannelLayerNorm(dim, elementwise_affine=False)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        x = x.transpose(1, 2)
+        keep = None if valid is None else valid.unsqueeze(1).to(x.dtype)
+        for conv in self.convs:
+            if keep is not None:
+                x = x * keep
+            x = conv(x)
+            if self.trim:
+                x = x[..., : -self.trim]
+            x = F.gelu(self.layer_norm(x))
+        if keep is not None:
+            x = x * keep
+        return x.transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.proj(x.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dim, hidden)
+        self.intermediate_dropout = nn.Dropout(dropout)
+        self.output_dense = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_dense(self.intermediate_dropout(F.gelu(self.intermediate_dense(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN wav2vec 2.0 layer; returns the new residual stream and `r`, the FFN output before the residual."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.attention = SelfAttention(d, cfg.num_heads, qkv_bias=cfg.qkv_bias, dropout=cfg.attention_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layer_norm = nn.LayerNorm(d)
+        self.feed_forward = FeedForward(d, cfg.ffn_dim, cfg.ffn_dropout)
+        self.final_layer_norm = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.layer_norm(x + self.dropout(self.attention(x, attn_mask)))
+        r = self.feed_forward(x)
+        return self.final_layer_norm(x + self.dropout(r)), r
+
+
+class Transformer(nn.Module):
+    """x + PosConv(x) -> LayerNorm -> dropout -> post-LN layers (no final LayerNorm). Student and teacher."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pos_conv_embed = ConvPositionalEmbedding(
+            cfg.embed_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups, cfg.pos_conv_depth
+        )
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layer_drop = cfg.layer_drop
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.apply(self.init_weights)
+
+    @staticmethod
+    def init_weights(module: nn.Module) -> None:
+        if isinstance(module, SelfAttention):
+            nn.init.xavier_uniform_(module.qkv.weight, gain=1 / math.sqrt(2))
+            if module.qkv.bias is not None:
+                nn.init.zeros_(module.qkv.bias)
+            nn.init.xavier_uniform_(module.proj.weight)
+            nn.init.zeros_(module.proj.bias)
+        elif isinstance(module, nn.Linear):  # `apply` visits children first, so attention's init above wins
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self, x: Tensor, valid: Tensor | None = None, *, num_layers: int | None = None, results: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Run the first `num_layers` layers (all by default) on (B, T, D) frames; `valid` (B, T) marks real frames.
+
+        Returns the residual stream after the last layer run and, with `results`, every layer's pre-residual FFN
+        output. LayerDrop (training only): a dropped layer leaves the stream unchanged; its FFN output is still
+        computed when `results` asks for it (as the official code does), otherwise the layer is skipped.
+        """
+        attn_mask = None if valid is None else valid[:, None, None, :]
+        x = x + self.pos_conv_embed(x, valid)
+        x = self.dropout(self.layer_norm(x))
+        outs: list[Tensor] = []
+        for layer in self.layers[:num_layers]:
+            dropped = self.training and self.layer_drop > 0 and bool(torch.rand(()) < self.layer_drop)
+            if dropped and not results:
+                continue
+            y, r = layer(x, attn_mask)
+            if not dropped:
+                x = y
+            if results:
+                outs.append(r)
+        return x, outs
+
+
+class Codebook(nn.Module):
+    """Online k-means codebook: `codebook` is an EMA of the sums of assigned targets, `counts` of their number."""
+
+    def __init__(self, dim: int, size: int, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        init = F.instance_norm(torch.randn(1, dim, size)).squeeze(0).t().contiguous()  # each dim standardised
+        self.register_buffer("codebook", init)
+        self.register_buffer("counts", torch.ones(size))
+
+    @torch.no_grad()
+    def assign(self, target: Tensor) -> Tensor:
+        """Index of the nearest codeword (L2) among codebook / counts, for (N, D) fp32 targets."""
+        words = self.codebook / self.counts.unsqueeze(1)
+        dist2 = (words * words).sum(1) - 2 * target @ words.t()  # |t|^2 is the same for every codeword
+        return dist2.argmin(1)
+
+    @torch.no_grad()
+    def statistics(self, labels: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        onehot = F.one_hot(labels, self.counts.numel()).to(target.dtype)
+        return onehot.sum(0), onehot.t() @ target
+
+    @torch.no_grad()
+    def update(self, count: Tensor, memory: Tensor) -> None:
+        """EMA of sums and counts for every codeword that got at least one target; the others are untouched."""
+        alpha = torch.where(count > 0, torch.full_like(count, self.decay), torch.ones_like(count))
+        self.counts.copy_(alpha * self.counts + (1 - alpha) * count)
+        self.codebook.copy_(alpha.unsqueeze(1) * self.codebook + (1 - alpha).unsqueeze(1) * memory)
+
+
+class Codebooks(nn.ModuleList):
+    @torch.no_grad()
+    def quantize(self, targets: list[Tensor], *, update: bool) -> list[Tensor]:
+        """Assign each layer's targets; with `update`, apply the EMA with sums/counts all-reduced across ranks."""
+        labels = [cb.assign(t) for cb, t in zip(self, targets, strict=True)]
+        if update:
+            stats = [cb.statistics(lab, t) for cb, lab, t in zip(self, labels, targets, strict=True)]
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                flat = torch.cat([torch.cat([c.unsqueeze(1), m], 1).flatten() for c, m in stats])  # one collective
+                dist.all_reduce(flat)
+                size, dim = self[0].codebook.shape
+                chunks = flat.view(len(self), size, dim + 1)
+                stats = [(chunk[:, 0], chunk[:, 1:]) for chunk in chunks]
+            for cb, (count, memory) in zip(self, stats, strict=True):
+                cb.update(count, memory)
+        return labels
+
+
+def frame_count(conv_layers: Sequence[tuple[int, int, int]], num_samples: int) -> int:
+    """Number of output frames of the conv front end for `num_samples` input samples (0 when too short)."""
+    n = int(num_samples)
+    for _, kernel, stride in conv_layers:
+        n = (n - kernel) // stride + 1
+        if n <= 0:
+            return 0
+    return n
+
+
+def standardize(wav: Tensor) -> Tensor:
+    """Zero mean, unit variance over the whole utterance (the paper's input normalisation), in fp32."""
+    wav = wav.float()
+    return F.layer_norm(wav, wav.shape)
+
+
+def select(x: Tensor, index: Tensor) -> Tensor:
+    """Rows of (B, T, D) `x` at the (B, M) frame indices, flattened to (B * M, D) (no host sync)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1])).flatten(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class DinoSR(nn.Module):
+    """DinoSR ("reproduced" in the SpidR paper): all codebook heads read the last student layer."""
+
+    kind = "dinosr"
+
+    def __init__(self, cfg: ModelConfig, *, teacher: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.feature_extractor = FeatureExtractor(cfg.conv_layers, bias=cfg.conv_bias)
+        self.feature_projection = FeatureProjection(cfg.conv_layers[-1][0], d)
+        self.projection_dropout = nn.Dropout(cfg.projection_dropout)
+        self.mask_embedding = nn.Parameter(torch.empty(d).uniform_())
+        self.student = Transformer(cfg)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, cfg.codebook_size), nn.LogSoftmax(dim=-1)) for _ in range(cfg.num_codebooks)
+        )
+        self.codebooks = Codebooks(
+            Codebook(d, cfg.codebook_size, cfg.codebook_decay) for _ in range(cfg.num_codebooks)
+        )
+        self.teacher: Transformer | None = self._make_teacher() if teacher else None
+        self.register_buffer("current_step", torch.zeros(1, dtype=torch.int64))
+        self.extractor_frozen = False
+
+    # -- structure --------------------------------------------------------------------------------------------
+
+    def _make_teacher(self) -> Transformer:
+        teacher = copy.deepcopy(self.student).float()
+        if self.cfg.teacher_init == "reinit":  # official: fresh draws for every Linear, LayerNorms/pos-conv copied
+            teacher.apply(teacher.init_weights)
+        teacher.requires_grad_(False)
+        return teacher.eval()
+
+    def train(self, mode: bool = True) -> DinoSR:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def codebook_layers(self) -> list[int]:
+        return self.cfg.codebook_layers
+
+    def frame_count(self, num_samples: int) -> int:
+        return frame_count(self.cfg.conv_layers, num_samples)
+
+    def extractor_parameters(self) -> list[nn.Parameter]:
+        return [*self.feature_extractor.parameters(), *self.feature_projection.parameters()]
+
+    def freeze_extractor(self) -> None:
+        """Stop training the CNN and the feature projection (the paper does it at step 200k)."""
+        for p in self.extractor_parameters():
+            p.requires_grad_(False)
+        self.extractor_frozen = True
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """teacher <- decay * teacher + (1 - decay) * student; pos-conv and buffers are copied; skipped at 0 or 1."""
+        if self.teacher is None:
+            raise RuntimeError("this model was built without a teacher (inference only)")
+        if not 0.0 < decay < 1.0:
+            return
+        lerp_t, lerp_s, copy_t, copy_s = [], [], [], []
+        for (name, t), s in zip(self.teacher.named_parameters(), self.student.parameters(), strict=True):
+            (copy_t if name.startswith("pos_conv_embed") else lerp_t).append(t)
+            (copy_s if name.startswith("pos_conv_embed") else lerp_s).append(s.detach())
+        for t, s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+            copy_t.append(t)
+            copy_s.append(s)
+        if lerp_t:
+            torch._foreach_lerp_(lerp_t, [s.float() for s in lerp_s], 1.0 - decay)
+        if copy_t:
+            torch._foreach_copy_(copy_t, copy_s)
+
+    # -- objective --------------------------------------------------------------------------------------------
+
+    def features(self, wavs: Tensor) -> Tensor:
+        return self.feature_projection(self.feature_extractor(wavs))
+
+    def student_predictions(self, x: Tensor, index: Tensor) -> list[Tensor]:
+        """Hidden states (masked frames only) that head k reads: DinoSR feeds the last layer to every head."""
+        final, _ = self.student(x, results=False)
+        h = select(final, index)
+        return [h] * self.cfg.num_codebooks
+
+    @torch.no_grad()
+    def teacher_targets(self, feats: Tensor, index: Tensor) -> list[Tensor]:
+        """Teacher's last K pre-residual FFN outputs on the clean input, instance-normalised over time, masked."""
+        _, outs = self.teacher(feats)
+        with torch.autocast(feats.device.type, enabled=False):
+            return [
+                select(F.instance_norm(r.float().transpose(1, 2)).transpose(1, 2), index)
+                for r in outs[-self.cfg.num_codebooks :]
+            ]
+
+    def forward(self, wavs: Tensor, mask_index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training forward on standardised, unpadded (B, L) waveforms with (B, M) masked frame indices.
+
+        Returns the sum over masked frames of the per-frame loss (cross-entropy averaged over the K codebooks)
+        and detached statistics: the number of masked frames, per-codebook target counts and summed
+        predicted probabilities (for perplexities and active codewords).
+        """
+        feats = self.features(wavs)
+        x = self.projection_dropout(feats)
+        masked = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, mask_index, True)
+        x = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
+        hidden = self.student_predictions(x, mask_index)
+        targets = self.teacher_targets(feats, mask_index)
+        labels = self.codebooks.quantize(targets, update=self.training)
+        with torch.autocast(wavs.device.type, enabled=False):
+            log_probs = [F.log_softmax(hd[0](h).float(), dim=-1) for hd, h in zip(self.heads, hidden, strict=True)]
+            loss = torch.stack([F.nll_loss(lp, y, reduction="none") for lp, y in zip(log_probs, labels, strict=True)])
+            with torch.no_grad():
+                stats = {
+                    "frames": torch.tensor(float(mask_index.numel()), device=wavs.device),
+                    "target_counts": torch.stack(
+                        [torch.bincount(lab, minlength=self.cfg.codebook_size).float() for lab in labels]
+                    ),
+                    "pred_probs": torch.stack([lp.exp().sum(0) for lp in log_probs]),
+                }
+        return loss.mean(0).sum(), stats
+
+    # -- inference --------------------------------------------------------------------------------------------
+
+    def _check_layers(self, layers: Sequence[int], allowed: Sequence[int], what: str) -> list[int]:
+        layers = [int(lay) for lay in layers]
+        for lay in layers:
+            if lay not in allowed:
+                raise ValueError(f"layer {lay} has no {what}; available layers: {list(allowed)}")
+        return layers
+
+    def _head_probs(self, layer: int, hidden: Tensor) -> Tensor:
+        head = self.heads[layer - self.codebook_layers[0]]
+        return F.softmax(head[0](hidden).float(), dim=-1)
+
+    def _codebook_outputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
+        final, _ = self.student(x, valid, results=False)
+        return {lay: self._head_probs(lay, final) for lay in layers}
+
+    @torch.no_grad()
+    def encode(self, wavs: Sequence[Tensor], layers: Sequence[int], **kw) -> list[dict[int, Tensor]]:
+        """Per-utterance pre-residual FFN outputs (T, D) of the given 1-based layers, float32 on CPU.
+
+        `wavs` are raw 1-D 16 kHz waveforms; each is standardised here. Keywords: `batch_samples` (padded
+        samples per forward), `autocast` (bf16 on CUDA, default on). Batched results equal one-at-a-time ones.
+        """
+        layers = self._check_layers(layers, range(1, self.num_layers + 1), "transformer output")
+
+        def run(x: Tensor, valid: Tensor | None) -> dict[int, Tensor]:
+            _, outs = self.student(x, valid, num_layers=max(layers))
+            return {lay: outs[lay - 1] for lay in layers}
+
+        return self._batched(wavs, run, self.embed_dim, layers, **kw)
+
+    @torch.no_grad()
+    def codebook_predictions(self, wavs: Sequence[Tensor], layers: Sequence[int], **kw) -> list[dict[int, Tensor]]:
+        """Per-utterance (T, V) probabilities of the student head of each given layer (see `codebook_layers`)."""
+        layers = self._check_layers(layers, self.codebook_layers, "codebook head")
+        return self._batched(
+            wavs, lambda x, valid: self._codebook_outputs(x, valid, layers), self.codebook_size, layers, **kw
+        )
+
+    @torch.no_grad()
+    def codebook_units(self, wavs: Sequence[Tensor], layer: int, **kw) -> list[Tensor]:
+        """Per-utterance (T,) int64 argmax units of the head of `layer` (the paper's "codebook" units)."""
+        return [p[layer].argmax(-1) for p in self.codebook_predictions(wavs, [layer], **kw)]
+
+    def _batched(
+        self,
+        wavs: Sequence[Tensor],
+        run: Callable[[Tensor, Tensor | None], dict[int, Tensor]],
+        width: int,
+        layers: list[int],
+        *,
+        batch_samples: int = 16_000 * 240,
+        autocast: bool = True,
+    ) -> list[dict[int, Tensor]]:
+        """Sort by length, pad within batches of at most `batch_samples` padded samples, mask the padding."""
+        device = next(self.parameters()).device
+        wavs = [torch.as_tensor(w) for w in wavs]
+        for i, w in enumerate(wavs):
+            if w.dim() != 1:
+                raise ValueError(f"waveform {i} has shape {tuple(w.shape)}; expected a 1-D 16 kHz mono waveform")
+        frames = [self.frame_count(w.numel()) for w in wavs]
+        results: list[dict[int, Tensor] | None] = [None] * len(wavs)
+        for i, n in enumerate(frames):
+            if n == 0:  # shorter than the receptive field: no frame
+                results[i] = {lay: torch.zeros(0, width) for lay in layers}
+        order = sorted((i for i, n in enumerate(frames) if n > 0), key=lambda i: -wavs[i].numel())
+        was_training = self.training
+        self.eval()
+        try:
+            start = 0
+            while start < len(order):
+                longest = wavs[order[start]].numel()
+                size = max(1, min(len(order) - start, batch_samples // longest))
+                batch = order[start : start + size]
+                start += size
+                x = torch.zeros(len(batch), longest, device=device)
+                for row, i in enumerate(batch):
+                    w = wavs[i].to(device)
+                    x[row, : w.numel()] = standardize(w)
+                lengths = torch.tensor([frames[i] for i in batch], device=device)
+                t = self.frame_count(longest)
+                valid = None
+                if int(lengths.min()) < t:
+                    valid = torch.arange(t, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+                use_amp = autocast and device.type == "cuda"
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = run(self.features(x), valid)
+                for row, i in enumerate(batch):
+                    results[i] = {lay: out[lay][row, : frames[i]].float().cpu() for lay in layers}
+        finally:
+            self.train(was_training)
+        return results  # type: ignore[return-value]
+
+
+class SpidR(DinoSR):
+    """SpidR: head k reads student layer (L - K + k)'s FFN output, predicting the teacher's same layer."""
+
+    kind = "spidr"
+
+    def __init__(self, cfg: ModelConfig, *, teacher: bool = True) -> None:
+        super().__init__(cfg, teacher=teacher)
+        # The last layer's residual stream is never used by the loss: keep its final LayerNorm out of training.
+        self.student.layers[-1].final_layer_norm.requires_grad_(False)
+
+    def student_predictions(self, x: Tensor, index: Tensor) -> list[Tensor]:
+        _, outs = self.student(x)
+        return [select(r, index) for r in outs[-self.cfg.num_codebooks :]]
+
+    def _codebook_outputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
+        _, outs = self.student(x, valid, num_layers=max(layers))
+        return {lay: self._head_probs(lay, outs[lay - 1]) for lay in layers}
+
+
+MODELS: dict[str, type[DinoSR]] = {"spidr": SpidR, "dinosr": DinoSR}
+
+
+def build_model(
+    cfg: ModelConfig | str = "base", *, kind: str = "spidr", teacher: bool = True, seed: int | None = None
+) -> DinoSR:
+    """A randomly initialised SpidR / DinoSR from a ModelConfig or a preset name (e.g. ``build_model("tiny")``)."""
+    if isinstance(cfg, str):
+        from spidr.config import preset
+
+        cfg = preset(cfg, kind).model
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MODELS[kind](cfg, teacher=teacher)
