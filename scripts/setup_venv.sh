@@ -4,18 +4,21 @@
 set -euo pipefail
 VENV="${1:-.venv}"
 
+works() { [[ -n "$1" && -x "$1" ]] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; }
+
+# pyenv's shim for python3.12 exists even when 3.12 is not the active version, so every candidate is run.
 find_python312() {
-    if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+    local candidates=("$(command -v python3.12 || true)")
     if command -v pyenv >/dev/null 2>&1; then
-        local prefix
-        prefix="$(pyenv prefix 3.12 2>/dev/null || true)"
-        if [[ -z "$prefix" ]]; then
-            prefix="$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1 | xargs -r pyenv prefix 2>/dev/null || true)"
-        fi
-        if [[ -n "$prefix" && -x "$prefix/bin/python3.12" ]]; then echo "$prefix/bin/python3.12"; return; fi
+        local v
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -V -r); do
+            candidates+=("$(pyenv root)/versions/$v/bin/python3.12")
+        done
     fi
-    for p in "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
-        if [[ -x "$p" ]]; then echo "$p"; return; fi
+    candidates+=("$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12)
+    local p
+    for p in "${candidates[@]}"; do
+        if works "$p"; then echo "$p"; return 0; fi
     done
     return 1
 }
