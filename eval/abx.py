@@ -1,0 +1,310 @@
+"""Triphone and phoneme ABX error rates with fastabx, on continuous features or on discrete units.
+
+Usage:
+    python -m eval.abx --item dev/triphone.item --features FEATDIR --out METRICS.json [--frame-rate 50]
+    python -m eval.abx --item dev/phoneme.item --units UNITS.parquet --out METRICS.json [--config JSON] [--labels JSON]
+
+FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance; UNITS.parquet is a units file (spidr.units_io; a
+deduplicated one is expanded back to frames with its durations). The conditions follow ZeroSpeech 2021 as
+`fastabx.zerospeech_abx` defines them: triphone items give within-context ABX, phoneme items within- and
+any-context ABX, each within and across speaker, averaged over contexts, then speakers, then ordered phone
+pairs. The DTW, distances, cells and aggregation are fastabx's; this module only picks the conditions, checks
+the inputs and states the conventions.
+
+Conventions (recorded with every number):
+* slicing: "fastabx" (default; frame i at (i + 1/2) / f s belongs to a token when onset <= t_i <= offset, as
+  ABXpy and the SpidR paper) or "librilight" (Libri-Light / ZeroSpeech 2021 code, which drops every token's last
+  frame; FASTABX_WITH_LIBRILIGHT_BUG=1). HuBERT L11 triphone within dev-clean: 3.38 % vs 3.06 %.
+* distance: angular on continuous features; on units the 0/1 "identical" distance on unit ids, as the SpidR
+  paper's discrete ABX (angular on one-hot vectors is the same distance times 1/2, hence the same ABX).
+* subsampling: ZeroSpeech's 10 tokens per A/B/X and 5 X speakers across, seed 0 (set both to null for none).
+* tokens that get no frame at this frame rate, or run past the end of their utterance's frames, are dropped and
+  counted (fastabx would raise; Libri-Light drops them silently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastabx import Dataset, Score, Subsampler, Task
+
+from eval.benchmarks import ItemFile, item_kind, read_item_file
+from eval.results import Metric, parse_labels, write_metrics
+from spidr.units_io import read_units, read_units_meta
+
+SLICINGS = {
+    "fastabx": "fastabx (frame i at (i+1/2)/f belongs to a token iff onset <= t_i <= offset, last frame kept)",
+    "librilight": "Libri-Light / ZeroSpeech 2021 compatible (same start, exclusive end: last frame dropped)",
+}
+LIBRILIGHT_ENV = "FASTABX_WITH_LIBRILIGHT_BUG"
+AGGREGATION = {
+    "within": "mean over (prev, next) contexts, then speakers, then ordered (A, B) phone pairs",
+    "any": "mean over speakers, then ordered (A, B) phone pairs",
+}
+
+
+@dataclass(frozen=True)
+class AbxConfig:
+    """ABX hyperparameters (the `--config` JSON); defaults reproduce the SpidR paper's protocol."""
+
+    slicing: str = "fastabx"  # or "librilight"
+    max_size_group: int | None = 10  # ZeroSpeech subsampling; null disables it
+    max_x_across: int | None = 5
+    seed: int = 0
+    distance: str | None = None  # default: "angular" on features, "identical" on units
+    item_kind: str | None = None  # "triphone" | "phoneme"; default from the item file name
+    speakers: tuple[str, ...] = ("within", "across")
+    device: str | None = None  # where fastabx keeps the tokens; default CUDA if available
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AbxConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"abx config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        cfg = cls(**values)
+        if cfg.slicing not in SLICINGS:
+            raise ValueError(f"abx config: slicing must be one of {list(SLICINGS)}, got {cfg.slicing!r}")
+        if not cfg.speakers or set(cfg.speakers) - {"within", "across"}:
+            raise ValueError(f"abx config: speakers must be a non-empty subset of ['within', 'across'], got "
+                             f"{list(cfg.speakers)}")
+        if cfg.distance not in (None, "angular", "cosine", "euclidean", "kl_symmetric", "identical"):
+            raise ValueError(f"abx config: unknown distance {cfg.distance!r}")
+        return cfg
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    context: str  # "within" | "any"
+    speaker: str  # "within" | "across"
+    by: tuple[str, ...]
+    across: tuple[str, ...]
+    levels: tuple  # fastabx collapse levels
+
+
+def conditions_for(kind: str, speakers: tuple[str, ...]) -> list[Condition]:
+    """The ZeroSpeech conditions of an item kind (never any-context on triphones: the context leaks in)."""
+    contexts = ("within",) if kind == "triphone" else ("within", "any")
+    out = []
+    for context in contexts:
+        for speaker in speakers:
+            by = (["prev-phone", "next-phone"] if context == "within" else []) + (["speaker"] if speaker == "within"
+                                                                                  else [])
+            levels = ([("next-phone", "prev-phone")] if context == "within" else []) + ["speaker"]
+            name = f"abx_{kind}_{speaker}_speaker" if kind == "triphone" else \
+                f"abx_{kind}_{context}_context_{speaker}_speaker"
+            out.append(Condition(name, context, speaker, tuple(by), ("speaker",) if speaker == "across" else (),
+                                 tuple(levels)))
+    return out
+
+
+def fastabx_frequency(rate: float) -> int | str:
+    """fastabx wants an int or a decimal string (a float would be rounded by binary floating point)."""
+    if rate <= 0 or not math.isfinite(rate):
+        raise ValueError(f"frame rate must be a positive number, got {rate}")
+    return int(rate) if float(rate).is_integer() else repr(float(rate))
+
+
+def token_frames(onset: Decimal, offset: Decimal, rate: Decimal, librilight: bool) -> tuple[int, int]:
+    """[start, end) frame indices of a token under the slicing convention (the rule fastabx applies)."""
+    half = Decimal("0.5")
+    start = int((onset * rate - half).to_integral_value(ROUND_CEILING))
+    end = int((offset * rate - half).to_integral_value(ROUND_FLOOR)) + (0 if librilight else 1)
+    return start, end
+
+
+def select_items(items: ItemFile, lengths: dict[str, int], rate: float, librilight: bool
+                 ) -> tuple[list[str], dict[str, int]]:
+    """Item rows that get at least one frame inside their utterance; counts of the dropped ones by reason."""
+    missing = sorted({f for f in items.files if f not in lengths})
+    if missing:
+        raise FileNotFoundError(f"{items.path}: {len(missing)} utterance(s) of the item file have no features/units, "
+                                f"e.g. {missing[:3]}")
+    dec_rate = Decimal(str(fastabx_frequency(rate)))
+    kept, dropped = [], {"empty": 0, "past_end": 0}
+    for line, f, onset, offset in zip(items.lines, items.files, items.onsets, items.offsets, strict=True):
+        start, end = token_frames(onset, offset, dec_rate, librilight)
+        if end <= start:
+            dropped["empty"] += 1
+        elif start < 0 or end > lengths[f]:
+            dropped["past_end"] += 1
+        else:
+            kept.append(line)
+    if not kept:
+        raise ValueError(f"{items.path}: no item has a frame at {rate} Hz inside its utterance; is the frame rate "
+                         "right?")
+    return kept, dropped
+
+
+@contextmanager
+def slicing_env(slicing: str) -> Iterator[None]:
+    """fastabx reads its slicing switch from the environment when it builds a Dataset."""
+    old = os.environ.get(LIBRILIGHT_ENV)
+    os.environ[LIBRILIGHT_ENV] = "1" if slicing == "librilight" else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(LIBRILIGHT_ENV, None)
+        else:
+            os.environ[LIBRILIGHT_ENV] = old
+
+
+def load_features(path: str | Path) -> torch.Tensor:
+    feats = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
+        raise ValueError(f"{path}: expected a (frames, dim) tensor, got "
+                         f"{getattr(feats, 'shape', type(feats).__name__)}")
+    return feats.float()
+
+
+def feature_files(featdir: Path) -> dict[str, Path]:
+    """Utterance id (path below FEATDIR without .pt, as fastabx matches #file) -> feature file."""
+    if not featdir.is_dir():
+        raise FileNotFoundError(f"{featdir}: features folder not found (expected <utt-id>.pt tensors (T, D))")
+    files = {p.relative_to(featdir).as_posix().removesuffix(".pt"): p for p in featdir.rglob("*.pt")}
+    if not files:
+        raise FileNotFoundError(f"{featdir}: no .pt feature file")
+    return files
+
+
+def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
+    """Frame counts without reading the tensors (memory-mapped load)."""
+    lengths = {}
+    for uid in needed & set(files):
+        t = torch.load(files[uid], map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            raise ValueError(f"{files[uid]}: expected a (frames, dim) tensor, got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+        lengths[uid] = int(t.shape[0])
+    return lengths
+
+
+def frame_units(units_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Frame-level units per utterance (a deduplicated file is expanded with its durations) and the file meta."""
+    meta = read_units_meta(units_path)
+    table = read_units(units_path)
+    out = {}
+    for row in table.itertuples(index=False):
+        units = np.asarray(row.units, dtype=np.int64)
+        if meta.get("deduplicated"):
+            units = np.repeat(units, np.asarray(row.durations, dtype=np.int64))
+        out[str(row.id)] = units
+    return out, meta
+
+
+def build_dataset(item: Path, *, features: Path | None, units: dict[str, np.ndarray] | None, rate: float,
+                  cfg: AbxConfig, workdir: Path) -> Dataset:
+    """A fastabx Dataset from a (filtered) item file, under the configured slicing."""
+    freq = fastabx_frequency(rate)
+    with slicing_env(cfg.slicing):
+        if features is not None:
+            return Dataset.from_item(item, features, freq, feature_maker=load_features, device=cfg.device,
+                                     progress=False)
+        assert units is not None
+        needed = {line.split()[0] for line in item.read_text().splitlines()[1:]}
+        jsonl = workdir / "units.jsonl"
+        # fastabx matches `audio` by its stem: a dummy extension keeps ids containing dots intact.
+        with jsonl.open("w") as f:
+            for uid in sorted(needed):
+                f.write(json.dumps({"audio": f"{uid}.units", "units": units[uid].tolist()}) + "\n")
+        return Dataset.from_item_and_units(item, jsonl, freq, device=cfg.device, progress=False)
+
+
+def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path | None, frame_rate: float | None,
+        cfg: AbxConfig, labels: dict) -> dict:
+    if (features is None) == (units_path is None):
+        raise ValueError("give exactly one of --features FEATDIR and --units UNITS.parquet")
+    items = read_item_file(item_path)
+    kind = item_kind(item_path, cfg.item_kind)
+    needed = set(items.files)
+    units = None
+    if features is not None:
+        rate = frame_rate if frame_rate is not None else 50.0
+        lengths = feature_lengths(feature_files(features), needed)
+        distance = cfg.distance or "angular"
+        source = "continuous features"
+    else:
+        units, meta = frame_units(units_path)
+        rate = float(meta["frame_rate"]) if frame_rate is None else frame_rate
+        if not math.isclose(rate, float(meta["frame_rate"])):
+            raise ValueError(f"--frame-rate {frame_rate} contradicts {units_path}, whose units are at "
+                             f"{meta['frame_rate']} Hz")
+        if any("/" in uid for uid in units):
+            raise ValueError(f"{units_path}: utterance ids with '/' cannot be matched to item files by fastabx")
+        lengths = {uid: len(u) for uid, u in units.items()}
+        distance = cfg.distance or "identical"
+        source = "discrete units"
+    kept, dropped = select_items(items, lengths, rate, cfg.slicing == "librilight")
+    subsampling = (f"max_size_group={cfg.max_size_group}, max_x_across={cfg.max_x_across}, seed={cfg.seed}"
+                   if cfg.max_size_group is not None or cfg.max_x_across is not None else "none")
+    common = {"input": source, "items": f"{kind} ({item_path.name})", "slicing": SLICINGS[cfg.slicing],
+              "distance": distance, "alignment": "DTW, cost normalised by the path length",
+              "subsampling": subsampling, "frame_rate_hz": rate, "tie": "0.5",
+              "library": f"fastabx {version('fastabx')}"}
+    metrics, details = [], {"items_total": len(items), "items_used": len(kept), "items_dropped": dropped,
+                            "conditions": {}}
+    with tempfile.TemporaryDirectory(prefix="abx-") as tmp:
+        filtered = Path(tmp) / f"{kind}.item"
+        filtered.write_text(items.header + "\n" + "\n".join(kept) + "\n")
+        dataset = build_dataset(filtered, features=features, units=units, rate=rate, cfg=cfg, workdir=Path(tmp))
+        for cond in conditions_for(kind, cfg.speakers):
+            start = time.perf_counter()
+            subsampler = Subsampler(cfg.max_size_group, cfg.max_x_across if cond.speaker == "across" else None,
+                                    cfg.seed)
+            task = Task(dataset, on="#phone", by=list(cond.by) or None, across=list(cond.across) or None,
+                        subsampler=subsampler)
+            error = Score(task, distance, progress=False).collapse(levels=list(cond.levels))
+            details["conditions"][cond.name] = {"cells": len(task), "seconds": round(time.perf_counter() - start, 3)}
+            metrics.append(Metric(cond.name, 100 * error, "%", len(kept),
+                                  {**common, "context": cond.context, "speaker": cond.speaker,
+                                   "aggregation": AGGREGATION[cond.context]}))
+    inputs = {"item": item_path, "features" if features is not None else "units": features or units_path}
+    return write_metrics(out, task="abx", metrics=metrics, labels=labels, inputs=inputs,
+                         config={**dataclasses.asdict(cfg), "frame_rate": rate, "item_kind": kind,
+                                 "distance": distance}, details=details)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--item", type=Path, required=True, help="ZeroSpeech .item file (triphone or phoneme)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", type=Path, help="folder of <utt-id>.pt tensors (T, D)")
+    src.add_argument("--units", type=Path, help="frame-level (or deduplicated) units Parquet file")
+    parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    parser.add_argument("--frame-rate", type=float, help="Hz; default 50 for features, the units file's rate")
+    parser.add_argument("--config", default="{}", help="JSON object of AbxConfig fields")
+    parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
+    args = parser.parse_args(argv)
+    try:
+        cfg = AbxConfig.from_dict(json.loads(args.config))
+        doc = run(args.item, args.out, features=args.features, units_path=args.units, frame_rate=args.frame_rate,
+                  cfg=cfg, labels=parse_labels(args.labels))
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    for m in doc["metrics"]:
+        print(f"{m['metric']}: {m['value']:.3f} %")
+    print(f"items used {doc['details']['items_used']} of {doc['details']['items_total']}, dropped "
+          f"{doc['details']['items_dropped']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The evaluation result files: long-format metrics JSON with experiment labels, and the LM scores tables they read.
+
+Every entry point of eval/ writes one JSON file:
+
+    {"format": "textless-slm/metrics-v1", "task": ..., "labels": {"experiment", "encoder", "units", "layer", "k",
+     "lm"}, "inputs": {...}, "metrics": [{"metric", "value", "unit", "n", "conventions": {...}}, ...],
+     "details": {...}, "provenance": {config, code_version, command, created}}
+
+One record per number, each with the conventions needed to read it (set, normalisation, slicing, distance, ...),
+so that `eval.report` can put any number in a table without guessing how it was computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spidr.io import atomic_write_json, provenance
+
+METRICS_FORMAT = "textless-slm/metrics-v1"
+LABEL_KEYS = ("experiment", "encoder", "units", "layer", "k", "lm")
+NORMALISATIONS = ("mean", "sum")
+
+
+class MetricsFileError(ValueError):
+    """A metrics JSON file that is missing or not in the format above; the message names the file."""
+
+
+class ScoresFileError(ValueError):
+    """An LM scores table that is missing, malformed or incomplete; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: `value` in `unit` ("%" for accuracies and ABX error rates), over `n` items."""
+
+    metric: str
+    value: float | None
+    unit: str = ""
+    n: int | None = None
+    conventions: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        value = None if self.value is None or not math.isfinite(self.value) else float(self.value)
+        return {"metric": self.metric, "value": value, "unit": self.unit, "n": self.n,
+                "conventions": dict(self.conventions)}
+
+
+def parse_labels(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Experiment labels from the `--labels` JSON object; unknown keys are an error naming the key."""
+    if text is None:
+        return {}
+    if isinstance(text, str):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--labels is not valid JSON ({err}): {text!r}") from err
+    else:
+        labels = dict(text)
+    if not isinstance(labels, dict):
+        raise ValueError(f"--labels must be a JSON object with keys among {list(LABEL_KEYS)}, got {text!r}")
+    unknown = sorted(set(labels) - set(LABEL_KEYS))
+    if unknown:
+        raise ValueError(f"--labels: unknown key(s) {unknown}; known keys: {list(LABEL_KEYS)}")
+    for key, value in labels.items():
+        if value is not None and not isinstance(value, str | int | float):
+            raise ValueError(f"--labels: value of {key!r} must be a string or a number, got {value!r}")
+    return labels
+
+
+def write_metrics(out: str | Path, *, task: str, metrics: list[Metric], labels: Mapping[str, Any],
+                  inputs: Mapping[str, Any], config: Any, details: Mapping[str, Any] | None = None) -> dict:
+    """Write the metrics JSON atomically and return what was written."""
+    doc = {
+        "format": METRICS_FORMAT,
+        "task": task,
+        "labels": dict(labels),
+        "inputs": {k: str(v) if isinstance(v, Path) else v for k, v in inputs.items()},
+        "metrics": [m.to_json() for m in metrics],
+        "details": _jsonable(details or {}),
+        "provenance": provenance(config),
+    }
+    atomic_write_json(out, doc)
+    return doc
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsFileError(f"{path}: metrics file not found")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MetricsFileError(f"{path}: not JSON ({err})") from err
+    if not isinstance(doc, dict) or doc.get("format") != METRICS_FORMAT:
+        raise MetricsFileError(f"{path}: not a metrics file of format {METRICS_FORMAT!r} (written by eval.*)")
+    for key in ("task", "labels", "metrics"):
+        if key not in doc:
+            raise MetricsFileError(f"{path}: metrics file without the {key!r} key")
+    parse_labels(doc["labels"])
+    return doc
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy / pandas scalars and NaN in result details -> plain JSON values (NaN -> null)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is pd.NA:
+        return None
+    return obj
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A small result table as JSON records (for `details`)."""
+    return _jsonable(frame.to_dict(orient="records"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LM scores: `id<TAB>score` lines written by `python -m lm.score` (log-likelihood, higher = more probable).
+
+
+def read_scores(source: str | Path | pd.DataFrame | pd.Series) -> pd.Series:
+    """Scores indexed by id (wav stem) as float64; a TSV path, a DataFrame (id, score) or a Series id -> score.
+
+    The TSV has two tab-separated columns `id` and `score`, with or without that header line. Duplicate ids,
+    non-numeric or non-finite scores are errors naming the file and the line.
+    """
+    if isinstance(source, pd.Series):
+        series = source.copy()
+        series.index = series.index.astype(str)
+        name = "<Series>"
+    elif isinstance(source, pd.DataFrame):
+        missing = {"id", "score"} - set(source.columns)
+        if missing:
+            raise ScoresFileError(f"scores DataFrame needs columns 'id' and 'score'; missing {sorted(missing)}")
+        series = pd.Series(source["score"].to_numpy(), index=source["id"].astype(str).to_numpy())
+        name = "<DataFrame>"
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise ScoresFileError(f"{path}: scores file not found (expected `id<TAB>score` lines from lm.score)")
+        ids, values = [], []
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2:
+                raise ScoresFileError(f"{path}:{lineno}: expected `id<TAB>score`, got {line!r}")
+            if lineno == 1 and parts == ["id", "score"]:
+                continue
+            try:
+                values.append(float(parts[1]))
+            except ValueError:
+                raise ScoresFileError(f"{path}:{lineno}: score {parts[1]!r} is not a number") from None
+            ids.append(parts[0])
+        series = pd.Series(values, index=pd.Index(ids, dtype=object), dtype=np.float64)
+    try:
+        series = series.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise ScoresFileError(f"{name}: scores are not numbers ({err})") from err
+    dup = series.index[series.index.duplicated()]
+    if len(dup):
+        raise ScoresFileError(f"{name}: duplicate id(s) {sorted(set(dup))[:5]}")
+    bad = series.index[~np.isfinite(series.to_numpy())]
+    if len(bad):
+        raise ScoresFileError(f"{name}: non-finite score for id(s) {list(bad[:5])}")
+    series.index.name = "id"
+    series.name = "score"
+    return series
+
+
+def scores_normalisation(scores: str | Path | Any, given: str | None) -> str:
+    """How the scores were normalised ('mean' or 'sum' log-likelihood), from the lm.score sidecar or `given`.
+
+    The sidecar is `SCORES.tsv.json` or `SCORES.json` with a "normalisation" key. When both exist they must
+    agree; when neither does, the normalisation cannot be stated and that is an error.
+    """
+    if given is not None and given not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got {given!r}")
+    recorded = None
+    if isinstance(scores, str | Path):
+        path = Path(scores)
+        for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+            if sidecar.is_file() and sidecar != path:
+                try:
+                    meta = json.loads(sidecar.read_text())
+                except json.JSONDecodeError as err:
+                    raise ScoresFileError(f"{sidecar}: scores sidecar is not JSON ({err})") from err
+                recorded = meta.get("normalisation") if isinstance(meta, dict) else None
+                if recorded is not None and recorded not in NORMALISATIONS:
+                    raise ScoresFileError(f"{sidecar}: unknown normalisation {recorded!r}")
+                if recorded is not None:
+                    break
+    if given is not None and recorded is not None and given != recorded:
+        raise ValueError(f"--normalisation {given} contradicts the scores sidecar of {scores}, which says {recorded}")
+    result = given or recorded
+    if result is None:
+        raise ValueError(f"the normalisation of {scores} is unknown: pass --normalisation mean|sum or keep the "
+                         "sidecar JSON that lm.score writes next to its scores")
+    return result
+
+
+def pair_outcome(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """The field's pair rule: 1 when the positive item is more probable, 0.5 on an exact tie, else 0."""
+    positive = np.asarray(positive, dtype=np.float64)
+    negative = np.asarray(negative, dtype=np.float64)
+    return (positive > negative) + 0.5 * (positive == negative)
