@@ -10,6 +10,10 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/units.smk"
+include: "workflow/rules/lm.smk"
+include: "workflow/rules/eval.smk"
 
 
 rule all:

@@ -38,7 +38,9 @@ rule manifest:
         ext=lambda wc: " ".join(config["corpora"][wc.corpus]["ext"]),
         speaker=lambda wc: config["corpora"][wc.corpus]["speaker"],
         bad_audio=lambda wc: config["corpora"][wc.corpus]["bad_audio"],
-        convert=lambda wc: "--convert" if config["corpora"][wc.corpus]["convert"] else "",
+        convert=lambda wc: (
+            "--convert" if config["corpora"][wc.corpus]["convert"] else ""
+        ),
     shell:
         "python -m spidr.data.manifest {params.root} {output} --ext {params.ext} --speaker {params.speaker} "
         "--bad-audio {params.bad_audio} {params.convert} --threads {threads} > {log} 2>&1"

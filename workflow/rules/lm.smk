@@ -1,0 +1,45 @@
+"""Unit-LM stage: train on the deduplicated units of a corpus, then score every benchmark utterance."""
+
+
+def lm_train_units(wildcards):
+    corpus = config["lms"][wildcards.lm]["corpus"]
+    return f"results/units/{wildcards.units}/corpus-{corpus}/dedup.parquet"
+
+
+rule train_lm:
+    input:
+        lm_train_units,
+    output:
+        directory("results/lm/{units}/{lm}/model"),
+    log:
+        "logs/train_lm/{units}/{lm}.log",
+    benchmark:
+        "logs/benchmarks/train_lm/{units}/{lm}.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        hp=lambda wc: sorted_json(config["lms"][wc.lm]["train"]),
+        # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
+        workdir="work/lm/{units}/{lm}",
+    shell:
+        "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m lm.train "
+        "--units {input} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
+
+
+rule score_lm:
+    input:
+        model="results/lm/{units}/{lm}/model",
+        units="results/units/{units}/{benchmark}-{lmtask}/dedup.parquet",
+    output:
+        "results/lm/{units}/{lm}/scores/{benchmark}-{lmtask}.tsv",
+    log:
+        "logs/score_lm/{units}/{lm}/{benchmark}-{lmtask}.log",
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        normalisation=config["eval"]["normalisation"],
+    shell:
+        "python -m lm.score --model {input.model} --units {input.units} --out {output} "
+        "--normalisation {params.normalisation} > {log} 2>&1"
