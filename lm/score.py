@@ -1,0 +1,161 @@
+"""Unit-LM scoring: log-likelihoods of unit sequences (API) and `python -m lm.score` over a units file (TSV out).
+
+Conventions (also written beside every score file): each sequence is scored as `<bos> u_1 ... u_n <eos>`; `<bos>`
+is context only (never scored), the n units and, by default, `<eos>` are scored (as slamkit and the ZeroSpeech
+2021 LSTM baseline). `sum` is the total log-probability (natural log) of the scored tokens; `mean` divides it by
+their number (n + 1 with `<eos>`, n without), as the SpidR paper and slamkit do.
+
+Batching: sequences are grouped by a padded length that depends only on their own length (a multiple of
+`PAD_MULTIPLE`), padded on the right and masked, and run in fp32. A sequence therefore goes through exactly the
+same computation whatever else is in its batch, so batched scores equal one-at-a-time scores bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from lm.model import UnitVocab, document_causal_mask
+from spidr.io import atomic_write_json, provenance
+from spidr.units_io import iter_units, read_units_meta
+
+PAD_MULTIPLE = 16
+NORMALISATIONS = ("mean", "sum")
+
+
+def load_lm(model_dir: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A trained unit LM in eval mode, fp32, on `device` (default: CUDA when present, else CPU)."""
+    model_dir = Path(model_dir)
+    vocab = UnitVocab.load(model_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    if (model.config.vocab_size, model.config.bos_token_id, model.config.eos_token_id) != (
+            vocab.size, vocab.bos_id, vocab.eos_id):
+        raise ValueError(f"{model_dir}: config.json special tokens / vocab size disagree with unit_vocab.json")
+    return model.to(device).eval()
+
+
+def _padded_length(n_inputs: int) -> int:
+    return PAD_MULTIPLE * math.ceil(n_inputs / PAD_MULTIPLE)
+
+
+@torch.no_grad()
+def score_sequences(model: torch.nn.Module, sequences: Sequence[Sequence[int]], normalisation: str = "mean",
+                    batch_size: int = 64, eos: bool = True) -> np.ndarray:
+    """Log-likelihood of each unit sequence (float64 array in input order); conventions in the module docstring."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    config = model.config
+    bos, eos_id, pad = config.bos_token_id, config.eos_token_id, config.pad_token_id
+    num_units = min(bos, eos_id, pad)  # units come first in the vocabulary, specials after
+    device = next(model.parameters()).device
+    max_len = getattr(config, "max_position_embeddings", None)
+    tokens = []
+    for i, seq in enumerate(sequences):
+        units = np.asarray(seq, dtype=np.int64).reshape(-1)
+        if units.size and (units.min() < 0 or units.max() >= num_units):
+            raise ValueError(f"sequence {i}: unit ids must be in [0, {num_units}), got {units.min()}..{units.max()}")
+        if not eos and units.size == 0:
+            raise ValueError(f"sequence {i} is empty: without <eos> it has no scored token")
+        seq_tokens = np.concatenate([[bos], units, [eos_id]] if eos else [[bos], units])
+        if max_len is not None and len(seq_tokens) - 1 > max_len:
+            raise ValueError(f"sequence {i}: {len(seq_tokens) - 1} positions exceed the model's {max_len}")
+        tokens.append(seq_tokens)
+    scores = np.zeros(len(tokens), dtype=np.float64)
+    # Bucket by padded length (longest first, so an out-of-memory error shows up at once).
+    padded = np.array([_padded_length(len(t) - 1) for t in tokens], dtype=np.int64)
+    order = np.lexsort((np.arange(len(tokens)), -padded))
+    for length in np.unique(padded)[::-1]:
+        members = order[padded[order] == length]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            ids = torch.full((len(chunk), int(length) + 1), pad, dtype=torch.long)
+            for row, k in enumerate(chunk):
+                ids[row, :len(tokens[k])] = torch.from_numpy(tokens[k])
+            inputs, targets = ids[:, :-1].to(device), ids[:, 1:].to(device)
+            n_scored = torch.tensor([len(tokens[k]) - 1 for k in chunk], device=device)
+            positions = torch.arange(int(length), device=device).expand(len(chunk), -1)
+            scored = positions < n_scored[:, None]
+            # An explicit mask in every batch (padding tokens are one-token documents) keeps the attention kernel
+            # the same whether or not a batch holds padding.
+            mask = document_causal_mask(torch.where(scored, positions, 0), model.config._attn_implementation)
+            logits = model(input_ids=inputs, position_ids=positions, attention_mask=mask, use_cache=False).logits
+            logits = logits.float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            sums = torch.where(scored, logp, 0.0).double().sum(dim=1).cpu().numpy()
+            scores[chunk] = sums / n_scored.cpu().numpy() if normalisation == "mean" else sums
+    return scores
+
+
+def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, normalisation: str = "mean",
+                     batch_size: int = 64, eos: bool = True, device: str | None = None,
+                     chunk_utterances: int = 8192) -> None:
+    """Write `id<TAB>score` for every utterance of a units file, plus the conventions in `<out>.json`."""
+    out = Path(out)
+    meta = read_units_meta(units)
+    model = load_lm(model_dir, device)
+    vocab = UnitVocab.load(model_dir)
+    if int(meta["vocab_size"]) != vocab.num_units:
+        raise ValueError(f"{units}: vocab_size {meta['vocab_size']} differs from the LM's {vocab.num_units} units "
+                         f"({model_dir})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    count = 0
+    with tmp.open("w") as f:
+        ids: list[str] = []
+        seqs: list[np.ndarray] = []
+
+        def flush() -> None:
+            for uid, score in zip(ids, score_sequences(model, seqs, normalisation, batch_size, eos), strict=True):
+                f.write(f"{uid}\t{score!r}\n")
+            ids.clear()
+            seqs.clear()
+
+        for row in iter_units(units):  # the `units` column: deduplicated files score their deduplicated units
+            ids.append(row["id"])
+            seqs.append(row["units"])
+            count += 1
+            if len(ids) == chunk_utterances:
+                flush()
+        flush()
+    lm_info: dict[str, Any] = json.loads((Path(model_dir) / "provenance.json").read_text()) \
+        if (Path(model_dir) / "provenance.json").is_file() else {}
+    atomic_write_json(out.with_name(out.name + ".json"), {
+        **provenance({"model": str(model_dir), "units": str(units), "normalisation": normalisation,
+                      "eos": eos, "batch_size": batch_size}),
+        "conventions": {"normalisation": normalisation, "log_base": "e",
+                        "bos": "prepended, context only (not scored)",
+                        "eos": "appended and scored" if eos else "not appended",
+                        "scored_tokens": "n units + 1 (eos)" if eos else "n units",
+                        "units": "the `units` column (deduplicated when the file is)"},
+        "utterances": count, "units_meta": meta,
+        "lm_code_version": lm_info.get("code_version"), "lm_config": lm_info.get("config")})
+    os.replace(tmp, out)  # the TSV, the declared output, comes last
+    print(f"lm.score: wrote {count} scores to {out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="unit-LM directory written by lm.train")
+    parser.add_argument("--units", required=True, help="units file to score (Parquet, spidr.units_io)")
+    parser.add_argument("--out", required=True, help="TSV of `id<TAB>score` lines; conventions go to OUT.json")
+    parser.add_argument("--normalisation", choices=NORMALISATIONS, default="mean")
+    parser.add_argument("--no-eos", dest="eos", action="store_false", help="do not append and score <eos>")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    args = parser.parse_args(argv)
+    score_units_file(args.model, args.units, args.out, args.normalisation, args.batch_size, args.eos, args.device)
+
+
+if __name__ == "__main__":
+    main()
