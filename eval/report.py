@@ -1,0 +1,394 @@
+"""Collect every experiment's metrics JSON into paper-style tables (CSV, Markdown, LaTeX), correlations and plots.
+
+Usage:
+    python -m eval.report --metrics M1.json M2.json ... --out REPORT_DIR
+    python -m eval.report --print REPORT_DIR
+
+Rows are (encoder, units, layer, K, LM); columns are the SpidR paper's: triphone ABX within / across speaker,
+PNMI, sWUGGY all / in-vocab, sBLIMP, tSC, sSC. A metrics file without an `lm` label (ABX, PNMI: properties of the
+units alone) is shared by every row with the same encoder, units, layer and K. Every cell keeps its conventions:
+the Markdown and LaTeX tables carry them as per-column footnotes (with a letter on the cells when one column mixes
+conventions), the long CSV as columns.
+
+REPORT_DIR gets: metrics_long.csv (one row per number), table.{csv,md,tex}, table_all_metrics.csv,
+correlations.{csv,md,tex} (Pearson and Spearman of ABX / PNMI against each LM metric across rows),
+metric_vs_layer.png, correlations.png and report.json (inputs, notes on anything that could not be computed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import string
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eval.results import LABEL_KEYS, read_metrics
+from spidr.io import atomic_write_json, atomic_write_text, provenance
+
+ROW_KEYS = ("encoder", "units", "layer", "k", "lm")
+ROW_TITLES = {"encoder": "Encoder", "units": "Units", "layer": "Layer", "k": "K", "lm": "LM"}
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    title: str
+    digits: int
+    lower_is_better: bool = False
+
+
+COLUMNS = (
+    Column("abx_triphone_within_speaker", "ABX within (%)", 2, lower_is_better=True),
+    Column("abx_triphone_across_speaker", "ABX across (%)", 2, lower_is_better=True),
+    Column("pnmi", "PNMI", 3),
+    Column("swuggy_all", "sWUGGY all", 2),
+    Column("swuggy_in_vocab", "sWUGGY in-vocab", 2),
+    Column("sblimp", "sBLIMP", 2),
+    Column("tsc", "tSC", 2),
+    Column("ssc", "sSC", 2),
+)
+UNIT_METRICS = ("abx_triphone_within_speaker", "abx_triphone_across_speaker", "pnmi")
+LM_METRICS = ("swuggy_all", "swuggy_in_vocab", "sblimp", "tsc", "ssc")
+TITLE = {c.metric: c.title for c in COLUMNS}
+MIN_CORRELATION_POINTS = 3
+
+
+def conventions_text(conv: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in sorted(conv.items()) if v not in (None, ""))
+
+
+def _label(value: Any) -> Any:
+    """Label values as they will be grouped: ints stay ints ('6' -> 6), everything else a string or None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value)
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def long_table(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Every number of every metrics file, one row each, with the file's labels and the number's conventions."""
+    rows = []
+    for path in paths:
+        doc = read_metrics(path)
+        labels = {k: _label(doc["labels"].get(k)) for k in LABEL_KEYS}
+        for m in doc["metrics"]:
+            rows.append({**labels, "task": doc["task"], "metric": m["metric"], "value": m["value"],
+                         "unit": m.get("unit", ""), "n": m.get("n"),
+                         "conventions": conventions_text(m.get("conventions", {})),
+                         "code_version": (doc.get("provenance") or {}).get("code_version"), "source": str(path),
+                         "has_lm": doc["labels"].get("lm") is not None})
+    if not rows:
+        raise ValueError("no metric in the given files")
+    return _as_objects(pd.DataFrame(rows), rows, LABEL_KEYS)
+
+
+def _as_objects(frame: pd.DataFrame, rows: list[dict], keys: Sequence[str]) -> pd.DataFrame:
+    """Label columns as Python values (pandas would turn None into NaN and ints into floats, breaking matching)."""
+    for k in keys:
+        frame[k] = pd.Series([r[k] for r in rows], index=frame.index, dtype=object)
+    return frame
+
+
+def _key(row: dict | pd.Series) -> tuple:
+    return tuple(row[k] for k in ROW_KEYS)
+
+
+def _sort_key(key: tuple) -> tuple:
+    # None first, numbers before strings, so layers sort 1, 2, ..., 12 and K 50, 100, 256.
+    return tuple((0, 0, "") if v is None else (1, v, "") if isinstance(v, int) else (2, 0, str(v)) for v in key)
+
+
+def assemble(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (encoder, units, layer, k, lm) with every metric (value, conventions, source) it has.
+
+    Unit-level files (no `lm` label) fill every row of the same encoder / units / layer / K; when there is
+    none, they make their own row with an empty LM. Two different values for one cell are an error.
+    """
+    keys = {_key(r) for r in long[long["has_lm"]].to_dict("records")}
+    cells: dict[tuple, dict[str, dict[str, Any]]] = {}
+    experiments: dict[tuple, set[str]] = {}
+
+    def put(key: tuple, rec: dict) -> None:
+        row = cells.setdefault(key, {})
+        old = row.get(rec["metric"])
+        if old is not None and old["source"] != rec["source"] and old["value"] != rec["value"]:
+            raise ValueError(f"two values for {rec['metric']} of {dict(zip(ROW_KEYS, key, strict=True))}: "
+                             f"{old['value']} in {old['source']} and {rec['value']} in {rec['source']}")
+        row[rec["metric"]] = {"value": rec["value"], "conventions": rec["conventions"], "source": rec["source"]}
+        if rec["experiment"] is not None:
+            experiments.setdefault(key, set()).add(str(rec["experiment"]))
+
+    for rec in long.to_dict("records"):
+        if rec["has_lm"]:
+            put(_key(rec), rec)
+            continue
+        targets = [k for k in keys if k[:4] == _key(rec)[:4]] or [(*_key(rec)[:4], None)]
+        for key in targets:
+            put(key, rec)
+    rows = []
+    for key in sorted(cells, key=_sort_key):
+        row: dict[str, Any] = dict(zip(ROW_KEYS, key, strict=True))
+        row["experiment"] = ", ".join(sorted(experiments.get(key, set()))) or None
+        for metric, cell in cells[key].items():
+            row[metric] = cell["value"]
+            row[f"{metric}__conventions"] = cell["conventions"]
+        rows.append(row)
+    return _as_objects(pd.DataFrame(rows), rows, (*ROW_KEYS, "experiment"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paper-shaped tables
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def paper_cells(wide: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str], list[Column]]:
+    """Header, body and footnotes of the paper table; cells get a letter when their column mixes conventions."""
+    columns = [c for c in COLUMNS if c.metric in wide.columns]
+    header = [ROW_TITLES[k] for k in ROW_KEYS] + [c.title for c in columns]
+    footnotes, markers = [], {}
+    for number, col in enumerate(columns, start=1):
+        conv = wide.get(f"{col.metric}__conventions")
+        distinct = [] if conv is None else sorted({c for c in conv.dropna() if c})
+        if len(distinct) == 1:
+            footnotes.append(f"[{number}] {col.title}: {distinct[0]}")
+        for letter, text in zip(string.ascii_lowercase, distinct if len(distinct) > 1 else [], strict=False):
+            markers[(col.metric, text)] = letter
+            footnotes.append(f"[{number}{letter}] {col.title}: {text}")
+        header[len(ROW_KEYS) + number - 1] += f" [{number}]"
+    body = []
+    for _, row in wide.iterrows():
+        line = ["–" if row.get(k) is None or pd.isna(row.get(k)) else str(row[k]) for k in ROW_KEYS]
+        for col in columns:
+            text = _fmt(row.get(col.metric), col.digits)
+            marker = markers.get((col.metric, row.get(f"{col.metric}__conventions")))
+            line.append(f"{text}{marker}" if marker and text != "–" else text)
+        body.append(line)
+    return header, body, footnotes, columns
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "<": r"\textless{}", ">": r"\textgreater{}", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def latex_table(header: list[str], body: list[list[str]], footnotes: list[str], *, align: str) -> str:
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if footnotes:
+        lines += ["", r"\begin{flushleft}\footnotesize"] + [latex_escape(f) + r"\\" for f in footnotes]
+        lines += [r"\end{flushleft}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Correlations and plots
+
+
+def correlations(wide: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r and Spearman rho of each unit metric against each LM metric, over rows that have both."""
+    rows = []
+    for um in UNIT_METRICS:
+        for lm in LM_METRICS:
+            if um not in wide.columns or lm not in wide.columns:
+                continue  # no input has this metric at all: nothing to say
+            pair = wide[[um, lm]].dropna().astype(float)
+            n, r, rho, note = len(pair), None, None, ""
+            if n < MIN_CORRELATION_POINTS:
+                note = f"not computed: {n} row(s) with both metrics (needs at least {MIN_CORRELATION_POINTS})"
+            elif pair[um].nunique() < 2 or pair[lm].nunique() < 2:
+                note = "not computed: one of the metrics is constant over these rows"
+            else:
+                r = float(np.corrcoef(pair[um], pair[lm])[0, 1])
+                rho = float(np.corrcoef(pair[um].rank(), pair[lm].rank())[0, 1])
+            rows.append({"unit_metric": um, "lm_metric": lm, "n": n, "pearson_r": r, "spearman_rho": rho,
+                         "note": note})
+    return pd.DataFrame(rows, columns=["unit_metric", "lm_metric", "n", "pearson_r", "spearman_rho", "note"])
+
+
+def plot_metric_vs_layer(wide: pd.DataFrame, out: Path) -> str | None:
+    """One panel per metric, x = layer, a line per (encoder, units, K, LM); returns a note when impossible."""
+    layered = wide[wide["layer"].map(lambda v: isinstance(v, int | np.integer))]
+    metrics = [c for c in COLUMNS if c.metric in layered.columns and layered[c.metric].notna().any()]
+    if layered.empty or not metrics:
+        return "metric_vs_layer.png not drawn: no row has both a numeric layer label and a metric"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = min(4, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    names = layered.apply(lambda r: " / ".join(str(r[k]) for k in ("encoder", "units", "k", "lm")
+                                               if r[k] is not None and not pd.isna(r[k])), axis=1)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(set(names)))}  # one colour per line everywhere
+    for ax, col in zip(axes.flat, metrics, strict=False):
+        for label, group in layered.groupby(names, sort=True):
+            g = group[group[col.metric].notna()].sort_values("layer")
+            if len(g):
+                ax.plot(g["layer"].astype(int), g[col.metric], marker="o", color=colours[label], label=label)
+        ax.set_title(col.title + (" (lower is better)" if col.lower_is_better else ""), fontsize=9)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=c, marker="o", label=label) for label, c in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def plot_correlations(wide: pd.DataFrame, corr: pd.DataFrame, out: Path) -> str | None:
+    """Scatter of each unit metric against each LM metric, r and rho in the panel title."""
+    units = [m for m in UNIT_METRICS if m in wide.columns]
+    lms = [m for m in LM_METRICS if m in wide.columns]
+    if not units or not lms or len(corr) == 0 or corr["n"].max() < 2:
+        return ("correlations.png not drawn: fewer than 2 rows have both a unit metric (ABX / PNMI) and an LM "
+                "metric")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(units), len(lms), figsize=(3.2 * len(lms), 3 * len(units)), squeeze=False)
+    stats = corr.set_index(["unit_metric", "lm_metric"])
+    for i, um in enumerate(units):
+        for j, lm in enumerate(lms):
+            ax = axes[i][j]
+            pair = wide[[um, lm, "experiment"]].dropna(subset=[um, lm])
+            ax.scatter(pair[um], pair[lm], s=18)
+            s = stats.loc[(um, lm)]
+            title = (f"r={s['pearson_r']:.2f}, rho={s['spearman_rho']:.2f} (n={s['n']})"
+                     if s["pearson_r"] is not None and not pd.isna(s["pearson_r"]) else f"n={s['n']}: r not computed")
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel(TITLE[um], fontsize=8)
+            ax.set_ylabel(TITLE[lm], fontsize=8)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_report(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    long = long_table(paths)
+    wide = assemble(long)
+    notes: list[str] = []
+
+    atomic_write_text(out / "metrics_long.csv", long.drop(columns="has_lm").to_csv(index=False))
+    atomic_write_text(out / "table_all_metrics.csv", wide.to_csv(index=False))
+    header, body, footnotes, columns = paper_cells(wide)
+    if not columns:
+        notes.append("the paper table has no metric column: none of the inputs holds "
+                     + ", ".join(c.metric for c in COLUMNS))
+    paper = pd.DataFrame(body, columns=header)
+    atomic_write_text(out / "table.csv", wide[[*ROW_KEYS, "experiment", *[c.metric for c in columns]]]
+                      .to_csv(index=False))
+    corr = correlations(wide)
+    for name, note in (("metric_vs_layer.png", plot_metric_vs_layer(wide, out / "metric_vs_layer.png")),
+                       ("correlations.png", plot_correlations(wide, corr, out / "correlations.png"))):
+        if note:  # a stale plot from an earlier run must not pass for this one
+            notes.append(note)
+            (out / name).unlink(missing_ok=True)
+    if corr["pearson_r"].notna().sum() == 0:
+        most = int(corr["n"].max()) if len(corr) else 0
+        notes.append(f"no correlation computed: each needs at least {MIN_CORRELATION_POINTS} rows with both a "
+                     f"unit metric (ABX / PNMI) and an LM metric, and this report has {most}")
+
+    md = ["## Results", "", markdown_table(list(paper.columns), body)]
+    md += [f"{f}  " for f in footnotes] + ([""] if footnotes else [])
+    md += [f"Note: {n}  " for n in notes]
+    atomic_write_text(out / "table.md", "\n".join(md).rstrip() + "\n")
+    align = "l" * len(ROW_KEYS) + "r" * len(columns)
+    atomic_write_text(out / "table.tex", latex_table(list(paper.columns), body, footnotes, align=align))
+
+    corr_body = [[TITLE[r.unit_metric], TITLE[r.lm_metric], str(r.n), _fmt(r.pearson_r, 3), _fmt(r.spearman_rho, 3),
+                  r.note] for r in corr.itertuples()]
+    corr_header = ["Unit metric", "LM metric", "n", "Pearson r", "Spearman rho", "Note"]
+    atomic_write_text(out / "correlations.csv", corr.to_csv(index=False))
+    atomic_write_text(out / "correlations.md", "## Correlation of unit quality with LM metrics across rows\n\n"
+                      + markdown_table(corr_header, corr_body))
+    atomic_write_text(out / "correlations.tex", latex_table(corr_header, corr_body, [], align="llrrrl"))
+    index = {"inputs": [str(p) for p in paths], "rows": len(wide), "notes": notes,
+             "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")), **provenance(None)}
+    atomic_write_json(out / "report.json", index)
+    return index
+
+
+def print_report(folder: str | Path) -> str:
+    folder = Path(folder)
+    parts = [folder / "table.md", folder / "correlations.md"]
+    missing = [p for p in parts if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: not found; build the report first (python -m eval.report --metrics "
+                                f"... --out {folder})")
+    return "\n".join(p.read_text() for p in parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--metrics", nargs="+", type=Path, help="metrics JSON files from eval.*")
+    mode.add_argument("--print", dest="print_dir", type=Path, help="print REPORT_DIR's Markdown tables")
+    parser.add_argument("--out", type=Path, help="report folder (with --metrics)")
+    args = parser.parse_args(argv)
+    try:
+        if args.print_dir is not None:
+            print(print_report(args.print_dir), end="")
+            return
+        if args.out is None:
+            parser.error("--metrics needs --out REPORT_DIR")
+        index = build_report(args.metrics, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    for note in index["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"report: {index['rows']} row(s) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""eval.report: paper-shaped tables in CSV / Markdown / LaTeX, shared unit-level metrics, correlations, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eval.report import build_report, main, print_report
+from eval.results import Metric, MetricsFileError, write_metrics
+
+UNIT_CONV = {"slicing": "fastabx", "distance": "identical"}
+
+
+def unit_metrics(root: Path, layer: int, abx_w: float, abx_a: float, pnmi: float, encoder: str = "spidr") -> Path:
+    out = root / f"{encoder}-L{layer}-units.json"
+    write_metrics(out, task="abx", labels={"encoder": encoder, "units": "kmeans", "layer": layer, "k": 16},
+                  inputs={}, config={}, metrics=[Metric("abx_triphone_within_speaker", abx_w, "%", 10, UNIT_CONV),
+                                                 Metric("abx_triphone_across_speaker", abx_a, "%", 10, UNIT_CONV),
+                                                 Metric("pnmi", pnmi, "", 100, {"set": "dev"})])
+    return out
+
+
+def lm_metrics(root: Path, layer: int, swuggy: float, sblimp: float, tsc: float, *, encoder: str = "spidr",
+               norm: str = "mean", lm: str = "tiny") -> Path:
+    out = root / f"{encoder}-L{layer}-{lm}-{norm}-lm.json"
+    conv = {"set": "dev", "normalisation": f"{norm} log-likelihood"}
+    write_metrics(out, task="lexical", config={}, inputs={},
+                  labels={"experiment": f"{encoder}-l{layer}", "encoder": encoder, "units": "kmeans", "layer": layer,
+                          "k": 16, "lm": lm},
+                  metrics=[Metric("swuggy_all", swuggy, "%", 4, conv), Metric("swuggy_in_vocab", swuggy + 1, "%", 3, conv),
+                           Metric("sblimp", sblimp, "%", 6, conv), Metric("tsc", tsc, "%", 3, conv)])
+    return out
+
+
+def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None:
+    files = []
+    for layer, abx, pnmi, sw in ((4, 20.0, 0.30, 55.0), (5, 15.0, 0.40, 60.0), (6, 10.0, 0.50, 66.0),
+                                 (7, 12.0, 0.45, 64.0)):
+        files += [unit_metrics(tmp_path, layer, abx, abx + 2, pnmi), lm_metrics(tmp_path, layer, sw, sw - 5, 70.0)]
+    files.append(unit_metrics(tmp_path, 0, 30.0, 35.0, 0.2, encoder="mfcc"))  # baseline without an LM
+    out = tmp_path / "report"
+    index = build_report(files, out)
+    assert index["rows"] == 5
+    for name in ("metrics_long.csv", "table.csv", "table.md", "table.tex", "table_all_metrics.csv",
+                 "correlations.csv", "correlations.md", "correlations.tex", "metric_vs_layer.png",
+                 "correlations.png", "report.json"):
+        assert (out / name).is_file(), name
+
+    table = pd.read_csv(out / "table.csv")
+    assert list(table.columns[:5]) == ["encoder", "units", "layer", "k", "lm"]
+    l6 = table[(table.encoder == "spidr") & (table.layer == 6)].iloc[0]
+    assert l6["abx_triphone_within_speaker"] == 10.0 and l6["pnmi"] == 0.5 and l6["swuggy_all"] == 66.0
+    assert l6["lm"] == "tiny" and l6["experiment"] == "spidr-l6"
+    mfcc = table[table.encoder == "mfcc"].iloc[0]
+    assert pd.isna(mfcc["lm"]) and pd.isna(mfcc["swuggy_all"]) and mfcc["abx_triphone_across_speaker"] == 35.0
+
+    md = (out / "table.md").read_text()
+    assert "| Encoder | Units | Layer | K | LM | ABX within (%) [1] |" in md
+    assert "| spidr | kmeans | 6 | 16 | tiny | 10.00 | 12.00 | 0.500 | 66.00 | 67.00 | 61.00 | 70.00 |" in md
+    assert "| mfcc | kmeans | 0 | 16 | – | 30.00 | 35.00 | 0.200 | – | – | – | – |" in md
+    assert "[4] sWUGGY all: normalisation: mean log-likelihood; set: dev" in md
+    tex = (out / "table.tex").read_text()
+    assert r"\begin{tabular}{lllllrrrrrrr}" in tex and r"ABX within (\%) [1]" in tex
+    assert r"spidr & kmeans & 6 & 16 & tiny & 10.00 & 12.00 & 0.500 & 66.00 & 67.00 & 61.00 & 70.00 \\" in tex
+
+    corr = pd.read_csv(out / "correlations.csv").set_index(["unit_metric", "lm_metric"])
+    r = corr.loc[("abx_triphone_within_speaker", "swuggy_all")]
+    want = pd.Series([20.0, 15.0, 10.0, 12.0]).corr(pd.Series([55.0, 60.0, 66.0, 64.0]))
+    assert r["n"] == 4 and r["pearson_r"] == pytest.approx(want) and r["spearman_rho"] == pytest.approx(-1.0)
+    assert "constant" in corr.loc[("pnmi", "tsc"), "note"]  # tSC is 70 everywhere
+    assert "Spearman rho" in (out / "correlations.md").read_text()
+
+    long = pd.read_csv(out / "metrics_long.csv")
+    assert len(long) == 4 * 3 + 4 * 4 + 3 and "slicing: fastabx" in long["conventions"].iloc[0]
+    assert print_report(out).startswith("## Results")
+
+
+def test_few_experiments_say_why_correlations_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    files = [unit_metrics(tmp_path, 6, 10.0, 12.0, 0.5), lm_metrics(tmp_path, 6, 66.0, 61.0, 70.0),
+             unit_metrics(tmp_path, 5, 15.0, 16.0, 0.4, encoder="mfcc"),
+             lm_metrics(tmp_path, 5, 55.0, 52.0, 60.0, encoder="mfcc")]
+    main(["--metrics", *map(str, files), "--out", str(tmp_path / "r")])
+    assert "note: no correlation computed" in capsys.readouterr().err
+    notes = json.loads((tmp_path / "r" / "report.json").read_text())["notes"]
+    assert any("needs at least 3" in n or "at least 3 rows" in n for n in notes)
+    assert (tmp_path / "r" / "correlations.png").is_file()  # 2 points are still worth looking at
+    assert "not computed: 2 row(s)" in (tmp_path / "r" / "correlations.md").read_text()
+    main(["--print", str(tmp_path / "r")])
+    printed = capsys.readouterr().out
+    assert "| mfcc | kmeans | 5 | 16 | tiny |" in printed and "Note: no correlation computed" in printed
+
+
+def test_mixed_conventions_are_marked_per_cell(tmp_path: Path) -> None:
+    files = [lm_metrics(tmp_path, 6, 66.0, 61.0, 70.0, norm="mean", lm="a"),
+             lm_metrics(tmp_path, 6, 64.0, 60.0, 71.0, norm="sum", lm="b")]
+    build_report(files, tmp_path / "r")
+    md = (tmp_path / "r" / "table.md").read_text()
+    assert "66.00a" in md and "64.00b" in md
+    assert "[1a] sWUGGY all: normalisation: mean log-likelihood" in md
+    assert "[1b] sWUGGY all: normalisation: sum log-likelihood" in md
+    assert "metric_vs_layer.png" in json.loads((tmp_path / "r" / "report.json").read_text())["files"]
+
+
+def test_conflicting_values_and_bad_files_are_errors(tmp_path: Path) -> None:
+    a = lm_metrics(tmp_path / "a", 6, 66.0, 61.0, 70.0)
+    b = lm_metrics(tmp_path / "b", 6, 65.0, 61.0, 70.0)
+    with pytest.raises(ValueError, match="two values for swuggy_all"):
+        build_report([a, b], tmp_path / "r")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"metrics": []}))
+    with pytest.raises(MetricsFileError, match=r"bad\.json: not a metrics file"):
+        build_report([bad], tmp_path / "r")
+    with pytest.raises(SystemExit, match="table.md: not found"):
+        main(["--print", str(tmp_path / "nothing")])
