@@ -35,14 +35,24 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class ConvBlock(nn.Module):
+    """Conv1d (no bias) -> LayerNorm over channels -> GELU, on (B, C, 1, T) channels-last activations.
+
+    The Conv1d runs as a conv2d over a height-1 image in channels-last memory, so the per-frame LayerNorm reads
+    contiguous channels and no transpose copy is made (about 2x faster on CPU than conv1d + transposes).
+    """
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, bias=bias)
-        self.layer_norm = ChannelLayerNorm(out_channels)
+        self.layer_norm = nn.LayerNorm(out_channels)
         nn.init.kaiming_normal_(self.conv.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.layer_norm(self.conv(x)))
+        if x.shape[1] > 1:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
+        x = self.layer_norm(x.permute(0, 2, 3, 1))  # (B, 1, T, C): contiguous in channels-last memory
+        return F.gelu(x).permute(0, 3, 1, 2)
 
 
 class FeatureExtractor(nn.Module):
@@ -56,10 +66,10 @@ class FeatureExtractor(nn.Module):
         )
 
     def forward(self, wav: Tensor) -> Tensor:
-        x = wav.unsqueeze(1)
+        x = wav[:, None, None, :]
         for layer in self.conv_layers:
             x = layer(x)
-        return x.transpose(1, 2)
+        return x[:, :, 0, :].transpose(1, 2)
 
 
 class FeatureProjection(nn.Module):

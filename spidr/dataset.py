@@ -1,0 +1,149 @@
+"""Pretraining data: manifest -> length-bucketed batches, each item randomly cropped to the batch's shortest one.
+
+No padding: a batch is a dense (B, L) tensor of standardised waveforms plus (B, M) masked frame indices, built in
+the loader (worker) process. Everything random about batch j of epoch e on rank r (crop offsets, masks) comes from
+a generator seeded by (seed, e, j, r), so a resumed run sees exactly the batches an uninterrupted one would.
+
+Planning an epoch (paper / official recipe): lengths are clipped to `max_samples`, items shorter than
+`min_samples` dropped, the rest split into `num_buckets` uniform length buckets; items are shuffled within
+buckets, batches filled greedily in length order up to `batch_samples` summed (clipped) samples, and the batch
+order shuffled. Under DDP whole batches are dealt to ranks; the remainder that does not divide evenly is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from spidr.config import DataConfig, MaskConfig
+from spidr.data.audio import load_audio
+from spidr.data.manifest import read_manifest
+from spidr.masking import mask_indices
+from spidr.model import frame_count
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints / strings (stable across processes and Python versions)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def plan_batches(
+    lengths: Sequence[int], *, batch_samples: int, min_samples: int, max_samples: int, num_buckets: int,
+    seed: int, epoch: int, shuffle: bool = True,
+) -> list[list[int]]:
+    """Batches of item indices for one epoch (see the module docstring)."""
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), max_samples)
+    items = np.flatnonzero(lengths >= min_samples)
+    if items.size == 0:
+        return []
+    items = items[np.argsort(lengths[items], kind="stable")]
+    boundaries = np.linspace(min_samples - 1, max_samples + 1, num_buckets + 1)
+    bucket_of = np.searchsorted(boundaries, lengths[items], side="left")
+    gen = torch.Generator().manual_seed(derived_seed("plan", seed, epoch))
+    ordered: list[int] = []
+    for bucket in np.unique(bucket_of):
+        members = items[bucket_of == bucket]
+        if shuffle:
+            members = members[torch.randperm(members.size, generator=gen).numpy()]
+        ordered.extend(int(i) for i in members)
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    total = 0
+    for i in ordered:
+        if batch and total + lengths[i] > batch_samples:
+            batches.append(batch)
+            batch, total = [], 0
+        batch.append(i)
+        total += int(lengths[i])
+    if batch:
+        batches.append(batch)
+    if shuffle:
+        batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
+    return batches
+
+
+def standardize_np(wav: np.ndarray) -> Tensor:
+    w = torch.from_numpy(wav).float()
+    return F.layer_norm(w, w.shape)
+
+
+class PretrainBatches(Dataset):
+    """Item j = batch j of the current epoch for this rank: {"wavs": (B, L), "mask": (B, M), "epoch", "index"}."""
+
+    def __init__(
+        self, manifest: str | Path, data: DataConfig, mask: MaskConfig, conv_layers: Sequence[tuple[int, int, int]],
+        *, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True, drop_remainder: bool = True,
+    ) -> None:
+        table = read_manifest(manifest)
+        self.manifest = str(manifest)
+        self.paths = list(table["path"])
+        self.lengths = [int(n) for n in table["num_samples"]]
+        self.data, self.mask_cfg, self.conv_layers = data, mask, tuple(conv_layers)
+        self.seed, self.rank, self.world = seed, rank, world
+        self.shuffle, self.drop_remainder = shuffle, drop_remainder
+        self.num_dropped = sum(n < data.min_samples for n in self.lengths)
+        if self.num_dropped == len(self.lengths):
+            raise ValueError(f"{manifest}: every utterance is shorter than data.min_samples={data.min_samples}")
+        self.epoch = -1
+        self.batches: list[list[int]] = []
+        self.set_epoch(0)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(min(n, self.data.max_samples) for n in self.lengths if n >= self.data.min_samples) / 16_000
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        d = self.data
+        batches = plan_batches(
+            self.lengths, batch_samples=d.batch_samples, min_samples=d.min_samples, max_samples=d.max_samples,
+            num_buckets=d.num_buckets, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+        )
+        if self.drop_remainder:
+            per_rank = len(batches) // self.world
+            if per_rank == 0:
+                raise ValueError(
+                    f"{self.manifest}: {len(batches)} batch(es) per epoch cannot feed {self.world} processes; "
+                    "lower data.batch_samples or use fewer processes"
+                )
+            self.batches = batches[self.rank :: self.world][:per_rank]
+        else:
+            self.batches = batches[self.rank :: self.world]
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int) -> dict:
+        gen = torch.Generator().manual_seed(derived_seed("batch", self.seed, self.epoch, j, self.rank))
+        wavs = []
+        for i in self.batches[j]:
+            w = load_audio(self.paths[i])
+            wavs.append(standardize_np(w) if self.data.standardize else torch.from_numpy(w))
+        n = min(min(w.numel() for w in wavs), self.data.max_samples)
+        cropped = []
+        for w in wavs:
+            offset = int(torch.randint(w.numel() - n + 1, (), generator=gen)) if w.numel() > n else 0
+            cropped.append(w[offset : offset + n])
+        frames = frame_count(self.conv_layers, n)
+        m = self.mask_cfg
+        mask = mask_indices(len(cropped), frames, prob=m.prob, length=m.length, min_masks=m.min_masks, generator=gen)
+        return {"wavs": torch.stack(cropped), "mask": mask, "epoch": self.epoch, "index": j}
+
+
+def make_loader(ds: PretrainBatches, *, start: int = 0, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A loader over batches start..len(ds)-1 of the dataset's current epoch (its own generator: no global RNG)."""
+    kw = {"prefetch_factor": 4} if num_workers > 0 else {}
+    return DataLoader(
+        ds, batch_size=None, sampler=list(range(start, len(ds))), num_workers=num_workers,
+        pin_memory=pin_memory, generator=torch.Generator(), **kw,
+    )

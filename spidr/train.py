@@ -1,0 +1,514 @@
+"""SpidR / DinoSR pretraining.
+
+Usage:
+    python -m spidr.train --manifest TRAIN.tsv --workdir WORKDIR --out FINAL.pt --config '{"preset": "small"}'
+        [--valid-manifest DEV.tsv] [--threads N] [--stop-after STEPS]
+    torchrun --standalone --nproc-per-node G -m spidr.train ...      (DDP: NCCL on GPU, gloo on CPU)
+
+The JSON config holds every hyperparameter (see spidr/config.py). WORKDIR keeps resumable checkpoints
+(`checkpoints/step_XXXXXXXX.pt`), `metrics.jsonl` and `config.json`; rerunning the same command resumes from the
+newest checkpoint (a workdir trained with another recipe is refused). FINAL.pt (our checkpoint format, with
+provenance) is written atomically, last. A NaN/Inf loss stops the run with exit code 3 and a message; no
+checkpoint is written after it, so the last good one stays intact. `--stop-after` ends the process after that many
+total steps (with a checkpoint) without writing FINAL.pt, e.g. to split a run across job time limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
+from spidr.config import ConfigError, TrainConfig, from_dict, from_json
+from spidr.dataset import PretrainBatches, derived_seed, make_loader
+from spidr.io import atomic_write_json, provenance
+from spidr.model import MODELS, DinoSR
+from spidr.schedules import ema_decay_at, lr_at
+
+SAMPLE_RATE = 16_000
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+class WorkdirMismatch(RuntimeError):
+    """The workdir holds a run trained with another recipe."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Environment
+
+
+def setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={cfg.device!r} but CUDA is not available")
+        device = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 pieces (codebooks, loss) stay true fp32
+        torch.backends.cudnn.allow_tf32 = False
+    elif want == "cpu":
+        device = torch.device("cpu")
+    else:
+        raise ConfigError(f"device={cfg.device!r}; expected auto, cpu or cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision == "auto":
+        return device.type == "cuda"
+    return cfg.precision == "bf16"
+
+
+def all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimiser
+
+
+def make_optimizer(model: DinoSR, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, group 0 = student transformer, heads, mask embedding; group 1 = CNN + projection (until frozen)."""
+    front = {id(p) for p in model.extractor_parameters()}
+    main = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in front
+            and not n.startswith("teacher.")]
+    groups = [{"params": main, "name": "main"}]
+    if not model.extractor_frozen:
+        groups.append({"params": model.extractor_parameters(), "name": "extractor"})
+    o = cfg.optim
+    return torch.optim.AdamW(
+        groups, lr=lr_at(0, cfg), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+        fused=True if device.type == "cuda" else None,
+    )
+
+
+def freeze_extractor(model: DinoSR, optimizer: torch.optim.Optimizer) -> None:
+    """Freeze CNN + projection and delete their optimizer group and state (the paper, at step 200k).
+
+    There is no LR-scheduler object holding per-group state (the rate is a pure function of the step), which is
+    what breaks resuming across the freeze in the official code.
+    """
+    model.freeze_extractor()
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("name") == "extractor":
+            for p in group["params"]:
+                optimizer.state.pop(p, None)
+            del optimizer.param_groups[i]
+            break
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workdir
+
+
+def checkpoint_paths(workdir: Path) -> list[Path]:
+    return sorted((workdir / "checkpoints").glob("step_*.pt"))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
+    """Record the recipe in WORKDIR/config.json; refuse to resume a workdir trained with another one."""
+    path = workdir / "config.json"
+    want = {"recipe": cfg.recipe_dict(), "manifest_sha256": manifest_sha}
+    if path.is_file() and checkpoint_paths(workdir):
+        have = json.loads(path.read_text())
+        have = {"recipe": have.get("recipe"), "manifest_sha256": have.get("manifest_sha256")}
+        if have != want:
+            diff = _diff(have, want)
+            raise WorkdirMismatch(
+                f"{workdir} holds checkpoints of a different run ({'; '.join(diff[:6])}); "
+                "use another --workdir or delete this one"
+            )
+    atomic_write_json(path, {**want, "config": cfg.to_dict()})
+
+
+def _diff(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+        return out
+    return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
+
+
+class MetricsLog:
+    """Append-only JSONL on rank 0; on resume, lines after the resumed step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and path.is_file():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of each row of non-negative counts (K, V)."""
+    p = counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum(-1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, manifest: str, workdir: str, *, valid_manifest: str | None = None) -> None:
+        self.cfg = cfg
+        self.rank, self.world, self.device = setup(cfg)
+        self.main = self.rank == 0
+        self.workdir = Path(workdir)
+        self.bf16 = use_bf16(cfg, self.device)
+        self.manifest = manifest
+        self.manifest_sha = sha256_file(manifest)
+        if self.main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "checkpoints").mkdir(exist_ok=True)
+            check_workdir(self.workdir, cfg, self.manifest_sha)
+        self._barrier()
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = MODELS[cfg.kind](cfg.model).to(self.device)
+        self.data = PretrainBatches(manifest, cfg.data, cfg.mask, cfg.model.conv_layers, seed=cfg.seed,
+                                    rank=self.rank, world=self.world)
+        self.valid = None
+        if valid_manifest:
+            self.valid = PretrainBatches(valid_manifest, cfg.data, cfg.mask, cfg.model.conv_layers,
+                                         seed=cfg.seed + 1, rank=self.rank, world=self.world, shuffle=False,
+                                         drop_remainder=False)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.elapsed, self.audio_seconds = 0.0, 0.0
+        resume = checkpoint_paths(self.workdir)[-1] if checkpoint_paths(self.workdir) else None
+        state = read_checkpoint(resume) if resume is not None else None
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            if state["frozen"]:
+                self.model.freeze_extractor()
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.elapsed, self.audio_seconds = state["elapsed"], state["audio_seconds"]
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.main and state.get("rng") is not None:
+                torch.set_rng_state(state["rng"]["cpu"])
+                if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+                    torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if not self.main or state is None:  # per-rank dropout streams; rank 0 of a resumed run restored above
+            torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))
+        self.resumed_from = resume
+        if cfg.compile:
+            for module in (self.model.feature_extractor, self.model.student, self.model.teacher):
+                module.compile(dynamic=True)
+        self.ddp = self._wrap()
+        self.metrics = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.main)
+        self._reset_meters()
+        self.last_checked_step = self.step
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _barrier(self) -> None:
+        if dist.is_initialized() and self.world > 1:
+            dist.barrier()
+
+    def _wrap(self) -> torch.nn.Module:
+        if self.world == 1:
+            return self.model
+        return DDP(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            broadcast_buffers=False, find_unused_parameters=self.model.cfg.layer_drop > 0,
+        )
+
+    def _reset_meters(self) -> None:
+        k, v = self.cfg.model.num_codebooks, self.cfg.model.codebook_size
+        z = lambda *s: torch.zeros(*s, device=self.device, dtype=torch.float64)  # noqa: E731
+        self.m_loss, self.m_frames, self.m_bad = z(()), z(()), z(())
+        self.m_targets, self.m_preds = z(k, v), z(k, v)
+        self.m_samples, self.m_steps, self.m_time = 0, 0, time.perf_counter()
+        self.m_gnorm = z(())
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- one update -------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: dict) -> None:
+        cfg = self.cfg
+        if not self.model.extractor_frozen and self.step >= cfg.freeze_at:
+            freeze_extractor(self.model, self.optimizer)
+            if self.world > 1:  # DDP caches which parameters take gradients
+                self.ddp = self._wrap()
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        wavs = batch["wavs"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        self.model.train()
+        with self._autocast():
+            loss_sum, stats = self.ddp(wavs, mask)
+        frames = all_reduce(stats["frames"].clone())
+        loss = loss_sum * self.world / frames  # DDP averages gradients: this makes it the global per-frame mean
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.decay = ema_decay_at(self.step, cfg)
+        self.model.update_ema(self.decay)
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.model.current_step.fill_(self.step)
+        self.lr = lr
+        with torch.no_grad():
+            self.m_loss += loss_sum.detach().double()
+            self.m_frames += stats["frames"].double()
+            self.m_bad += (~torch.isfinite(loss_sum.detach())).double()
+            self.m_targets += stats["target_counts"].double()
+            self.m_preds += stats["pred_probs"].double()
+            self.m_gnorm += gnorm.detach().double()
+        self.m_samples += wavs.numel()
+        self.m_steps += 1
+
+    # -- logging, checks, checkpoints -------------------------------------------------------------------------
+
+    def check_finite(self) -> None:
+        bad = all_reduce(self.m_bad.clone())
+        if bad.item() > 0:
+            last = checkpoint_paths(self.workdir)
+            raise TrainingDiverged(
+                f"loss became NaN/Inf between step {self.last_checked_step} and step {self.step}; stopping without "
+                f"saving. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower optim.lr, a smaller "
+                "optim.clip_norm or precision fp32."
+            )
+        self.last_checked_step = self.step
+
+    def log(self, pbar) -> dict:
+        self.check_finite()
+        packed = torch.cat([
+            torch.stack([self.m_loss, self.m_frames, self.m_gnorm]),
+            torch.tensor([float(self.m_samples)], device=self.device, dtype=torch.float64),
+            self.m_targets.flatten(), self.m_preds.flatten(),
+        ])
+        all_reduce(packed)
+        k, v = self.m_targets.shape
+        loss, frames, gnorm, samples = packed[:4].tolist()
+        targets = packed[4 : 4 + k * v].view(k, v)
+        preds = packed[4 + k * v :].view(k, v)
+        dt = time.perf_counter() - self.m_time
+        self.elapsed += dt
+        self.audio_seconds += samples / SAMPLE_RATE
+        record = {
+            "split": "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": loss / max(frames, 1.0),
+            "lr": self.lr,
+            "ema_decay": self.decay,
+            "grad_norm": gnorm / max(self.m_steps, 1) / self.world,
+            "target_ppl": [round(x, 3) for x in perplexity(targets).tolist()],
+            "pred_ppl": [round(x, 3) for x in perplexity(preds).tolist()],
+            "active_codewords": (targets > 0).sum(-1).tolist(),
+            "codebook_layers": self.cfg.model.codebook_layers,
+            "masked_frames_per_step": frames / max(self.m_steps, 1),
+            "audio_seconds_per_second": samples / SAMPLE_RATE / dt,
+            "steps_per_second": self.m_steps / dt,
+            "extractor_frozen": self.model.extractor_frozen,
+            "elapsed_s": round(self.elapsed, 3),
+            "audio_hours_seen": self.audio_seconds / 3600,
+        }
+        self.metrics.write(record)
+        if pbar is not None:
+            pbar.set_postfix(loss=f"{record['loss']:.3f}", ppl=f"{sum(record['target_ppl']) / k:.0f}",
+                             aps=f"{record['audio_seconds_per_second']:.0f}", refresh=False)
+        self.last_record = record
+        self._reset_meters()
+        return record
+
+    def save(self) -> Path:
+        self.check_finite()
+        path = self.workdir / "checkpoints" / f"step_{self.step:08d}.pt"
+        if self.main:
+            rng = {"cpu": torch.get_rng_state(),
+                   "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+            payload = checkpoint_dict(
+                self.model, step=self.step, train_config=self.cfg.to_dict(),
+                optimizer=self.optimizer.state_dict(), epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                frozen=self.model.extractor_frozen, rng=rng, elapsed=self.elapsed, audio_seconds=self.audio_seconds,
+            )
+            atomic_torch_save(payload, path)
+            for old in checkpoint_paths(self.workdir)[: -max(1, self.cfg.keep_checkpoints)]:
+                old.unlink(missing_ok=True)
+        self._barrier()
+        return path
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        if self.valid is None:
+            return None
+        self.model.eval()
+        k, v = self.cfg.model.num_codebooks, self.cfg.model.codebook_size
+        acc = torch.zeros(2 + 2 * k * v, device=self.device, dtype=torch.float64)
+        for batch in make_loader(self.valid):
+            with self._autocast():
+                loss_sum, stats = self.model(batch["wavs"].to(self.device), batch["mask"].to(self.device))
+            acc += torch.cat([torch.stack([loss_sum.float(), stats["frames"]]).double(),
+                              stats["target_counts"].flatten().double(), stats["pred_probs"].flatten().double()])
+        all_reduce(acc)
+        targets, preds = acc[2 : 2 + k * v].view(k, v), acc[2 + k * v :].view(k, v)
+        record = {
+            "split": "valid", "step": self.step, "loss": (acc[0] / acc[1].clamp_min(1)).item(),
+            "target_ppl": [round(x, 3) for x in perplexity(targets).tolist()],
+            "pred_ppl": [round(x, 3) for x in perplexity(preds).tolist()],
+            "active_codewords": (targets > 0).sum(-1).tolist(),
+        }
+        self.metrics.write(record)
+        self.last_valid = record
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def fit(self, stop_after: int | None = None) -> bool:
+        """Train up to max_steps (or stop_after); True when max_steps was reached."""
+        cfg = self.cfg
+        end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+        self.decay, self.lr = ema_decay_at(self.step, cfg), lr_at(self.step, cfg)
+        self.last_record = self.last_valid = None
+        pbar = None
+        if self.main and cfg.progress and self.step < end:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"pretrain {cfg.kind}/{cfg.preset}")
+        valid_every = cfg.valid_interval or cfg.checkpoint_interval
+        try:
+            while self.step < end:
+                self.data.set_epoch(self.epoch)
+                if self.batch_in_epoch >= len(self.data):
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    continue
+                loader = make_loader(self.data, start=self.batch_in_epoch, num_workers=cfg.data.num_workers,
+                                     pin_memory=self.device.type == "cuda")
+                for batch in loader:
+                    self.train_step(batch)
+                    if pbar is not None:
+                        pbar.update(1)
+                    if self.step % cfg.log_interval == 0 or self.step == end:
+                        self.log(pbar)
+                    if self.step % cfg.checkpoint_interval == 0 or self.step == end:
+                        self.save()
+                    if self.step % valid_every == 0 or self.step == cfg.max_steps:
+                        self.validate()
+                    if self.step >= end:
+                        break
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        finally:
+            if pbar is not None:
+                pbar.close()
+        return self.step >= cfg.max_steps
+
+    def write_final(self, out: str | Path) -> None:
+        """The final checkpoint: weights, config and provenance, written atomically once training is complete."""
+        if not self.main:
+            return
+        summary = {
+            "steps": self.step, "epochs": self.epoch, "wall_time_s": round(self.elapsed, 1),
+            "audio_hours_seen": self.audio_seconds / 3600, "world_size": self.world, "device": str(self.device),
+            "bf16": self.bf16, "manifest": str(Path(self.manifest).resolve()), "manifest_sha256": self.manifest_sha,
+            "train_audio_hours": self.data.audio_seconds / 3600 * self.world,
+            "last_train": self.last_record, "last_valid": self.last_valid,
+        }
+        payload = checkpoint_dict(
+            self.model, step=self.step, train_config=self.cfg.to_dict(),
+            provenance={**provenance(self.cfg.to_dict()), "training": summary},
+        )
+        atomic_torch_save(payload, out)
+
+
+def train(
+    config: dict | TrainConfig, manifest: str, workdir: str, out: str | None, *, valid_manifest: str | None = None,
+    stop_after: int | None = None,
+) -> Trainer:
+    cfg = config if isinstance(config, TrainConfig) else from_dict(config)
+    trainer = Trainer(cfg, manifest, workdir, valid_manifest=valid_manifest)
+    if trainer.main and trainer.resumed_from is not None:
+        print(f"resuming from {trainer.resumed_from} (step {trainer.step})", file=sys.stderr)
+    done = trainer.fit(stop_after)
+    if done and out is not None:
+        if trainer.last_valid is None and trainer.valid is not None:
+            trainer.validate()
+        trainer.write_final(out)
+    trainer._barrier()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True, help="training manifest (TSV: id, path, num_samples, speaker)")
+    parser.add_argument("--workdir", required=True, help="resumable state: checkpoints, metrics.jsonl, config.json")
+    parser.add_argument("--out", required=True, help="final checkpoint, written last")
+    parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (spidr/config.py)")
+    parser.add_argument("--valid-manifest", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = args.config
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        cfg = from_json(text)
+        train(cfg, args.manifest, args.workdir, args.out, valid_manifest=args.valid_manifest,
+              stop_after=args.stop_after)
+    except (ConfigError, WorkdirMismatch, ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
