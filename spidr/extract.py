@@ -1,0 +1,314 @@
+"""Feature and unit extraction: per-utterance feature files (for ABX) and frame-level 50 Hz units (Parquet).
+
+Usage:
+  python -m spidr.extract features --encoder JSON --layer L --manifest M.tsv --out DIR [--codebook-probs]
+      One DIR/<utt-id>.pt float32 tensor (frames, dim) per utterance, what fastabx reads
+      (`Dataset.from_item(item, DIR, 50)`). Resumable: finished files are kept and skipped. DIR/_SUCCESS.json
+      (provenance, counts, skipped files) is written last; DIR/_CONFIG.json guards against mixing configs.
+  python -m spidr.extract units --encoder JSON --layer L --quantizer codebook|kmeans [--kmeans K.npz] \
+      --manifest M.tsv --out UNITS.parquet
+      Frame-level units in the spidr.units_io format (vocab_size = codebook size or K). Resumable by shard from a
+      work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
+  python -m spidr.extract text UNITS.parquet OUT.txt
+      Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
+  python -m spidr.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans]
+      Check that the encoder, layer and quantizer fit together (exit status 1 and a message naming the value).
+
+Encoder JSON: {"kind": "spidr"|"dinosr", "checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} |
+{"kind": "mfcc"}. Layer numbering: see spidr.encoders. Run options (device, precision, batching, chunking,
+--bad-audio fail|skip): `--help` of a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from spidr.data.audio import BadAudioError
+from spidr.data.manifest import ManifestError, read_manifest
+from spidr.encoders import (
+    QUANTIZERS,
+    Encoder,
+    EncoderConfigError,
+    EncoderSpec,
+    RunOptions,
+    add_run_options,
+    check_units_config,
+    encode_batched,
+    get_encoder,
+    iter_shards,
+    plan_shards,
+    progress_bar,
+    run_options_from_args,
+)
+from spidr.io import atomic_write_json, provenance
+from spidr.kmeans import KMeansError, KMeansModel, file_sha256, nearest_centroid
+from spidr.units_io import UnitsWriter, iter_units, read_units_meta, write_text_units
+
+SUCCESS = "_SUCCESS.json"
+CONFIG = "_CONFIG.json"
+MAX_SKIPPED_RECORDED = 1000  # per result file; the log has them all
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantizers: a batch of waveforms -> one int64 unit tensor per waveform
+
+
+class CodebookQuantizer:
+    """Argmax of the encoder's own codebook head at `layer` (SpidR / DinoSR; no clustering)."""
+
+    def __init__(self, encoder: Encoder, layer: int) -> None:
+        encoder.validate(layer, "codebook")
+        self.encoder, self.layer = encoder, layer
+        self.vocab_size = int(encoder.codebook_size)
+
+    def __call__(self, wavs: list[Tensor]) -> list[Tensor]:
+        return [p.argmax(-1) for p in self.encoder.codebook_probs(wavs, self.layer)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"quantizer": "codebook", "vocab_size": self.vocab_size}
+
+
+class KMeansQuantizer:
+    """Nearest k-means centroid (L2) of the continuous features at `layer`."""
+
+    def __init__(self, encoder: Encoder, layer: int, kmeans: KMeansModel, spec: EncoderSpec, path: str) -> None:
+        encoder.validate(layer, "kmeans")
+        kmeans.check_matches(spec, layer, path)
+        if kmeans.dim != encoder.dim:
+            raise KMeansError(
+                f"{path}: centroids of dim {kmeans.dim}, but the encoder's features have dim {encoder.dim}"
+            )
+        self.encoder, self.layer, self.path = encoder, layer, path
+        self.centroids = torch.from_numpy(kmeans.centroids).to(encoder.device)
+        self.vocab_size = kmeans.k
+        self.sha256 = file_sha256(path)
+
+    def __call__(self, wavs: list[Tensor]) -> list[Tensor]:
+        feats = self.encoder.features(wavs, self.layer)
+        return [nearest_centroid(f.to(self.centroids.device), self.centroids) for f in feats]
+
+    def describe(self) -> dict[str, Any]:
+        return {"quantizer": "kmeans", "vocab_size": self.vocab_size, "kmeans": self.path,
+                "kmeans_sha256": self.sha256}
+
+
+def make_quantizer(encoder: Encoder, spec: EncoderSpec, layer: int, quantizer: str,
+                   kmeans: str | Path | None = None) -> CodebookQuantizer | KMeansQuantizer:
+    if quantizer not in QUANTIZERS:
+        raise EncoderConfigError(f"quantizer={quantizer!r}; expected one of {QUANTIZERS}")
+    if quantizer == "codebook":
+        if kmeans is not None:
+            raise EncoderConfigError("--kmeans is only for --quantizer kmeans")
+        return CodebookQuantizer(encoder, layer)
+    if kmeans is None:
+        raise EncoderConfigError("--quantizer kmeans needs --kmeans PATH (fit one with python -m spidr.kmeans fit)")
+    return KMeansQuantizer(encoder, layer, KMeansModel.load(kmeans), spec, str(kmeans))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Units
+
+
+def _prepare_workdir(work: Path, key: dict[str, Any], log) -> None:
+    """A work directory holds the shards of exactly one config; those of another are stale and removed."""
+    marker = work / "key.json"
+    if work.exists():
+        old = json.loads(marker.read_text()) if marker.is_file() else None
+        if old == json.loads(json.dumps(key, default=str)):
+            return
+        print(f"{work}: shards of another config, removing them", file=log)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(marker, key)
+
+
+def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, manifest: str | Path, out: str | Path,
+                  *, kmeans: str | Path | None = None, run: RunOptions | None = None,
+                  work_dir: str | Path | None = None, log=sys.stderr) -> dict[str, Any]:
+    """Write frame-level units of every usable utterance of the manifest (manifest order) to OUT.
+
+    Returns the summary recorded in the file's provenance (utterances, frames, seconds, skipped files).
+    """
+    run = run or RunOptions()
+    spec = EncoderSpec.parse(spec)
+    out = Path(out)
+    encoder = get_encoder(spec, run.device, run.precision)
+    quant = make_quantizer(encoder, spec, layer, quantizer, kmeans)
+    table = read_manifest(manifest)
+    config = {"encoder": spec.to_dict(), "layer": layer, **quant.describe(), "manifest": str(manifest),
+              **run.result_settings(encoder)}
+    key = {**config, "manifest_sha256": file_sha256(manifest), "shard_samples": run.shard_samples}
+    work = Path(work_dir) if work_dir else out.with_name(f".{out.name}.work")
+    _prepare_workdir(work, key, log)
+
+    ids, paths = table["id"].tolist(), table["path"].tolist()
+    shards = list(enumerate(plan_shards(table["num_samples"].tolist(), run.shard_samples)))
+    parts = [work / f"shard-{i:06d}.parquet" for i, _ in shards]
+    todo = [(i, rows) for i, rows in shards if not parts[i].is_file()]
+    if len(todo) < len(shards):
+        print(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already done in {work}", file=log)
+    seconds = sum(float(table["num_samples"].iloc[rows].sum()) for _, rows in todo) / 16000
+    with progress_bar(seconds, f"units {spec.kind} L{layer} {quantizer}", run.progress) as tick:
+        for shard in iter_shards(ids, paths, todo, bad_audio=run.bad_audio, min_samples=encoder.window,
+                                 workers=run.workers, log=log):
+            units = encode_batched(shard.wavs, quant, **run.batching(encoder), progress=tick)
+            with UnitsWriter(parts[shard.index], vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate,
+                             provenance={"skipped": shard.skipped}) as writer:
+                for uid, u in zip(shard.ids, units, strict=True):
+                    writer.write(uid, u.numpy())
+
+    # Merge the shards, streaming, with the totals in the final file's provenance.
+    skipped = [s for part in parts for s in read_units_meta(part)["provenance"]["skipped"]]
+    columns = [pq.read_table(part, columns=["units"]).column("units") for part in parts]
+    summary = {
+        "utterances": sum(len(c) for c in columns),
+        "frames": sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in columns),
+        "skipped_count": len(skipped),
+        "skipped": skipped[:MAX_SKIPPED_RECORDED],
+    }
+    del columns
+    summary["seconds"] = summary["frames"] / encoder.frame_rate
+    prov = {**provenance(config), "encoder_info": encoder.describe(), "summary": summary,
+            "run": {"device": str(encoder.device), "batch_seconds": run.batch_seconds, "max_batch": run.max_batch}}
+    with UnitsWriter(out, vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate, provenance=prov) as writer:
+        for part in parts:
+            for row in iter_units(part):
+                writer.write(row["id"], row["units"])
+    shutil.rmtree(work)
+    print(f"units: wrote {out}: {summary['utterances']} utterances, {summary['frames']} frames, "
+          f"{summary['skipped_count']} bad audio file(s) skipped", file=log)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features
+
+
+def _save_tensor(tensor: Tensor, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(tensor.contiguous(), tmp)
+    os.replace(tmp, path)
+
+
+def extract_features(spec: str | dict | EncoderSpec, layer: int, manifest: str | Path, out_dir: str | Path, *,
+                     codebook_probs: bool = False, run: RunOptions | None = None, log=sys.stderr) -> dict[str, Any]:
+    """Write DIR/<utt-id>.pt (float32, (frames, dim)) per utterance, then DIR/_SUCCESS.json (see module doc)."""
+    run = run or RunOptions()
+    spec = EncoderSpec.parse(spec)
+    out_dir = Path(out_dir)
+    encoder = get_encoder(spec, run.device, run.precision)
+    encoder.validate(layer, "codebook" if codebook_probs else None)
+    table = read_manifest(manifest)
+    ids, paths = table["id"].tolist(), table["path"].tolist()
+    bad_ids = [i for i in ids if not i or "/" in i or os.sep in i or i.startswith(".")]
+    if bad_ids:
+        raise ManifestError(f"{manifest}: utterance ids {bad_ids[:5]} cannot name feature files")
+    config = {"encoder": spec.to_dict(), "layer": layer,
+              "representation": "codebook_probs" if codebook_probs else "features",
+              "manifest": str(manifest), "manifest_sha256": file_sha256(manifest), **run.result_settings(encoder)}
+    guard = out_dir / CONFIG
+    if out_dir.exists():
+        old = json.loads(guard.read_text()) if guard.is_file() else None
+        if old != json.loads(json.dumps(config, default=str)):
+            stale = list(out_dir.glob("*.pt"))
+            if stale:
+                print(f"{out_dir}: {len(stale)} feature files of another config, removing them", file=log)
+            for path in stale:
+                path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUCCESS).unlink(missing_ok=True)
+    atomic_write_json(guard, config)
+
+    rows = [r for r, uid in enumerate(ids) if not (out_dir / f"{uid}.pt").is_file()]
+    if len(rows) < len(ids):
+        print(f"resuming: {len(ids) - len(rows)} of {len(ids)} feature files already in {out_dir}", file=log)
+    sizes = table["num_samples"].iloc[rows].tolist()
+    shards = [(i, [rows[j] for j in part]) for i, part in enumerate(plan_shards(sizes, run.shard_samples))]
+
+    def compute(wavs: list[Tensor]) -> list[Tensor]:
+        outs = encoder.codebook_probs(wavs, layer) if codebook_probs else encoder.features(wavs, layer)
+        return [o.float() for o in outs]
+
+    skipped: list[dict[str, str]] = []
+    with progress_bar(sum(sizes) / 16000, f"features {spec.kind} L{layer}", run.progress) as tick:
+        for shard in iter_shards(ids, paths, shards, bad_audio=run.bad_audio, min_samples=encoder.window,
+                                 workers=run.workers, log=log):
+            skipped += shard.skipped
+            feats = encode_batched(shard.wavs, compute, **run.batching(encoder), progress=tick)
+            for uid, f in zip(shard.ids, feats, strict=True):
+                _save_tensor(f, out_dir / f"{uid}.pt")
+    written = sum((out_dir / f"{uid}.pt").is_file() for uid in ids)
+    summary = {"utterances": written, "skipped_count": len(skipped), "skipped": skipped[:MAX_SKIPPED_RECORDED],
+               "frame_rate": encoder.frame_rate, "dim": encoder.codebook_size if codebook_probs else encoder.dim}
+    atomic_write_json(out_dir / SUCCESS, {**provenance(config), "encoder_info": encoder.describe(), **summary})
+    print(f"features: {written} files in {out_dir}, {len(skipped)} bad audio file(s) skipped", file=log)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--encoder", required=True, help="encoder spec JSON")
+        p.add_argument("--layer", type=int, required=True)
+
+    feats = sub.add_parser("features", help="per-utterance feature files DIR/<utt-id>.pt (for ABX)")
+    common(feats)
+    feats.add_argument("--manifest", type=Path, required=True)
+    feats.add_argument("--out", type=Path, required=True, help="output directory")
+    feats.add_argument("--codebook-probs", action="store_true",
+                       help="codebook-head probabilities instead of hidden features (SpidR / DinoSR)")
+    add_run_options(feats)
+
+    units = sub.add_parser("units", help="frame-level units (Parquet, spidr.units_io format)")
+    common(units)
+    units.add_argument("--quantizer", required=True, choices=list(QUANTIZERS))
+    units.add_argument("--kmeans", type=Path, help="k-means file of spidr.kmeans fit (--quantizer kmeans)")
+    units.add_argument("--manifest", type=Path, required=True)
+    units.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
+    units.add_argument("--work-dir", type=Path, help="resumable shards (default: .OUT.work beside OUT)")
+    add_run_options(units)
+
+    text = sub.add_parser("text", help="export a units file to `id<TAB>u1 u2 ...` lines")
+    text.add_argument("units", type=Path)
+    text.add_argument("out", type=Path)
+
+    check = sub.add_parser("validate", help="check an encoder / layer / quantizer combination")
+    common(check)
+    check.add_argument("--quantizer", choices=list(QUANTIZERS))
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "features":
+            extract_features(args.encoder, args.layer, args.manifest, args.out, codebook_probs=args.codebook_probs,
+                             run=run_options_from_args(args))
+        elif args.command == "units":
+            extract_units(args.encoder, args.layer, args.quantizer, args.manifest, args.out, kmeans=args.kmeans,
+                          run=run_options_from_args(args), work_dir=args.work_dir)
+        elif args.command == "text":
+            write_text_units(args.units, args.out)
+        else:
+            check_units_config(args.encoder, args.layer, args.quantizer)
+            print("ok")
+    except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, ValueError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
