@@ -18,6 +18,7 @@ metric_vs_layer.png, correlations.png and report.json (inputs, notes on anything
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import string
 import sys
@@ -60,8 +61,13 @@ TITLE = {c.metric: c.title for c in COLUMNS}
 MIN_CORRELATION_POINTS = 3
 
 
-def conventions_text(conv: dict[str, Any]) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in sorted(conv.items()) if v not in (None, ""))
+def conventions_json(conv: dict[str, Any]) -> str:
+    """Conventions as one canonical JSON string: hashable, comparable, and still machine-readable in the CSVs."""
+    return json.dumps({k: v for k, v in conv.items() if v not in (None, "")}, sort_keys=True, default=str)
+
+
+def conventions_text(items: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in sorted(items.items()))
 
 
 def _label(value: Any) -> Any:
@@ -87,7 +93,7 @@ def long_table(paths: Sequence[str | Path]) -> pd.DataFrame:
         for m in doc["metrics"]:
             rows.append({**labels, "task": doc["task"], "metric": m["metric"], "value": m["value"],
                          "unit": m.get("unit", ""), "n": m.get("n"),
-                         "conventions": conventions_text(m.get("conventions", {})),
+                         "conventions": conventions_json(m.get("conventions", {})),
                          "code_version": (doc.get("provenance") or {}).get("code_version"), "source": str(path),
                          "has_lm": doc["labels"].get("lm") is not None})
     if not rows:
@@ -167,11 +173,16 @@ def paper_cells(wide: pd.DataFrame) -> tuple[list[str], list[list[str]], list[st
     for number, col in enumerate(columns, start=1):
         conv = wide.get(f"{col.metric}__conventions")
         distinct = [] if conv is None else sorted({c for c in conv.dropna() if c})
-        if len(distinct) == 1:
-            footnotes.append(f"[{number}] {col.title}: {distinct[0]}")
-        for letter, text in zip(string.ascii_lowercase, distinct if len(distinct) > 1 else [], strict=False):
-            markers[(col.metric, text)] = letter
-            footnotes.append(f"[{number}{letter}] {col.title}: {text}")
+        dicts = [json.loads(c) for c in distinct]
+        # What all cells of the column share goes in the column's footnote, what differs in one per letter.
+        common = {k: v for k, v in dicts[0].items() if all(d.get(k) == v for d in dicts)} if dicts else {}
+        if common:
+            footnotes.append(f"[{number}] {col.title}: {conventions_text(common)}")
+        if len(distinct) > 1:
+            for letter, text, d in zip(string.ascii_lowercase, distinct, dicts, strict=False):
+                markers[(col.metric, text)] = letter
+                rest = conventions_text({k: v for k, v in d.items() if k not in common}) or "(nothing else)"
+                footnotes.append(f"[{number}{letter}] {col.title}: {rest}")
         header[len(ROW_KEYS) + number - 1] += f" [{number}]"
     body = []
     for _, row in wide.iterrows():

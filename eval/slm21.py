@@ -157,8 +157,11 @@ def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission:
         conv = {**base, "aggregation": "pairs joined on (id, voice); mean over voices per id, then over ids"}
         metrics = [
             Metric("swuggy_all", 100 * res.all, "%", res.n_ids, conv),
-            Metric("swuggy_in_vocab", 100 * res.in_vocab, "%", int(res.by_frequency.query("band != 'oov'")["n"].sum()),
-                   {**conv, "subset": "frequency-band weighted mean excluding oov (frequency > 0)"}),
+            Metric("swuggy_in_vocab", None if np.isnan(res.in_vocab) else 100 * res.in_vocab, "%",
+                   int(res.by_frequency.query("band != 'oov'")["n"].sum()),
+                   {**conv, "subset": "frequency-band weighted mean excluding oov (frequency > 0)"
+                    + ("" if res.n_ids > res.by_frequency.query("band == 'oov'")["n"].sum()
+                       else "; not computed: every word is out of vocabulary")}),
         ]
         for row in res.by_frequency.itertuples():
             metrics.append(Metric(f"swuggy_band_{row.band}", 100 * row.score if row.n else None, "%", int(row.n),
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for m in doc["metrics"][:2]:
-        print(f"{m['metric']}: {m['value']:.2f} % over {m['n']}")
+        value = "not computed" if m["value"] is None else f"{m['value']:.2f} %"
+        print(f"{m['metric']}: {value} over {m['n']}")
 
 
 if __name__ == "__main__":

@@ -165,9 +165,10 @@ def evaluate(units_path: Path, phones_path: Path, cfg: UnitQualityConfig) -> tup
 
 def run(units_path: Path, phones_path: Path, out: Path, *, cfg: UnitQualityConfig, labels: dict) -> dict:
     result, details = evaluate(units_path, phones_path, cfg)
-    conv = {"set": phones_path.name, "alignment": f"units repeated x{round(cfg.label_rate / details['unit_rate_hz'])}"
-            f" to {cfg.label_rate:g} Hz labels, truncated to the shorter, no shift", "silence": "kept as a label",
-            "phones": len(details["phones"])}
+    repeat = round(cfg.label_rate / details["unit_rate_hz"])
+    conv = {"labels": phones_path.name, "silence": "kept as a label", "phones": len(details["phones"]),
+            "alignment": f"units repeated x{repeat} to {cfg.label_rate:g} Hz labels, truncated to the shorter, "
+                         "no shift"}
     n = details["aligned_frames"]
     metrics = [
         Metric("pnmi", result["pnmi"], "", n, {**conv, "definition": "I(phone; unit) / H(phone) over frames"}),
