@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,88 @@ def test_snakefmt_clean(path: str) -> None:
     out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(REPO / path)], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+# --- rerun scoping: a config change reruns exactly the stages it affects -----------------------------------------
+
+# Outputs declared with directory() in the rules: the placeholders must be folders.
+DIRECTORY_OUTPUT = re.compile(r"(/model|/submission-\w+|-abx|/storycloze/(sSC|tSC))$")
+
+
+def planned_jobs(workdir: Path, config: dict, *extra: str) -> Counter:
+    """Jobs per rule that a dry run would execute (without `all`, which always appears when anything runs)."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *extra, config=config)
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs: Counter = Counter()
+    table = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", out.stdout, re.S)
+    if table:
+        for line in table.group(1).splitlines():
+            rule, count = line.split()
+            if rule != "all":
+                jobs[rule] = int(count)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def completed_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work directory where the default DAG is complete, without running it: every declared output is created
+    empty, then `snakemake --touch --forceall` records every job's params and code as if it had run."""
+    workdir = tmp_path_factory.mktemp("dag")
+    summary = snakemake(workdir, "--summary")
+    assert summary.returncode == 0, summary.stdout + summary.stderr
+    for line in summary.stdout.splitlines()[1:]:
+        path = workdir / line.split("\t")[0]
+        if DIRECTORY_OUTPUT.search(str(path)):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    touched = snakemake(workdir, "--touch", "--forceall", "--cores", "1")
+    assert touched.returncode == 0, touched.stdout + touched.stderr
+    assert planned_jobs(workdir, default_config()) == Counter()
+    return workdir
+
+
+def reversed_keys(obj):
+    return {k: reversed_keys(obj[k]) for k in reversed(list(obj))} if isinstance(obj, dict) else obj
+
+
+def test_lm_hyperparameter_reruns_lm_eval_and_report_only(completed_workdir: Path) -> None:
+    config = default_config()
+    config["lms"]["tiny"]["train"]["seed"] = 123
+    jobs = planned_jobs(completed_workdir, config)
+    n_exp = len(config["experiments"])
+    assert jobs == Counter({"train_lm": 1 * n_exp, "score_lm": 4 * n_exp, "eval_slm21": 2 * n_exp,
+                            "eval_storycloze": 2 * n_exp, "report": 1})
+
+
+def test_unit_layer_reruns_from_extraction_not_pretraining(completed_workdir: Path) -> None:
+    config = default_config()
+    config["units"]["spidr_codebook_l6"]["layer"] = 5
+    jobs = planned_jobs(completed_workdir, config)
+    assert {"pretrain", "demo_data", "fit_kmeans", "benchmark_manifest"}.isdisjoint(jobs)
+    assert jobs["quantize"] == 6  # the training corpus + 5 benchmark sets, for this units config only
+    assert jobs["train_lm"] == 1 and jobs["report"] == 1
+    assert jobs["extract_features"] == 1  # layer 5 features for ABX are new
+
+
+def test_kmeans_k_reruns_the_fit_not_the_encoder(completed_workdir: Path) -> None:
+    config = default_config()
+    config["units"]["spidr_kmeans_l6"]["k"] = 128
+    jobs = planned_jobs(completed_workdir, config)
+    assert jobs["fit_kmeans"] == 1 and "pretrain" not in jobs and "extract_features" not in jobs
+
+
+def test_reordered_yaml_and_gpu_count_rerun_nothing(completed_workdir: Path) -> None:
+    assert planned_jobs(completed_workdir, reversed_keys(default_config())) == Counter()
+    gpus = ("--set-resources", "pretrain:gpu=4", "train_lm:gpu=2")
+    assert planned_jobs(completed_workdir, default_config(), *gpus) == Counter()
+
+
+def test_pretraining_hyperparameter_reruns_everything_downstream_of_the_encoder(completed_workdir: Path) -> None:
+    config = default_config()
+    config["encoders"]["spidr_small"]["train"]["seed"] = 7
+    jobs = planned_jobs(completed_workdir, config)
+    assert jobs["pretrain"] == 1 and "demo_data" not in jobs
+    # The MFCC baseline does not depend on the SpidR encoder.
+    assert jobs["train_lm"] == 2 and jobs["fit_kmeans"] == 1
