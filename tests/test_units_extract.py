@@ -1,0 +1,214 @@
+"""Extraction end to end: a tiny HF HuBERT and a tiny SpidR, both quantizers, features for ABX, resumption,
+bad audio, the text export and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spidr.data.audio import BadAudioError, load_audio
+from spidr.data.manifest import read_manifest
+from spidr.encoders import RunOptions, frame_count, get_encoder
+from spidr.extract import extract_features, extract_units, main
+from spidr.kmeans import KMeansError, fit_from_corpus
+from spidr.units_io import read_units, read_units_meta
+from tests.units_helpers import make_corpus, make_hf_hubert, make_spidr
+
+RUN = RunOptions(progress=False, workers=2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), [1.3, 0.6, 2.1, 0.9, 1.7, 0.4, 1.1])
+
+
+@pytest.fixture(scope="module")
+def hubert(tmp_path_factory):
+    return str(make_hf_hubert(tmp_path_factory.mktemp("hf") / "hubert", norm="group", layers=2))
+
+
+@pytest.fixture(scope="module")
+def spidr_ckpt(tmp_path_factory):
+    return str(make_spidr(tmp_path_factory.mktemp("spidr") / "tiny.pt"))
+
+
+def wavs_of(manifest) -> tuple[list[str], list[torch.Tensor]]:
+    table = read_manifest(manifest)
+    return table["id"].tolist(), [torch.from_numpy(load_audio(p)) for p in table["path"]]
+
+
+def test_tiny_hf_hubert_kmeans_end_to_end(tmp_path, corpus, hubert):
+    """Fit k-means on layer 2 of a tiny HuBERT loaded from a save_pretrained dir, quantise, check by hand."""
+    spec = {"kind": "hf", "model": hubert}
+    km = fit_from_corpus(spec, 2, corpus, k=6, seed=0, max_frames=300, out=tmp_path / "km.npz", run=RUN)
+    summary = extract_units(spec, 2, "kmeans", corpus, tmp_path / "u.parquet", kmeans=tmp_path / "km.npz", run=RUN)
+    units, meta = read_units(tmp_path / "u.parquet"), read_units_meta(tmp_path / "u.parquet")
+    assert meta["vocab_size"] == 6 and meta["frame_rate"] == 50.0 and not meta["deduplicated"]
+    config = meta["provenance"]["config"]
+    assert config["encoder"] == spec and config["layer"] == 2 and config["quantizer"] == "kmeans"
+    assert len(config["kmeans_sha256"]) == 64 and "code_version" in meta["provenance"]
+    ids, wavs = wavs_of(corpus)
+    assert units["id"].tolist() == ids and summary["utterances"] == len(ids)
+    enc = get_encoder(spec)
+    for wav, got in zip(wavs, units["units"], strict=True):
+        feats = enc.features([wav], 2)[0].numpy().astype(np.float64)
+        by_hand = ((feats[:, None] - km.centroids[None].astype(np.float64)) ** 2).sum(-1).argmin(1)
+        assert len(got) == frame_count(wav.numel())
+        np.testing.assert_array_equal(got, by_hand)
+    # A k-means of another layer is refused, naming both.
+    with pytest.raises(KMeansError, match=r"layer 2, but the units ask for .* layer 1"):
+        extract_units(spec, 1, "kmeans", corpus, tmp_path / "v.parquet", kmeans=tmp_path / "km.npz", run=RUN)
+
+
+def test_codebook_units_are_argmax_of_codebook_predictions(tmp_path, corpus, spidr_ckpt):
+    spec = {"kind": "spidr", "checkpoint": spidr_ckpt}
+    enc = get_encoder(spec)
+    layer = enc.codebook_layers[-1]
+    extract_units(spec, layer, "codebook", corpus, tmp_path / "u.parquet", run=RUN)
+    units = read_units(tmp_path / "u.parquet")
+    assert read_units_meta(tmp_path / "u.parquet")["vocab_size"] == enc.codebook_size
+    _, wavs = wavs_of(corpus)
+    probs = enc.model.codebook_predictions(wavs, [layer])
+    for got, p in zip(units["units"], probs, strict=True):
+        np.testing.assert_array_equal(got, p[layer].argmax(-1).numpy())
+    with pytest.raises(ValueError, match="codebook heads only on layers"):
+        extract_units(spec, 1, "codebook", corpus, tmp_path / "w.parquet", run=RUN)
+
+
+def test_batched_equals_one_at_a_time_units(tmp_path, corpus, hubert):
+    spec = {"kind": "hf", "model": hubert}
+    fit_from_corpus(spec, 1, corpus, k=8, seed=1, max_frames=400, out=tmp_path / "km.npz", run=RUN)
+    one = RunOptions(progress=False, batch_seconds=0.1, max_batch=1)
+    many = RunOptions(progress=False, batch_seconds=100, max_batch=64, shard_hours=0.0005)
+    extract_units(spec, 1, "kmeans", corpus, tmp_path / "a.parquet", kmeans=tmp_path / "km.npz", run=one)
+    extract_units(spec, 1, "kmeans", corpus, tmp_path / "b.parquet", kmeans=tmp_path / "km.npz", run=many)
+    a, b = read_units(tmp_path / "a.parquet"), read_units(tmp_path / "b.parquet")
+    assert a["id"].tolist() == b["id"].tolist()
+    for x, y in zip(a["units"], b["units"], strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_features_for_abx_are_resumable(tmp_path, corpus, spidr_ckpt):
+    spec = {"kind": "spidr", "checkpoint": spidr_ckpt}
+    out = tmp_path / "feats"
+    extract_features(spec, 2, corpus, out, run=RUN)
+    ids, wavs = wavs_of(corpus)
+    enc = get_encoder(spec)
+    for uid, wav in zip(ids, wavs, strict=True):
+        feats = torch.load(out / f"{uid}.pt", weights_only=True)
+        assert feats.dtype == torch.float32 and feats.shape == (frame_count(wav.numel()), enc.dim)
+        torch.testing.assert_close(feats, enc.features([wav], 2)[0], rtol=0, atol=1e-5)
+    success = json.loads((out / "_SUCCESS.json").read_text())
+    assert success["utterances"] == len(ids) and success["config"]["layer"] == 2 and "code_version" in success
+
+    # Resume: only the missing file is computed again; the others are left untouched.
+    mtimes = {uid: (out / f"{uid}.pt").stat().st_mtime_ns for uid in ids}
+    (out / f"{ids[3]}.pt").unlink()
+    extract_features(spec, 2, corpus, out, run=RUN)
+    assert (out / f"{ids[3]}.pt").is_file()
+    assert all((out / f"{u}.pt").stat().st_mtime_ns == mtimes[u] for u in ids if u != ids[3])
+
+    # Another config in the same directory: the stale files are replaced, not mixed in.
+    extract_features(spec, 3, corpus, out, run=RUN)
+    torch.testing.assert_close(torch.load(out / f"{ids[0]}.pt"), enc.features([wavs[0]], 3)[0], rtol=0, atol=1e-5)
+    probs_dir = tmp_path / "probs"
+    extract_features(spec, 3, corpus, probs_dir, codebook_probs=True, run=RUN)
+    assert torch.load(probs_dir / f"{ids[0]}.pt").shape[1] == enc.codebook_size
+
+
+def test_units_resume_after_a_failure_and_bad_audio_policy(tmp_path, corpus):
+    """A bad file fails the run (naming it) after the earlier shards are saved; 'skip' logs, counts, records."""
+    table = read_manifest(corpus)
+    bad_manifest = tmp_path / "m.tsv"
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....not audio")
+    table.loc[4, "path"] = str(broken)
+    table.to_csv(bad_manifest, sep="\t", index=False)
+    spec = {"kind": "mfcc"}
+    km = tmp_path / "km.npz"
+    fit_from_corpus(spec, 0, corpus, k=5, seed=0, max_frames=200, out=km, run=RUN)
+    run = RunOptions(progress=False, shard_hours=1.5 / 3600)  # several shards
+    out = tmp_path / "u.parquet"
+    with pytest.raises(BadAudioError, match=r"broken\.wav"):
+        extract_units(spec, 0, "kmeans", bad_manifest, out, kmeans=km, run=run)
+    work = tmp_path / ".u.parquet.work"
+    done = sorted(work.glob("shard-*.parquet"))
+    assert done and not out.exists()
+
+    log = tmp_path / "log.txt"
+    skip = RunOptions(progress=False, shard_hours=1.5 / 3600, bad_audio="skip")
+    with open(log, "w") as f:
+        summary = extract_units(spec, 0, "kmeans", bad_manifest, out, kmeans=km, run=skip, log=f)
+    text = log.read_text()
+    assert "broken.wav" in text and summary["skipped_count"] == 1
+    assert summary["skipped"][0]["id"] == table.loc[4, "id"]
+    units = read_units(out)
+    assert table.loc[4, "id"] not in units["id"].tolist() and len(units) == len(table) - 1
+    assert read_units_meta(out)["provenance"]["summary"]["skipped_count"] == 1
+    assert not work.exists()
+    # Same units as a clean run over the good files (the failed run's shards of another config were dropped).
+    clean = tmp_path / "clean.parquet"
+    extract_units(spec, 0, "kmeans", corpus, clean, kmeans=km, run=RUN)
+    ref = read_units(clean).set_index("id")
+    for uid, u in zip(units["id"], units["units"], strict=True):
+        np.testing.assert_array_equal(u, ref.loc[uid, "units"])
+
+
+def test_units_resume_reuses_finished_shards(tmp_path, corpus, monkeypatch):
+    from spidr import extract as ex
+
+    spec = {"kind": "mfcc"}
+    km = tmp_path / "km.npz"
+    fit_from_corpus(spec, 0, corpus, k=5, seed=0, max_frames=200, out=km, run=RUN)
+    run = RunOptions(progress=False, shard_hours=1.5 / 3600)
+    extract_units(spec, 0, "kmeans", corpus, tmp_path / "a.parquet", kmeans=km, run=run)
+    real, calls = ex.encode_batched, []
+
+    def killed_after_first_shard(wavs, *args, **kwargs):
+        if calls:
+            raise RuntimeError("killed")
+        calls.append(len(wavs))
+        return real(wavs, *args, **kwargs)
+
+    work = tmp_path / "work"
+    monkeypatch.setattr(ex, "encode_batched", killed_after_first_shard)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_units(spec, 0, "kmeans", corpus, tmp_path / "c.parquet", kmeans=km, run=run, work_dir=work)
+    assert len(list(work.glob("shard-*.parquet"))) == 1 and not (tmp_path / "c.parquet").exists()
+
+    def counting(wavs, *args, **kwargs):
+        calls.append(len(wavs))
+        return real(wavs, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(ex, "encode_batched", counting)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        extract_units(spec, 0, "kmeans", corpus, tmp_path / "c.parquet", kmeans=km, run=run, work_dir=work, log=f)
+    shards = int(log.read_text().split("resuming: 1 of ")[1].split()[0])
+    assert len(calls) == shards - 1 >= 1
+    a, c = read_units(tmp_path / "a.parquet"), read_units(tmp_path / "c.parquet")
+    assert a["id"].tolist() == c["id"].tolist()
+    for x, y in zip(a["units"], c["units"], strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_units_text_and_validate(tmp_path, corpus, spidr_ckpt):
+    spec = json.dumps({"kind": "spidr", "checkpoint": spidr_ckpt})
+    out = tmp_path / "u.parquet"
+    main(["units", "--encoder", spec, "--layer", "3", "--quantizer", "codebook", "--manifest", str(corpus),
+          "--out", str(out), "--no-progress"])
+    main(["text", str(out), str(tmp_path / "u.txt")])
+    units = read_units(out)
+    lines = (tmp_path / "u.txt").read_text().splitlines()
+    pairs = zip(units["id"], units["units"], strict=True)
+    assert lines == [f"{i}\t{' '.join(map(str, u.tolist()))}" for i, u in pairs]
+    with pytest.raises(SystemExit, match="needs --kmeans"):
+        main(["units", "--encoder", spec, "--layer", "3", "--quantizer", "kmeans", "--manifest", str(corpus),
+              "--out", str(out), "--no-progress"])
+    with pytest.raises(SystemExit, match="'mfcc' encoder has none"):
+        main(["validate", "--encoder", '{"kind": "mfcc"}', "--layer", "0", "--quantizer", "codebook"])
+    main(["validate", "--encoder", spec, "--layer", "4", "--quantizer", "codebook"])
