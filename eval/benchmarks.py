@@ -219,7 +219,7 @@ def read_phone_labels(path: str | Path) -> dict[str, list[str]]:
             raise BenchmarkLayoutError(path, f"line {lineno} lacks a string 'id' and a list 'phones'", "phones")
         if row["id"] in labels:
             raise BenchmarkLayoutError(path, f"line {lineno}: utterance {row['id']!r} appears twice", "phones")
-        labels[row["id"]] = [str(p) for p in row["phones"]]
+        labels[row["id"]] = row["phones"]
     if not labels:
         raise BenchmarkLayoutError(path, "no utterance", "phones")
     return labels

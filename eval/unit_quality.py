@@ -103,10 +103,9 @@ class CountAccumulator:
             raise ValueError(f"utterance {uid}: {len(phones)} label frames vs {len(units)} units x {self.repeat} = "
                              f"{len(up)} frames, more than {self.max_length_diff} apart; are the rates right?")
         n = min(len(up), len(phones))
-        names, local = np.unique(np.asarray(phones[:n], dtype=object).astype(str), return_inverse=True)
-        for name in names:
-            self.phones.setdefault(str(name), len(self.phones))
-        rows = np.array([self.phones[str(name)] for name in names], dtype=np.int64)[local]
+        index = self.phones
+        rows = np.array([index[p] if p in index else index.setdefault(p, len(index)) for p in phones[:n]],
+                        dtype=np.int64)
         if self.table is None or self.table.shape[0] < len(self.phones):
             grown = np.zeros((len(self.phones), self.vocab_size), dtype=np.int64)
             if self.table is not None:
