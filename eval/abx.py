@@ -186,6 +186,21 @@ def feature_files(featdir: Path) -> dict[str, Path]:
     return files
 
 
+def features_frame_rate(featdir: Path, given: float | None) -> float:
+    """The rate of a features folder: --frame-rate, or the `frame_rate` spidr.extract records in _SUCCESS.json,
+    or 50 Hz (HuBERT / wav2vec 2.0 / SpidR) when neither says."""
+    marker = featdir / "_SUCCESS.json"
+    recorded = None
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text()).get("frame_rate")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"{marker}: not a JSON object ({err})") from err
+    if given is not None and recorded is not None and not math.isclose(given, float(recorded)):
+        raise ValueError(f"--frame-rate {given} contradicts {marker}, which records {recorded} Hz")
+    return float(given if given is not None else recorded if recorded is not None else 50.0)
+
+
 def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
     """Frame counts without reading the tensors (memory-mapped load)."""
     lengths = {}
@@ -238,7 +253,7 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
     needed = set(items.files)
     units = None
     if features is not None:
-        rate = frame_rate if frame_rate is not None else 50.0
+        rate = features_frame_rate(features, frame_rate)
         lengths = feature_lengths(feature_files(features), needed)
         distance = cfg.distance or "angular"
         source = "continuous features"
@@ -278,6 +293,8 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
                                   {**common, "context": cond.context, "speaker": cond.speaker,
                                    "aggregation": AGGREGATION[cond.context]}))
     inputs = {"item": item_path, "features" if features is not None else "units": features or units_path}
+    if features is not None:  # the report's Quantizer column then says what these rows are
+        labels = {"quantizer": "continuous", **labels}
     return write_metrics(out, task="abx", metrics=metrics, labels=labels, inputs=inputs,
                          config={**dataclasses.asdict(cfg), "frame_rate": rate, "item_kind": kind,
                                  "distance": distance}, details=details)
@@ -290,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     src.add_argument("--features", type=Path, help="folder of <utt-id>.pt tensors (T, D)")
     src.add_argument("--units", type=Path, help="frame-level (or deduplicated) units Parquet file")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
-    parser.add_argument("--frame-rate", type=float, help="Hz; default 50 for features, the units file's rate")
+    parser.add_argument("--frame-rate", type=float,
+                        help="Hz; default: the units file's rate, or FEATDIR/_SUCCESS.json's, or 50")
     parser.add_argument("--config", default="{}", help="JSON object of AbxConfig fields")
     parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
     args = parser.parse_args(argv)

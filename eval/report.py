@@ -33,8 +33,8 @@ import pandas as pd
 from eval.results import LABEL_KEYS, read_metrics
 from spidr.io import atomic_write_json, atomic_write_text, provenance
 
-ROW_KEYS = ("encoder", "units", "layer", "k", "lm")
-ROW_TITLES = {"encoder": "Encoder", "units": "Units", "layer": "Layer", "k": "K", "lm": "LM"}
+ROW_KEYS = ("encoder", "units", "quantizer", "layer", "k", "lm")  # the last one, lm, is what unit metrics lack
+ROW_TITLES = {"encoder": "Encoder", "units": "Units", "quantizer": "Quantizer", "layer": "Layer", "k": "K", "lm": "LM"}
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,9 @@ def _sort_key(key: tuple) -> tuple:
 
 
 def assemble(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per (encoder, units, layer, k, lm) with every metric (value, conventions, source) it has.
+    """One row per (encoder, units, quantizer, layer, k, lm) with every metric (value, conventions, source) it has.
 
-    Unit-level files (no `lm` label) fill every row of the same encoder / units / layer / K; when there is
+    Unit-level files (no `lm` label) fill every row with the same labels but the LM; when there is
     none, they make their own row with an empty LM. Two different values for one cell are an error.
     """
     keys = {_key(r) for r in long[long["has_lm"]].to_dict("records")}
@@ -141,7 +141,7 @@ def assemble(long: pd.DataFrame) -> pd.DataFrame:
         if rec["has_lm"]:
             put(_key(rec), rec)
             continue
-        targets = [k for k in keys if k[:4] == _key(rec)[:4]] or [(*_key(rec)[:4], None)]
+        targets = [k for k in keys if k[:-1] == _key(rec)[:-1]] or [(*_key(rec)[:-1], None)]
         for key in targets:
             put(key, rec)
     rows = []
@@ -165,10 +165,16 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def shown_keys(wide: pd.DataFrame) -> list[str]:
+    """Row label columns worth a table column: those some row sets (an all-empty Quantizer column is noise)."""
+    return [k for k in ROW_KEYS if wide[k].map(lambda v: v is not None).any()] or ["encoder"]
+
+
 def paper_cells(wide: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str], list[Column]]:
     """Header, body and footnotes of the paper table; cells get a letter when their column mixes conventions."""
     columns = [c for c in COLUMNS if c.metric in wide.columns]
-    header = [ROW_TITLES[k] for k in ROW_KEYS] + [c.title for c in columns]
+    keys = shown_keys(wide)
+    header = [ROW_TITLES[k] for k in keys] + [c.title for c in columns]
     footnotes, markers = [], {}
     for number, col in enumerate(columns, start=1):
         conv = wide.get(f"{col.metric}__conventions")
@@ -183,10 +189,10 @@ def paper_cells(wide: pd.DataFrame) -> tuple[list[str], list[list[str]], list[st
                 markers[(col.metric, text)] = letter
                 rest = conventions_text({k: v for k, v in d.items() if k not in common}) or "(nothing else)"
                 footnotes.append(f"[{number}{letter}] {col.title}: {rest}")
-        header[len(ROW_KEYS) + number - 1] += f" [{number}]"
+        header[len(keys) + number - 1] += f" [{number}]"
     body = []
     for _, row in wide.iterrows():
-        line = ["–" if row.get(k) is None or pd.isna(row.get(k)) else str(row[k]) for k in ROW_KEYS]
+        line = ["–" if row.get(k) is None or pd.isna(row.get(k)) else str(row[k]) for k in keys]
         for col in columns:
             text = _fmt(row.get(col.metric), col.digits)
             marker = markers.get((col.metric, row.get(f"{col.metric}__conventions")))
@@ -354,7 +360,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]
     md += [f"{f}  " for f in footnotes] + ([""] if footnotes else [])
     md += [f"Note: {n}  " for n in notes]
     atomic_write_text(out / "table.md", "\n".join(md).rstrip() + "\n")
-    align = "l" * len(ROW_KEYS) + "r" * len(columns)
+    align = "l" * len(shown_keys(wide)) + "r" * len(columns)
     atomic_write_text(out / "table.tex", latex_table(list(paper.columns), body, footnotes, align=align))
 
     corr_body = [[TITLE[r.unit_metric], TITLE[r.lm_metric], str(r.n), _fmt(r.pearson_r, 3), _fmt(r.spearman_rho, 3),

@@ -25,7 +25,7 @@ import pandas as pd
 from spidr.io import atomic_write_json, provenance
 
 METRICS_FORMAT = "textless-slm/metrics-v1"
-LABEL_KEYS = ("experiment", "encoder", "units", "layer", "k", "lm")
+LABEL_KEYS = ("experiment", "encoder", "encoder_kind", "units", "quantizer", "layer", "k", "lm")
 NORMALISATIONS = ("mean", "sum")
 
 
@@ -183,35 +183,45 @@ def read_scores(source: str | Path | pd.DataFrame | pd.Series) -> pd.Series:
     return series
 
 
-def scores_normalisation(scores: str | Path | Any, given: str | None) -> str:
-    """How the scores were normalised ('mean' or 'sum' log-likelihood), from the lm.score sidecar or `given`.
+def scoring_conventions(scores: str | Path | Any, given: str | None) -> dict[str, str]:
+    """How the scores were computed: 'normalisation' (mean or sum log-likelihood) plus what lm.score recorded.
 
-    The sidecar is `SCORES.tsv.json` or `SCORES.json` with a "normalisation" key. When both exist they must
-    agree; when neither does, the normalisation cannot be stated and that is an error.
+    lm.score writes its conventions to the sidecar `SCORES.tsv.json` ("conventions": {"normalisation", "bos",
+    "eos", ...}); a sidecar `SCORES.json` or a top-level "normalisation" key is read too. `given` (the
+    --normalisation flag) must agree with the sidecar; without either, the normalisation cannot be stated and
+    that is an error.
     """
     if given is not None and given not in NORMALISATIONS:
         raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got {given!r}")
-    recorded = None
+    recorded: dict[str, Any] = {}
     if isinstance(scores, str | Path):
         path = Path(scores)
         for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
-            if sidecar.is_file() and sidecar != path:
-                try:
-                    meta = json.loads(sidecar.read_text())
-                except json.JSONDecodeError as err:
-                    raise ScoresFileError(f"{sidecar}: scores sidecar is not JSON ({err})") from err
-                recorded = meta.get("normalisation") if isinstance(meta, dict) else None
-                if recorded is not None and recorded not in NORMALISATIONS:
-                    raise ScoresFileError(f"{sidecar}: unknown normalisation {recorded!r}")
-                if recorded is not None:
-                    break
-    if given is not None and recorded is not None and given != recorded:
-        raise ValueError(f"--normalisation {given} contradicts the scores sidecar of {scores}, which says {recorded}")
-    result = given or recorded
-    if result is None:
+            if not sidecar.is_file() or sidecar == path:
+                continue
+            try:
+                meta = json.loads(sidecar.read_text())
+            except json.JSONDecodeError as err:
+                raise ScoresFileError(f"{sidecar}: scores sidecar is not JSON ({err})") from err
+            if isinstance(meta, dict):
+                conv = meta.get("conventions") if isinstance(meta.get("conventions"), dict) else {}
+                recorded = {**conv, **({"normalisation": meta["normalisation"]} if "normalisation" in meta else {})}
+            if recorded.get("normalisation") not in (None, *NORMALISATIONS):
+                raise ScoresFileError(f"{sidecar}: unknown normalisation {recorded['normalisation']!r}")
+            if recorded:
+                break
+    norm = recorded.get("normalisation")
+    if given is not None and norm is not None and given != norm:
+        raise ValueError(f"--normalisation {given} contradicts the scores sidecar of {scores}, which says {norm}")
+    norm = given or norm
+    if norm is None:
         raise ValueError(f"the normalisation of {scores} is unknown: pass --normalisation mean|sum or keep the "
                          "sidecar JSON that lm.score writes next to its scores")
-    return result
+    out = {"normalisation": str(norm)}
+    details = "; ".join(f"{k}: {v}" for k, v in sorted(recorded.items()) if k != "normalisation")
+    if details:
+        out["lm_scoring"] = details
+    return out
 
 
 def pair_outcome(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

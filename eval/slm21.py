@@ -39,7 +39,7 @@ from eval.results import (
     parse_labels,
     read_scores,
     records,
-    scores_normalisation,
+    scoring_conventions,
     write_metrics,
 )
 from spidr.io import atomic_write_text
@@ -146,10 +146,11 @@ def write_submission(subdir: str | Path, task: str, split: str, gold: pd.DataFra
 
 def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission: Path | None,
         normalisation: str | None, labels: dict, split: str | None, check_wavs: bool = True) -> dict:
-    norm = scores_normalisation(scores_path, normalisation)
+    scoring = scoring_conventions(scores_path, normalisation)
+    norm = scoring["normalisation"]
     split = split_of(gold_path, split)
     scores = read_scores(scores_path)
-    base = {"set": split, "normalisation": f"{norm} log-likelihood", "pair_rule": TIE_RULE}
+    base = {**scoring, "set": split, "normalisation": f"{norm} log-likelihood", "pair_rule": TIE_RULE}
     inputs = {"gold": gold_path, "scores": scores_path}
     if task == "lexical":
         gold = read_lexical_gold(gold_path, check_wavs=check_wavs)

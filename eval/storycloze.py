@@ -25,7 +25,7 @@ from eval.results import (
     pair_outcome,
     parse_labels,
     read_scores,
-    scores_normalisation,
+    scoring_conventions,
     write_metrics,
 )
 
@@ -56,10 +56,11 @@ def task_of(folder: Path, given: str | None) -> str:
 def run(folder: Path, scores_path: Path, out: Path, *, task: str | None, normalisation: str | None,
         labels: dict) -> dict:
     task = task_of(folder, task)
-    norm = scores_normalisation(scores_path, normalisation)
+    scoring = scoring_conventions(scores_path, normalisation)
+    norm = scoring["normalisation"]
     pairs = read_storycloze(folder)
     accuracy, result = score_storycloze(pairs, read_scores(scores_path), str(scores_path))
-    conv = {"set": "StoryCloze 2016 spring test (the only split)",
+    conv = {**scoring, "set": "StoryCloze 2016 spring test (the only split)",
             "normalisation": f"{norm} log-likelihood of the whole story",
             "pair_rule": "1 if score(correct) > score(incorrect), 0.5 on a tie, else 0",
             "aggregation": "mean over story pairs"}

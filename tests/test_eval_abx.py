@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastabx import zerospeech_abx
 
-from eval.abx import AbxConfig, conditions_for, run, select_items, slicing_env, token_frames
+from eval.abx import AbxConfig, conditions_for, features_frame_rate, run, select_items, slicing_env, token_frames
 from eval.benchmarks import BenchmarkLayoutError, read_item_file
 from spidr.units_io import UnitsWriter
 
@@ -90,7 +90,7 @@ def test_triphone_features_match_direct_fastabx(corpus: Path, tmp_path: Path, sl
     conv = doc["metrics"][0]["conventions"]
     assert conv["slicing"].startswith("fastabx" if slicing == "fastabx" else "Libri-Light")
     assert conv["distance"] == "angular" and "max_size_group=10" in conv["subsampling"]
-    assert doc["labels"] == {"encoder": "synthetic", "layer": 1}
+    assert doc["labels"] == {"encoder": "synthetic", "layer": 1, "quantizer": "continuous"}
     assert json.loads((tmp_path / "m.json").read_text())["metrics"] == doc["metrics"]
 
 
@@ -193,3 +193,12 @@ def test_config_rejects_unknown_keys() -> None:
         AbxConfig.from_dict({"slice": "fastabx"})
     with pytest.raises(ValueError, match="slicing must be"):
         AbxConfig.from_dict({"slicing": "kaldi"})
+
+
+def test_features_frame_rate_from_the_extraction_marker(tmp_path: Path) -> None:
+    assert features_frame_rate(tmp_path, None) == 50.0  # nothing recorded: the 50 Hz of HuBERT / SpidR
+    (tmp_path / "_SUCCESS.json").write_text(json.dumps({"frame_rate": 100.0}))
+    assert features_frame_rate(tmp_path, None) == 100.0
+    assert features_frame_rate(tmp_path, 100) == 100.0
+    with pytest.raises(ValueError, match=r"--frame-rate 50 contradicts .*_SUCCESS\.json, which records 100"):
+        features_frame_rate(tmp_path, 50)

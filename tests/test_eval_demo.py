@@ -125,7 +125,7 @@ def test_eval_chain_on_demo_layouts(demo_corpus: Path, tmp_path: Path, capsys: p
     report.main(["--metrics", *map(str, metrics), "--out", str(tmp_path / "report")])
     report.main(["--print", str(tmp_path / "report")])
     printed = capsys.readouterr().out
-    assert "| mfcc | kmeans | 0 | 8 | bigram |" in printed  # one row: units metrics joined to the LM metrics
-    assert "| mfcc | continuous | 0 | – | – |" in printed
+    assert "| mfcc | kmeans | – | 0 | 8 | bigram |" in printed  # one row: units metrics joined to the LM metrics
+    assert "| mfcc | continuous | continuous | 0 | – | – |" in printed
     for name in ("table.tex", "table.csv", "metric_vs_layer.png"):
         assert (tmp_path / "report" / name).is_file()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from eval.report import build_report, main, print_report
-from eval.results import Metric, MetricsFileError, write_metrics
+from eval.results import Metric, MetricsFileError, parse_labels, write_metrics
 
 UNIT_CONV = {"slicing": "fastabx", "distance": "identical"}
 
@@ -51,7 +51,7 @@ def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None
         assert (out / name).is_file(), name
 
     table = pd.read_csv(out / "table.csv")
-    assert list(table.columns[:5]) == ["encoder", "units", "layer", "k", "lm"]
+    assert list(table.columns[:6]) == ["encoder", "units", "quantizer", "layer", "k", "lm"]
     l6 = table[(table.encoder == "spidr") & (table.layer == 6)].iloc[0]
     assert l6["abx_triphone_within_speaker"] == 10.0 and l6["pnmi"] == 0.5 and l6["swuggy_all"] == 66.0
     assert l6["lm"] == "tiny" and l6["experiment"] == "spidr-l6"
@@ -59,7 +59,7 @@ def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None
     assert pd.isna(mfcc["lm"]) and pd.isna(mfcc["swuggy_all"]) and mfcc["abx_triphone_across_speaker"] == 35.0
 
     md = (out / "table.md").read_text()
-    assert "| Encoder | Units | Layer | K | LM | ABX within (%) [1] |" in md
+    assert "| Encoder | Units | Layer | K | LM | ABX within (%) [1] |" in md  # no quantizer label: no column
     assert "| spidr | kmeans | 6 | 16 | tiny | 10.00 | 12.00 | 0.500 | 66.00 | 67.00 | 61.00 | 70.00 |" in md
     assert "| mfcc | kmeans | 0 | 16 | – | 30.00 | 35.00 | 0.200 | – | – | – | – |" in md
     assert "[4] sWUGGY all: normalisation: mean log-likelihood; set: dev" in md
@@ -117,3 +117,11 @@ def test_conflicting_values_and_bad_files_are_errors(tmp_path: Path) -> None:
         build_report([bad], tmp_path / "r")
     with pytest.raises(SystemExit, match=r"table\.md: not found"):
         main(["--print", str(tmp_path / "nothing")])
+
+
+def test_labels_of_the_workflow_are_accepted_and_unknown_keys_named() -> None:
+    labels = {"experiment": "e", "lm": None, "units": "spidr_l6_km", "encoder": "spidr", "encoder_kind": "spidr",
+              "layer": 6, "quantizer": "kmeans", "k": 256}
+    assert parse_labels(json.dumps(labels)) == labels
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['layers'\]"):
+        parse_labels('{"layers": 6}')

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from eval.benchmarks import BenchmarkLayoutError, read_lexical_gold, read_syntactic_gold
-from eval.results import ScoresFileError, read_scores, scores_normalisation
+from eval.results import ScoresFileError, read_scores, scoring_conventions
 from eval.slm21 import main, score_lexical, score_syntactic
 
 # (id, voice, frequency, score word, score non-word). Per id, mean over voices:
@@ -172,11 +172,14 @@ def test_scores_table_checks_and_normalisation_sidecar(tmp_path: Path) -> None:
     with pytest.raises(ScoresFileError, match=r"s\.tsv:1: expected `id<TAB>score`"):
         read_scores(tsv)
     with pytest.raises(ValueError, match=r"normalisation of .* is unknown"):
-        scores_normalisation(tsv, None)
+        scoring_conventions(tsv, None)
     (tmp_path / "s.tsv.json").write_text(json.dumps({"normalisation": "sum"}))
-    assert scores_normalisation(tsv, None) == "sum"
+    assert scoring_conventions(tsv, None) == {"normalisation": "sum"}
+    # what lm.score writes: the conventions block of its `<scores>.json`
+    (tmp_path / "s.tsv.json").write_text(json.dumps({"conventions": {"normalisation": "mean", "eos": "scored"}}))
+    assert scoring_conventions(tsv, "mean") == {"normalisation": "mean", "lm_scoring": "eos: scored"}
     with pytest.raises(ValueError, match="contradicts"):
-        scores_normalisation(tsv, "mean")
+        scoring_conventions(tsv, "sum")
 
 
 def test_demo_gold_files_read(demo_corpus: Path) -> None:
