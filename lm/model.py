@@ -76,12 +76,12 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
                                           num_key_value_heads=2, intermediate_size=4864, max_position_embeddings=2048,
                                           rope_theta=10000.0, rms_norm_eps=1e-6, hidden_act="silu",
                                           initializer_range=0.02, tie_word_embeddings=True, use_sliding_window=False)),
-    # CPU presets for tests and the laptop demo.
+    # CPU presets: `tiny` (Llama-style, ~0.8M params) is the laptop demo's LM; `tiny-opt` the smallest OPT.
     "tiny-opt": (OPTConfig, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
                                  word_embed_proj_dim=64, max_position_embeddings=1024, do_layer_norm_before=True,
                                  activation_function="relu", dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
                                  enable_bias=True, init_std=0.02, tie_word_embeddings=True)),
-    "tiny-llama": (LlamaConfig, dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+    "tiny": (LlamaConfig, dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                                      num_key_value_heads=4, intermediate_size=352, max_position_embeddings=1024,
                                      rope_theta=10000.0, rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False,
                                      mlp_bias=False, initializer_range=0.02, tie_word_embeddings=True)),

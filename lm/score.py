@@ -117,7 +117,7 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
 
         def flush() -> None:
             for uid, score in zip(ids, score_sequences(model, seqs, normalisation, batch_size, eos), strict=True):
-                f.write(f"{uid}\t{score!r}\n")
+                f.write(f"{uid}\t{float(score)!r}\n")  # shortest repr that round-trips
             ids.clear()
             seqs.clear()
 

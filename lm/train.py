@@ -42,26 +42,27 @@ RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_blocks", "checkpoin
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = "tiny-llama"
+    # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.8M tokens, a few minutes on one CPU core).
+    preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's HF config fields
     context_length: int = 256  # tokens per packed block
-    batch_size: int = 32  # sequences per optimizer step, over all GPUs and accumulation steps
-    micro_batch_size: int = 32  # sequences per forward pass on one device (accumulation = the ratio)
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # cosine floor
-    warmup_steps: int = 100
+    batch_size: int = 16  # sequences per optimizer step, over all GPUs and accumulation steps
+    micro_batch_size: int = 16  # sequences per forward pass on one device (accumulation = the ratio)
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # cosine floor
+    warmup_steps: int = 20
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_tokens: int | None = None  # token budget (block tokens processed), an alternative to max_steps
+    max_steps: int | None = 200
+    max_tokens: int | None = None  # token budget (block tokens processed); with max_steps the smaller one counts
     max_time_s: float | None = None  # wall-clock budget of the training loop, summed over resumed runs
-    valid_fraction: float = 0.01
-    eval_interval: int = 200
+    valid_fraction: float = 0.05
+    eval_interval: int = 50
     eval_blocks: int = 512  # at most this many validation blocks per evaluation
-    checkpoint_interval: int = 200
+    checkpoint_interval: int = 50
     log_interval: int = 10
     seed: int = 0
     precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
@@ -75,6 +76,9 @@ class TrainConfig:
         for key in raw:
             if key not in known:
                 raise ValueError(f"unknown LM training config key {key!r}; known keys: {sorted(known)}")
+        if "max_tokens" in raw and "max_steps" not in raw:
+            raise ValueError("config sets 'max_tokens' but not 'max_steps', whose demo default (200) would cap it; "
+                             "set 'max_steps' too (null: no step limit)")
         return cls(**raw)
 
     def __post_init__(self) -> None:

@@ -46,9 +46,9 @@ def test_llama_preset_is_modern():
 
 
 def test_overrides_apply_and_unknown_keys_fail():
-    assert build_config("tiny-llama", UnitVocab(8), {"num_hidden_layers": 1}).num_hidden_layers == 1
+    assert build_config("tiny", UnitVocab(8), {"num_hidden_layers": 1}).num_hidden_layers == 1
     with pytest.raises(ValueError, match="'n_layer'"):
-        build_config("tiny-llama", UnitVocab(8), {"n_layer": 1})
+        build_config("tiny", UnitVocab(8), {"n_layer": 1})
     with pytest.raises(ValueError, match="'vocab_size'"):
         build_config("tiny-opt", UnitVocab(8), {"vocab_size": 10})
     with pytest.raises(ValueError, match="unknown LM preset"):
@@ -79,7 +79,7 @@ def test_document_causal_mask_by_hand():
 def test_masked_packing_equals_separate_documents():
     """Two utterances packed in one row give the same logits as each run alone (OPT: learned positions)."""
     vocab = UnitVocab(20)
-    for preset in ("tiny-opt", "tiny-llama"):
+    for preset in ("tiny-opt", "tiny"):
         model = build_model(build_config(preset, vocab), seed=0).eval()
         a = torch.tensor([[vocab.bos_id, 3, 4, 5]])
         b = torch.tensor([[vocab.bos_id, 7, 8]])

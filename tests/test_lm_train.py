@@ -1,0 +1,178 @@
+"""Unit-LM training: config checks, schedule, learning, resume (bit-identical on CPU), budgets, the model dir."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import lm.train
+from lm.model import UnitVocab
+from lm.synthetic import write_markov_units
+from lm.train import TrainConfig, lr_at, train
+
+REPO = Path(__file__).resolve().parent.parent
+# A few-second run: tiny OPT, 32-token blocks, 2 micro batches per step (exercises accumulation).
+FAST = {"preset": "tiny-opt", "context_length": 32, "batch_size": 8, "micro_batch_size": 4, "lr": 3e-3,
+        "min_lr": 3e-4, "warmup_steps": 2, "max_steps": 8, "eval_interval": 4, "checkpoint_interval": 3,
+        "log_interval": 1, "valid_fraction": 0.1, "model": {"dropout": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def units(tmp_path_factory):
+    return write_markov_units(tmp_path_factory.mktemp("units") / "train.parquet", num_utterances=60,
+                              vocab_size=16, min_len=10, max_len=60, successors=2, seed=0)
+
+
+def cfg(**changes) -> TrainConfig:
+    return TrainConfig.from_dict({**FAST, **changes})
+
+
+def metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_unknown_and_bad_keys_are_named():
+    with pytest.raises(ValueError, match="'learning_rate'"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="'micro_batch_size'"):
+        TrainConfig.from_dict({"batch_size": 10, "micro_batch_size": 4})
+    with pytest.raises(ValueError, match="'max_steps'"):
+        TrainConfig.from_dict({"max_tokens": 1000})
+    with pytest.raises(ValueError, match="'max_steps' or 'max_tokens'"):
+        TrainConfig.from_dict({"max_steps": None})
+    with pytest.raises(ValueError, match="'preset'"):
+        TrainConfig.from_dict({"preset": "gpt5"})
+
+
+def test_token_budget_sets_the_step_count():
+    c = TrainConfig.from_dict({"max_steps": None, "max_tokens": 10_000, "batch_size": 4, "micro_batch_size": 4,
+                               "context_length": 100})
+    assert c.total_steps() == 25
+    assert TrainConfig.from_dict({"max_steps": 7, "max_tokens": 10**9}).total_steps() == 7
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    c = TrainConfig.from_dict({"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10, "max_steps": 110})
+    lrs = [lr_at(s, c, 110) for s in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1)
+    assert lr_at(500, c, 110) == pytest.approx(0.1)
+
+
+def test_loss_decreases_and_model_dir_round_trips(units, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    summary = train(units, work, out, cfg(max_steps=30, eval_interval=10, checkpoint_interval=100))
+    rows = metrics(work)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    valid = [r["valid_loss"] for r in rows if "valid_loss" in r]
+    assert len(valid) == 3
+    assert valid[0] > valid[-1] + 0.5  # a 2-successor chain: far below log(19) ~ 2.94 is learnable
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    assert summary["steps"] == 30 and summary["valid_loss"] == pytest.approx(valid[-1])
+    assert all(k in rows[-1] for k in ("tokens", "lr", "tokens_per_s", "grad_norm"))
+
+    # The directory loads with plain transformers and matches the weights of the last checkpoint.
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                     "provenance.json", "unit_vocab.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    model = AutoModelForCausalLM.from_pretrained(out)
+    state = torch.load(work / "checkpoint.pt", weights_only=True)["model"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    assert UnitVocab.load(out) == UnitVocab(16)
+    info = json.loads((out / "provenance.json").read_text())
+    assert info["config"]["preset"] == "tiny-opt" and info["code_version"] and info["training"]["steps"] == 30
+    assert info["units_meta"]["vocab_size"] == 16
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+
+
+def test_resume_after_interruption_is_bit_identical(units, tmp_path, monkeypatch):
+    reference = tmp_path / "ref"
+    train(units, reference / "work", reference / "model", cfg())
+
+    # Kill the second run in step 5 (checkpoints at 3 and 6), after it logged steps 4 and 5's metrics.
+    real = lm.train.micro_batches
+
+    def dying(blocks, config, step, dist):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real(blocks, config, step, dist)
+
+    monkeypatch.setattr(lm.train, "micro_batches", dying)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(units, resumed / "work", resumed / "model", cfg())
+    assert not (resumed / "model").exists()
+    assert torch.load(resumed / "work" / "checkpoint.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(lm.train, "micro_batches", real)
+    train(units, resumed / "work", resumed / "model", cfg())
+
+    ref_w, res_w = _weights(reference / "model"), _weights(resumed / "model")
+    assert ref_w.keys() == res_w.keys()
+    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)
+    assert _without_timing(metrics(resumed / "work")) == _without_timing(metrics(reference / "work"))
+
+
+def test_rerun_after_completion_rewrites_the_same_model(units, tmp_path):
+    train(units, tmp_path / "work", tmp_path / "model", cfg(max_steps=3))
+    first = _weights(tmp_path / "model")
+    summary = train(units, tmp_path / "work", tmp_path / "model", cfg(max_steps=3))
+    assert summary["steps"] == 3
+    assert all(torch.equal(first[k], v) for k, v in _weights(tmp_path / "model").items())
+
+
+def test_changed_hyperparameters_start_afresh(units, tmp_path):
+    train(units, tmp_path / "work", tmp_path / "model", cfg(max_steps=3))
+    summary = train(units, tmp_path / "work", tmp_path / "model2", cfg(max_steps=3, lr=1e-2))
+    assert summary["steps"] == 3
+    assert [r["step"] for r in metrics(tmp_path / "work")] == [1, 2, 3]
+    assert not torch.equal(_weights(tmp_path / "model")["model.decoder.embed_tokens.weight"],
+                           _weights(tmp_path / "model2")["model.decoder.embed_tokens.weight"])
+
+
+def test_wall_clock_budget_stops_training(units, tmp_path):
+    summary = train(units, tmp_path / "work", tmp_path / "model", cfg(max_steps=10_000, max_time_s=1e-9))
+    assert summary["stopped_by"] == "time" and summary["steps"] == 1
+    assert math.isfinite(summary["valid_loss"])
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
+
+
+def test_cli_rejects_unknown_key(units, tmp_path):
+    with pytest.raises(ValueError, match="'bogus'"):
+        lm.train.main(["--units", str(units), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
+                       "--config", json.dumps({"bogus": 1})])
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_match_one_process(units, tmp_path):
+    """torchrun + gloo, 2 workers x 1 micro batch of 4 == 1 process x 2 micro batches of 4 (same global batch)."""
+    config = {**FAST, "max_steps": 4, "model": {"dropout": 0.0}}
+    train(units, tmp_path / "one" / "work", tmp_path / "one" / "model", TrainConfig.from_dict(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "lm.train", "--units", str(units), "--workdir", str(tmp_path / "two" / "work"),
+                    "--out", str(tmp_path / "two" / "model"), "--config", json.dumps(config)],
+                   check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
+    one, two = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
+    info = json.loads((tmp_path / "two" / "model" / "provenance.json").read_text())
+    assert info["training"]["world_size"] == 2 and info["training"]["gradient_accumulation"] == 1
