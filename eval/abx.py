@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastabx import Dataset, Score, Subsampler, Task
+from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
 from eval.benchmarks import ItemFile, item_kind, read_item_file
 from eval.results import Metric, parse_labels, write_metrics
@@ -285,16 +285,22 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
             start = time.perf_counter()
             subsampler = Subsampler(cfg.max_size_group, cfg.max_x_across if cond.speaker == "across" else None,
                                     cfg.seed)
-            task = Task(dataset, on="#phone", by=list(cond.by) or None, across=list(cond.across) or None,
-                        subsampler=subsampler)
+            conv = {**common, "context": cond.context, "speaker": cond.speaker,
+                    "aggregation": AGGREGATION[cond.context]}
+            try:
+                task = Task(dataset, on="#phone", by=list(cond.by) or None, across=list(cond.across) or None,
+                            subsampler=subsampler)
+            except EmptyTaskError:  # e.g. a single speaker has no across-speaker cell: say so, do not invent
+                details["conditions"][cond.name] = {"cells": 0}
+                metrics.append(Metric(cond.name, None, "%", len(kept),
+                                      {**conv, "not_computed": "no ABX cell under this condition"}))
+                continue
             error = Score(task, distance, progress=False).collapse(levels=list(cond.levels))
             details["conditions"][cond.name] = {"cells": len(task), "seconds": round(time.perf_counter() - start, 3)}
-            metrics.append(Metric(cond.name, 100 * error, "%", len(kept),
-                                  {**common, "context": cond.context, "speaker": cond.speaker,
-                                   "aggregation": AGGREGATION[cond.context]}))
+            metrics.append(Metric(cond.name, 100 * error, "%", len(kept), conv))
     inputs = {"item": item_path, "features" if features is not None else "units": features or units_path}
     if features is not None:  # the report's Quantizer column then says what these rows are
-        labels = {"quantizer": "continuous", **labels}
+        labels = {**labels, "quantizer": labels.get("quantizer") or "continuous"}
     return write_metrics(out, task="abx", metrics=metrics, labels=labels, inputs=inputs,
                          config={**dataclasses.asdict(cfg), "frame_rate": rate, "item_kind": kind,
                                  "distance": distance}, details=details)
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for m in doc["metrics"]:
-        print(f"{m['metric']}: {m['value']:.3f} %")
+        print(f"{m['metric']}: " + ("not computed" if m["value"] is None else f"{m['value']:.3f} %"))
     print(f"items used {doc['details']['items_used']} of {doc['details']['items_total']}, dropped "
           f"{doc['details']['items_dropped']}", file=sys.stderr)
 

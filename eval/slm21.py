@@ -18,7 +18,8 @@ Differences from the official code, both cosmetic: it rounds per-id scores to 4 
 empty bands).
 
 `--submission SUBDIR` also writes SUBDIR/<task>/<set>.txt, one `<wav-stem> <score>` line per gold file, which
-`zrc benchmarks:run sLM21 SUBDIR` re-scores (add its meta.yaml and params.yaml by hand).
+`zrc benchmarks:run sLM21 SUBDIR -t lexical syntactic --sets dev` re-scores (zrc writes a default params.yaml
+when it is missing; meta.yaml, the author and model card, comes from `zrc submission:init sLM21` or by hand).
 """
 
 from __future__ import annotations

@@ -202,3 +202,14 @@ def test_features_frame_rate_from_the_extraction_marker(tmp_path: Path) -> None:
     assert features_frame_rate(tmp_path, 100) == 100.0
     with pytest.raises(ValueError, match=r"--frame-rate 50 contradicts .*_SUCCESS\.json, which records 100"):
         features_frame_rate(tmp_path, 50)
+
+
+def test_single_speaker_has_no_across_cell(corpus: Path, tmp_path: Path) -> None:
+    lines = (corpus / "triphone.item").read_text().splitlines(keepends=True)
+    item = tmp_path / "triphone.item"
+    item.write_text(lines[0] + "".join(line for line in lines[1:] if line.rstrip().endswith(" s0")))
+    doc = run(item, tmp_path / "m.json", features=corpus / "feats", units_path=None, frame_rate=50,
+              cfg=AbxConfig(), labels={})
+    within, across = doc["metrics"]
+    assert within["value"] is not None and across["value"] is None
+    assert across["conventions"]["not_computed"] == "no ABX cell under this condition"
