@@ -353,6 +353,7 @@ class Trainer:
             "steps_per_second": self.m_steps / dt,
             "extractor_frozen": self.model.extractor_frozen,
             "elapsed_s": round(self.elapsed, 3),
+            "process_cpu_s": round(time.process_time(), 3),  # this process, all threads (wall time is shared)
             "audio_hours_seen": self.audio_seconds / 3600,
         }
         self.metrics.write(record)

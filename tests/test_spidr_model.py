@@ -1,0 +1,368 @@
+"""SpidR / DinoSR model: architecture sizes, codebook EMA, schedules, masking, inference API, checkpoints, config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
+from spidr.config import ConfigError, ModelConfig, from_dict, preset
+from spidr.masking import mask_indices
+from spidr.model import Codebook, Codebooks, build_model
+from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
+
+
+def expected_encoder_params(cfg: ModelConfig) -> int:
+    """Parameters of CNN + feature projection + student transformer, from the architecture description."""
+    n, c_in = 0, 1
+    for c, k, _ in cfg.conv_layers:
+        n += c * c_in * k + (c if cfg.conv_bias else 0) + 2 * c  # conv + affine channel LayerNorm
+        c_in = c
+    d, f = cfg.embed_dim, cfg.ffn_dim
+    n += 2 * c_in + c_in * d + d  # projection: LayerNorm + Linear
+    k = max(3, cfg.pos_conv_kernel // cfg.pos_conv_depth)
+    n += cfg.pos_conv_depth * (d * (d // cfg.pos_conv_groups) * k + d)  # grouped convs with bias, LN without affine
+    n += 2 * d  # LayerNorm after the positional conv
+    per_layer = d * 3 * d + (3 * d if cfg.qkv_bias else 0) + d * d + d  # qkv, out projection
+    per_layer += 2 * d + d * f + f + f * d + d + 2 * d  # LN, FFN, final LN
+    return n + cfg.num_layers * per_layer
+
+
+def test_base_encoder_parameter_count_matches_architecture():
+    cfg = preset("base").model
+    model = build_model(cfg, teacher=False, seed=0)
+    encoder = [model.feature_extractor, model.feature_projection, model.student]
+    count = sum(p.numel() for m in encoder for p in m.parameters())
+    assert count == expected_encoder_params(cfg)
+    assert round(count / 1e6, 1) == 93.1  # the paper's "base" size
+    heads = sum(p.numel() for p in model.heads.parameters()) + model.mask_embedding.numel()
+    assert heads == cfg.num_codebooks * (cfg.embed_dim + 1) * cfg.codebook_size + cfg.embed_dim
+
+
+@pytest.mark.parametrize("name", ["base", "small", "tiny"])
+def test_frame_counts(name):
+    model = build_model(name, teacher=False, seed=0)
+    assert model.frame_count(16_000) == 49
+    assert model.frame_count(320_000) == 999
+    assert model.frame_count(399) == 0 and model.frame_count(400) == 1
+    feats = model.features(torch.randn(1, 16_000))
+    assert feats.shape == (1, 49, model.embed_dim)
+
+
+def test_codebook_ema_update_by_hand():
+    cb = Codebook(dim=2, size=3, decay=0.9)
+    cb.codebook.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0], [-6.0, -6.0]]))  # sums
+    cb.counts.copy_(torch.tensor([2.0, 2.0, 3.0]))  # codewords: (1, 0), (0, 2), (-2, -2)
+    targets = torch.tensor([[0.9, 0.1], [1.2, -0.2], [0.1, 1.7]])
+    labels = Codebooks([cb]).quantize([targets], update=True)[0]
+    assert labels.tolist() == [0, 0, 1]
+    # codeword 0: count 2, sum (2.1, -0.1); codeword 1: count 1, sum (0.1, 1.7); codeword 2: unused, unchanged
+    assert torch.allclose(cb.counts, torch.tensor([0.9 * 2 + 0.1 * 2, 0.9 * 2 + 0.1 * 1, 3.0]))
+    expected = torch.tensor([[0.9 * 2 + 0.1 * 2.1, 0.9 * 0 + 0.1 * -0.1], [0.9 * 0 + 0.1 * 0.1, 0.9 * 4 + 0.1 * 1.7],
+                             [-6.0, -6.0]])
+    assert torch.allclose(cb.codebook, expected)
+    # without update (eval), assignments only
+    before = cb.codebook.clone()
+    Codebooks([cb]).quantize([targets], update=False)
+    assert torch.equal(cb.codebook, before)
+
+
+def test_codebook_init_is_standardised_per_dimension():
+    cb = Codebook(dim=16, size=256, decay=0.9)
+    assert torch.allclose(cb.codebook.mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(cb.codebook.var(0, unbiased=False), torch.ones(16), atol=1e-3)
+    assert torch.equal(cb.counts, torch.ones(256))
+
+
+def test_tri_stage_learning_rate():
+    kw = {"peak": 5e-4, "warmup": 12_000, "hold": 188_000, "decay": 200_000}
+    assert tri_stage_lr(0, **kw) == pytest.approx(5e-6)
+    assert tri_stage_lr(6_000, **kw) == pytest.approx(5e-6 + (5e-4 - 5e-6) / 2)
+    assert tri_stage_lr(12_000, **kw) == pytest.approx(5e-4)
+    assert tri_stage_lr(199_999, **kw) == pytest.approx(5e-4)
+    assert tri_stage_lr(300_000, **kw) == pytest.approx(5e-5)  # halfway through the decay: 0.1x
+    assert tri_stage_lr(400_000, **kw) == pytest.approx(5e-6)
+    assert tri_stage_lr(500_000, **kw) == pytest.approx(5e-6)
+    cfg = from_dict({})  # the paper recipe, derived from max_steps=400k
+    assert (cfg.warmup_steps, cfg.hold_steps, cfg.decay_steps, cfg.freeze_at) == (12_000, 188_000, 200_000, 200_000)
+    assert cfg.ema_timescale == 20_000
+
+
+def test_ema_schedules():
+    assert exponential_ema(0) == pytest.approx(0.999)
+    assert exponential_ema(20_000) == pytest.approx(1 - 0.001 / math.e)
+    frozen_from = math.ceil(20_000 * math.log(1e4))  # 1 - decay <= 1e-7 from step 184,207
+    assert frozen_from == 184_207
+    assert exponential_ema(frozen_from - 1) < 1.0
+    assert exponential_ema(frozen_from) == 1.0
+    assert linear_ema(0) == pytest.approx(0.999)
+    assert linear_ema(15_000) == pytest.approx(0.99945)
+    assert linear_ema(30_000) == pytest.approx(0.9999)
+    assert linear_ema(199_999) == pytest.approx(0.9999)
+    assert linear_ema(200_000) == 1.0
+
+
+def test_masking_statistics():
+    gen = torch.Generator().manual_seed(0)
+    fractions = [mask_indices(1, t, generator=gen).shape[1] / t for t in range(250, 1000, 3)]
+    assert sum(fractions) / len(fractions) == pytest.approx(0.566, abs=0.01)  # the reference's ~57%
+    idx = mask_indices(6, 300, generator=gen)
+    assert idx.shape[0] == 6 and 0.45 < idx.shape[1] / 300 < 0.6  # equalised down to the sparsest row
+    assert bool((idx[:, 1:] > idx[:, :-1]).all()) and int(idx.min()) >= 0 and int(idx.max()) < 300
+    short = mask_indices(2, 5, generator=gen)  # shorter than a span: still masks something
+    assert short.shape[1] >= 1
+
+
+@pytest.mark.parametrize("kind", ["spidr", "dinosr"])
+def test_batched_inference_equals_one_at_a_time(kind):
+    torch.manual_seed(0)
+    model = build_model("tiny", kind=kind, seed=0).eval()
+    wavs = [torch.randn(n) * s for n, s in ((16_000, 1.0), (9_123, 0.1), (300, 1.0), (23_456, 3.0), (16_000, 0.5))]
+    batched = model.encode(wavs, [1, 3, 4], batch_samples=10**9)
+    probs = model.codebook_predictions(wavs, model.codebook_layers, batch_samples=10**9)
+    for w, feats, p in zip(wavs, batched, probs, strict=True):
+        alone = model.encode([w], [1, 3, 4])[0]
+        alone_p = model.codebook_predictions([w], model.codebook_layers)[0]
+        n = model.frame_count(w.numel())
+        for layer in (1, 3, 4):
+            assert feats[layer].shape == (n, model.embed_dim) and feats[layer].dtype == torch.float32
+            torch.testing.assert_close(feats[layer], alone[layer], rtol=1e-5, atol=1e-5)
+        for layer in model.codebook_layers:
+            assert p[layer].shape == (n, model.codebook_size)
+            torch.testing.assert_close(p[layer], alone_p[layer], rtol=1e-5, atol=1e-6)
+            if n:
+                torch.testing.assert_close(p[layer].sum(-1), torch.ones(n))
+
+
+def test_encode_standardises_each_utterance():
+    model = build_model("tiny", seed=0).eval()
+    w = torch.randn(16_000)
+    a = model.encode([w], [2])[0][2]
+    b = model.encode([w * 7.0 + 0.3], [2])[0][2]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_features_are_pre_residual_ffn_outputs():
+    model = build_model("tiny", seed=0).eval()
+    w = torch.randn(16_000)
+    got = model.encode([w], [2])[0][2]
+    x = model.features(F.layer_norm(w, w.shape)[None])
+    x = x + model.student.pos_conv_embed(x)
+    x = model.student.layer_norm(x)
+    x, _ = model.student.layers[0](x)
+    layer = model.student.layers[1]
+    x = layer.layer_norm(x + layer.attention(x))
+    torch.testing.assert_close(got, layer.feed_forward(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_heads_per_kind():
+    spidr = build_model("tiny", kind="spidr", seed=0).eval()
+    dinosr = build_model("tiny", kind="dinosr", seed=0).eval()
+    dinosr.load_state_dict(spidr.state_dict())
+    w = torch.randn(16_000)
+    layers = spidr.codebook_layers
+    assert layers == [2, 3, 4]
+    feats = spidr.encode([w], layers)[0]
+    sp = spidr.codebook_predictions([w], layers)[0]
+    for k, layer in enumerate(layers):  # SpidR: head k reads its own layer's FFN output
+        torch.testing.assert_close(sp[layer], F.softmax(spidr.heads[k][0](feats[layer]), -1), rtol=1e-5, atol=1e-6)
+    x = dinosr.features(F.layer_norm(w, w.shape)[None])
+    final, _ = dinosr.student(x)
+    dp = dinosr.codebook_predictions([w], layers)[0]
+    for k, layer in enumerate(layers):  # DinoSR: every head reads the last layer
+        torch.testing.assert_close(dp[layer], F.softmax(dinosr.heads[k][0](final[0]), -1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="layer 1"):
+        spidr.codebook_predictions([w], [1])
+    with pytest.raises(ValueError, match="layer 5"):
+        spidr.encode([w], [5])
+    units = spidr.codebook_units([w], 3)[0]
+    assert units.dtype == torch.int64 and torch.equal(units, sp[3].argmax(-1))
+
+
+def test_training_forward_and_ema():
+    torch.manual_seed(0)
+    model = build_model("tiny", seed=0).train()
+    wavs = torch.randn(2, 16_000)
+    idx = mask_indices(2, model.frame_count(16_000), generator=torch.Generator().manual_seed(0))
+    before = [cb.codebook.clone() for cb in model.codebooks]
+    loss, stats = model(wavs, idx)
+    assert stats["frames"].item() == idx.numel() and torch.isfinite(loss)
+    assert stats["target_counts"].sum().item() == idx.numel() * model.cfg.num_codebooks
+    assert all(not torch.equal(b, cb.codebook) for b, cb in zip(before, model.codebooks, strict=True))
+    loss.backward()
+    assert model.student.layers[-1].final_layer_norm.weight.grad is None  # unused by SpidR's loss, frozen
+    assert model.mask_embedding.grad is not None
+    assert model.feature_extractor.conv_layers[0].conv.weight.grad is not None
+    assert all(p.grad is None for p in model.teacher.parameters())
+    t = model.teacher.layers[0].feed_forward.output_dense.weight
+    s = model.student.layers[0].feed_forward.output_dense.weight
+    expected = 0.9 * t + 0.1 * s
+    model.update_ema(0.9)
+    torch.testing.assert_close(t, expected)
+    pos_t, pos_s = model.teacher.pos_conv_embed.convs[0].weight, model.student.pos_conv_embed.convs[0].weight
+    torch.testing.assert_close(pos_t, pos_s)  # copied, not averaged
+    frozen = t.clone()
+    model.update_ema(1.0)
+    assert torch.equal(t, frozen)
+
+
+def test_teacher_init_modes():
+    reinit = build_model(ModelConfig(**{**preset("tiny").model.__dict__, "teacher_init": "reinit"}), seed=0)
+    qkv = [m.layers[0].attention.qkv.weight for m in (reinit.teacher, reinit.student)]
+    assert not torch.equal(*qkv)
+    assert torch.equal(reinit.teacher.layer_norm.weight, reinit.student.layer_norm.weight)
+    copy = build_model(ModelConfig(**{**preset("tiny").model.__dict__, "teacher_init": "copy"}), seed=0)
+    for t, s in zip(copy.teacher.parameters(), copy.student.parameters(), strict=True):
+        assert torch.equal(t, s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def official_layout(cfg: ModelConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A state dict written from the documented release key names and shapes (reference §8), not from our model."""
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    sd: dict[str, torch.Tensor] = {}
+    c_in = 1
+    for i, (c, k, _) in enumerate(cfg.conv_layers):
+        sd[f"feature_extractor.conv_layers.{i}.conv.weight"] = r(c, c_in, k)
+        sd[f"feature_extractor.conv_layers.{i}.layer_norm.weight"] = r(c)
+        sd[f"feature_extractor.conv_layers.{i}.layer_norm.bias"] = r(c)
+        c_in = c
+    d, f = cfg.embed_dim, cfg.ffn_dim
+    sd |= {"feature_projection.layer_norm.weight": r(c_in), "feature_projection.layer_norm.bias": r(c_in),
+           "feature_projection.projection.weight": r(d, c_in) * 0.05, "feature_projection.projection.bias": r(d),
+           "mask_embedding": r(d), "current_step": torch.tensor([1234])}
+    k = max(3, cfg.pos_conv_kernel // cfg.pos_conv_depth)
+    for net in ("student", "teacher"):
+        for j in range(cfg.pos_conv_depth):
+            sd[f"{net}.pos_conv_embed.convs.{j}.weight"] = r(d, d // cfg.pos_conv_groups, k) * 0.05
+            sd[f"{net}.pos_conv_embed.convs.{j}.bias"] = r(d)
+        sd[f"{net}.layer_norm.weight"], sd[f"{net}.layer_norm.bias"] = r(d), r(d)
+        for i in range(cfg.num_layers):
+            p = f"{net}.layers.{i}."
+            sd |= {p + "attention.qkv.weight": r(3 * d, d) * 0.05, p + "attention.proj.weight": r(d, d) * 0.05,
+                   p + "attention.proj.bias": r(d), p + "layer_norm.weight": r(d), p + "layer_norm.bias": r(d),
+                   p + "feed_forward.intermediate_dense.weight": r(f, d) * 0.05,
+                   p + "feed_forward.intermediate_dense.bias": r(f),
+                   p + "feed_forward.output_dense.weight": r(d, f) * 0.05, p + "feed_forward.output_dense.bias": r(d),
+                   p + "final_layer_norm.weight": r(d), p + "final_layer_norm.bias": r(d)}
+    for h in range(cfg.num_codebooks):
+        sd[f"heads.{h}.0.weight"], sd[f"heads.{h}.0.bias"] = r(cfg.codebook_size, d), r(cfg.codebook_size)
+        sd[f"codebooks.{h}.codebook"] = r(cfg.codebook_size, d)
+        sd[f"codebooks.{h}.counts"] = torch.rand(cfg.codebook_size, generator=gen) + 0.5
+    return sd
+
+
+def official_config_json(cfg: ModelConfig) -> dict:
+    return {"model": {
+        "extractor_mode": "layer_norm", "extractor_conv_layer_config": [list(c) for c in cfg.conv_layers],
+        "extractor_conv_bias": False, "encoder_embed_dim": cfg.embed_dim, "encoder_num_layers": cfg.num_layers,
+        "encoder_num_heads": cfg.num_heads, "encoder_ff_interm_features": cfg.ffn_dim,
+        "encoder_pos_conv_kernel": cfg.pos_conv_kernel, "encoder_pos_conv_groups": cfg.pos_conv_groups,
+        "encoder_pos_conv_depth": cfg.pos_conv_depth, "encoder_qkv_bias": False, "encoder_layer_norm_first": False,
+        "num_codebooks": cfg.num_codebooks, "codebook_size": cfg.codebook_size,
+    }, "run": {"model_type": "spidr"}}
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_official_layout_loads_and_round_trips(tmp_path, wrapped):
+    cfg = preset("tiny").model
+    sd = official_layout(cfg, torch.Generator().manual_seed(0))
+    path = tmp_path / "release" / "spidr_tiny.pt"
+    path.parent.mkdir()
+    torch.save({"model": sd, "step": 1234} if wrapped else sd, path)
+    (path.parent / "config.json").write_text(json.dumps(official_config_json(cfg)))
+    model = load_model(path)
+    assert model.kind == "spidr" and model.cfg.num_heads == cfg.num_heads
+    assert int(model.current_step) == 1234
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, sd[key]), key
+    out = tmp_path / "export" / "spidr_tiny.pt"
+    export_official(model, out, write_config=True)
+    again = torch.load(out, weights_only=True)["model"]
+    assert set(again) == set(sd) and all(torch.equal(again[k], sd[k]) for k in sd)
+    encoder = load_encoder(out)
+    assert encoder.teacher is None and not encoder.training
+    assert encoder.encode([torch.randn(8000)], [4])[0][4].shape == (24, cfg.embed_dim)
+
+
+@pytest.mark.slow
+def test_official_base_layout_without_config(tmp_path):
+    """A release-sized file (base shapes, no config.json): the architecture is read from the tensor shapes."""
+    cfg = preset("base").model
+    sd = {k: torch.zeros_like(v) for k, v in official_layout(cfg, torch.Generator().manual_seed(0)).items()}
+    path = tmp_path / "dinosr_base_reproduced.pt"
+    torch.save({"model": sd}, path)
+    model = load_encoder(path)
+    assert model.kind == "dinosr" and model.cfg == ModelConfig(layer_drop=0.05)
+
+
+def test_refuses_other_files_with_clear_errors(tmp_path):
+    cfg = preset("tiny").model
+    sd = official_layout(cfg, torch.Generator().manual_seed(0))
+    (tmp_path / "config.json").write_text(json.dumps(official_config_json(cfg)))
+    bad = dict(sd)
+    del bad["heads.0.0.bias"]
+    bad["student.extra.weight"] = torch.zeros(1)
+    torch.save({"model": bad}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*heads\.0\.0\.bias.*student\.extra\.weight"):
+        load_encoder(tmp_path / "bad.pt")
+    torch.save({"encoder.layers.0.fc1.weight": torch.zeros(1)}, tmp_path / "fairseq.pt")
+    with pytest.raises(CheckpointError, match="fairseq"):
+        load_encoder(tmp_path / "fairseq.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt.*feature_extractor\.conv_layers\.0\.conv\.weight"):
+        load_encoder(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"text\.pt"):
+        load_encoder(tmp_path / "text.pt")
+    wrong = dict(sd)
+    wrong["heads.1.0.weight"] = torch.zeros(3, 3)
+    torch.save(wrong, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"heads\.1\.0\.weight"):
+        load_encoder(tmp_path / "shape.pt")
+
+
+def test_random_model_checkpoint_for_other_stages(tmp_path):
+    model = build_model("tiny", kind="dinosr", seed=3)
+    save_model(model, tmp_path / "tiny.pt")
+    loaded = load_encoder(tmp_path / "tiny.pt")
+    assert loaded.kind == "dinosr" and loaded.codebook_layers == [2, 3, 4]
+    assert (loaded.num_layers, loaded.embed_dim, loaded.codebook_size) == (4, 32, 16)
+    w = torch.randn(12_000)
+    torch.testing.assert_close(loaded.encode([w], [2])[0][2], model.eval().encode([w], [2])[0][2])
+    with pytest.raises(CheckpointError, match="dinosr"):
+        load_model(tmp_path / "tiny.pt", kind="spidr")
+    ckpt = torch.load(tmp_path / "tiny.pt", weights_only=True)
+    assert "code_version" in ckpt["provenance"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_config_overrides_and_unknown_keys():
+    cfg = from_dict({"kind": "dinosr", "preset": "small", "max_steps": 100,
+                     "optim": {"lr": 1e-3, "betas": [0.9, 0.98]}, "model": {"num_layers": 6}})
+    assert cfg.model.num_layers == 6 and cfg.optim.betas == (0.9, 0.98) and cfg.ema.schedule == "linear"
+    assert cfg.model.layer_drop == 0.05 and cfg.freeze_at == 50 and cfg.warmup_steps == 3
+    assert cfg.model.codebook_layers == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ConfigError, match=r"model\.num_layer\b"):
+        from_dict({"model": {"num_layer": 3}})
+    with pytest.raises(ConfigError, match="'lr_max'"):
+        from_dict({"lr_max": 3})
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        from_dict({"optim": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        from_dict({"preset": "huge"})
+    with pytest.raises(ConfigError, match="kind"):
+        from_dict({"kind": "hubert"})
+    with pytest.raises(ConfigError, match="num_heads"):
+        from_dict({"model": {"num_heads": 5}})
+    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what checkpoints record reloads identically

@@ -1,0 +1,183 @@
+"""SpidR pretraining: batches, bit-identical resume across the CNN freeze, divergence stop, CLI, DDP, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spidr.checkpoint import load_encoder, read_checkpoint
+from spidr.config import DataConfig, MaskConfig, from_dict
+from spidr.data.audio import write_wav
+from spidr.data.manifest import build_manifest
+from spidr.dataset import PretrainBatches, plan_batches
+from spidr.model import DinoSR
+from spidr.train import Trainer, TrainingDiverged, WorkdirMismatch, main, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {"preset": "tiny", "max_steps": 6, "freeze_step": 3, "checkpoint_interval": 2,
+        "data": {"batch_samples": 40_000}}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """12 short synthetic utterances (tones in noise, 0.4-2.5 s) from 3 'speakers', with a manifest."""
+    root = tmp_path_factory.mktemp("spidr_corpus")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        n = int(rng.integers(6_400, 40_000))
+        t = np.arange(n) / 16_000
+        f0 = rng.uniform(100, 300)
+        wav = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.2 * np.sin(2 * np.pi * 3 * t))) + 0.05 * rng.standard_normal(n)
+        write_wav(root / "wav" / f"s{i % 3}-utt{i:02d}.wav", wav.astype(np.float32))
+    with open(os.devnull, "w") as quiet:
+        build_manifest(root / "wav", root / "manifest.tsv", speaker="prefix", log=quiet)
+    return root / "manifest.tsv"
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_batches_are_bucketed_cropped_and_masked(corpus):
+    lengths = [3000, 1000, 320_500, 5000, 5100, 40_000, 39_000, 2500]
+    batches = plan_batches(lengths, batch_samples=50_000, min_samples=2000, max_samples=320_000, num_buckets=1000,
+                           seed=0, epoch=0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == [0, 2, 3, 4, 5, 6, 7]  # index 1 is shorter than min_samples
+    for b in batches:  # adjacent lengths share a batch; the budget holds unless one item alone exceeds it
+        assert len(b) == 1 or sum(min(lengths[i], 320_000) for i in b) <= 50_000
+    assert batches == plan_batches(lengths, batch_samples=50_000, min_samples=2000, max_samples=320_000,
+                                   num_buckets=1000, seed=0, epoch=0)
+    data = DataConfig(batch_samples=40_000, num_workers=0)
+    ds = PretrainBatches(corpus, data, MaskConfig(), from_dict({"preset": "tiny"}).model.conv_layers, seed=0)
+    seen = []
+    for j in range(len(ds)):
+        item = ds[j]
+        wavs, mask = item["wavs"], item["mask"]
+        members = ds.batches[j]
+        assert wavs.shape[0] == len(members) == mask.shape[0]
+        assert wavs.shape[1] == min(ds.lengths[i] for i in members)  # cropped to the shortest, no padding
+        assert mask.shape[1] > 0 and int(mask.max()) < (wavs.shape[1] - 400) // 320 + 1
+        seen += members
+        assert torch.equal(ds[j]["wavs"], wavs) and torch.equal(ds[j]["mask"], mask)  # deterministic
+    full = [ds[j]["wavs"] for j in range(len(ds)) if len(ds.batches[j]) == 1]
+    for w in full:  # uncropped single items are standardised utterances
+        assert abs(float(w.mean())) < 1e-4 and abs(float(w.std(unbiased=False)) - 1) < 1e-3
+    assert sorted(seen) == list(range(12))
+    ranks = [PretrainBatches(corpus, data, MaskConfig(), ds.conv_layers, seed=0, rank=r, world=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(ds) // 2
+    assert not {tuple(b) for b in ranks[0].batches} & {tuple(b) for b in ranks[1].batches}
+
+
+def test_resume_is_bit_identical_across_the_freeze(corpus, tmp_path):
+    torch.set_num_threads(1)
+    train(TINY, str(corpus), str(tmp_path / "a"), str(tmp_path / "a.pt"))
+    # interrupted twice: before the freeze (step 2 of 6, freeze after 3) and after it (step 5)
+    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=2)
+    assert not (tmp_path / "b.pt").exists()
+    mid = read_checkpoint(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1])
+    assert mid["step"] == 2 and not mid["frozen"] and len(mid["optimizer"]["param_groups"]) == 2
+    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=5)
+    late = read_checkpoint(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1])
+    assert late["step"] == 5 and late["frozen"] and len(late["optimizer"]["param_groups"]) == 1
+    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"))
+    a, b = weights(tmp_path / "a.pt"), weights(tmp_path / "b.pt")
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the CNN stopped changing at the freeze; the transformer did not
+    assert torch.equal(late["model"]["feature_extractor.conv_layers.1.conv.weight"],
+                       a["feature_extractor.conv_layers.1.conv.weight"])
+    qkv = "student.layers.0.attention.qkv.weight"
+    assert not torch.equal(late["model"][qkv], a[qkv])
+    final = read_checkpoint(tmp_path / "a.pt")
+    assert final["step"] == 6 and "optimizer" not in final
+    assert final["provenance"]["training"]["steps"] == 6 and final["train_config"]["max_steps"] == 6
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one line per step, none duplicated by the resumes
+    model = load_encoder(tmp_path / "a.pt")
+    assert model.kind == "spidr" and model.encode([torch.randn(8000)], [1])[0][1].shape == (24, 32)
+
+
+def test_metrics_log(corpus, tmp_path):
+    train({**TINY, "max_steps": 2}, str(corpus), str(tmp_path / "w"), str(tmp_path / "w.pt"),
+          valid_manifest=str(corpus))
+    records = [json.loads(ln) for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    train_rec = [r for r in records if r["split"] == "train"]
+    valid_rec = [r for r in records if r["split"] == "valid"]
+    assert [r["step"] for r in train_rec] == [1, 2] and valid_rec and valid_rec[-1]["step"] == 2
+    r = train_rec[-1]
+    for key in ("loss", "lr", "ema_decay", "grad_norm", "audio_seconds_per_second", "target_ppl", "pred_ppl",
+                "active_codewords"):
+        assert key in r
+    assert len(r["target_ppl"]) == len(r["active_codewords"]) == 3 and 1 <= r["target_ppl"][0] <= 16
+    assert np.isfinite(r["loss"]) and np.isfinite(valid_rec[-1]["loss"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    forward = DinoSR.forward
+
+    def poisoned(self, wavs, mask_index):
+        loss, stats = forward(self, wavs, mask_index)
+        return (loss * float("nan") if int(self.current_step) >= 3 else loss), stats
+
+    monkeypatch.setattr(DinoSR, "forward", poisoned)
+    cfg = {**TINY, "log_interval": 2}
+    with pytest.raises(TrainingDiverged, match=r"NaN/Inf.*step 2 and step 4.*step_00000002\.pt"):
+        train(cfg, str(corpus), str(tmp_path / "w"), str(tmp_path / "w.pt"))
+    assert [p.name for p in (tmp_path / "w" / "checkpoints").glob("*.pt")] == ["step_00000002.pt"]
+    assert not (tmp_path / "w.pt").exists()
+    good = weights(tmp_path / "w" / "checkpoints" / "step_00000002.pt")
+    assert all(torch.isfinite(v.float()).all() for v in good.values())
+
+
+def test_workdir_of_another_recipe_is_refused(corpus, tmp_path):
+    train({**TINY, "max_steps": 2}, str(corpus), str(tmp_path / "w"), None, stop_after=2)
+    with pytest.raises(WorkdirMismatch, match=r"optim\.lr"):
+        Trainer(from_dict({**TINY, "max_steps": 2, "optim": {"lr": 1e-3}}), str(corpus), str(tmp_path / "w"))
+    # settings that do not change the weights may change between runs
+    Trainer(from_dict({**TINY, "max_steps": 2, "log_interval": 5}), str(corpus), str(tmp_path / "w"))
+
+
+def test_cli_rejects_unknown_keys(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"model\.num_layer"):
+        main(["--manifest", str(corpus), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o.pt"),
+              "--config", '{"preset": "tiny", "model": {"num_layer": 2}}'])
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_gloo(corpus, tmp_path):
+    """Two CPU processes (gloo): codebook statistics are all-reduced, the run completes and resumes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spidr.train",
+           "--manifest", str(corpus), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o.pt"),
+           "--config", json.dumps({**TINY, "max_steps": 3, "data": {"batch_samples": 20_000}, "progress": False})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, "--stop-after", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = read_checkpoint(tmp_path / "o.pt")
+    assert final["step"] == 3 and final["provenance"]["training"]["world_size"] == 2
+    records = [json.loads(ln) for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_loss_decreases_on_the_demo_corpus(demo_corpus, tmp_path):
+    torch.set_num_threads(2)
+    cfg = {"preset": "tiny", "max_steps": 40, "log_interval": 5, "checkpoint_interval": 40,
+           "optim": {"lr": 2e-3, "warmup_steps": 4}, "data": {"batch_samples": 16_000 * 12},
+           "model": {"dropout": 0.0, "attention_dropout": 0.0}}
+    train(cfg, str(demo_corpus / "train" / "manifest.tsv"), str(tmp_path / "w"), str(tmp_path / "o.pt"))
+    losses = [json.loads(ln)["loss"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
+    shutil.rmtree(tmp_path / "w")
