@@ -290,7 +290,7 @@ class HFEncoder(Encoder):
         self.model.eval().to(self.device)
         self.num_layers = int(cfg.num_hidden_layers)
         self.dim = int(cfg.hidden_size)
-        self.group_norm = cfg.feat_extract_norm == "group"
+        self.group_norm = getattr(cfg, "feat_extract_norm", "layer") == "group"
         self.hop = math.prod(cfg.conv_stride)
         window = 1
         for kernel, stride in zip(reversed(cfg.conv_kernel), reversed(cfg.conv_stride), strict=True):
@@ -427,15 +427,29 @@ def get_encoder(spec: str | Mapping[str, Any] | EncoderSpec, device: str | torch
 
 
 def check_units_config(spec: str | Mapping[str, Any] | EncoderSpec, layer: int, quantizer: str | None = None,
-                       *, num_layers: int | None = None, codebook_layers: Sequence[int] | None = None) -> None:
-    """Validate a units config before running anything, looking up the depth cheaply when it is at hand.
+                       *, train_config: Mapping[str, Any] | None = None, num_layers: int | None = None,
+                       codebook_layers: Sequence[int] | None = None) -> None:
+    """Validate a units config before running anything, finding the encoder's depth and heads cheaply.
 
-    For an HF model in a local directory its config.json gives the depth; for an existing SpidR checkpoint the
-    model is loaded (CPU). Pass `num_layers` / `codebook_layers` for an encoder that does not exist yet.
+    Sources, first that applies: explicit `num_layers` / `codebook_layers`; `train_config` (the spidr.config JSON
+    of a SpidR / DinoSR still to be pretrained); an HF config (local dir, or the hub cache); an existing SpidR
+    checkpoint (loaded on CPU). Without any, only what the kind alone decides is checked.
     """
     spec = EncoderSpec.parse(spec)
-    if num_layers is None and spec.kind == "hf" and (Path(spec.model) / "config.json").is_file():
-        num_layers = int(json.loads((Path(spec.model) / "config.json").read_text())["num_hidden_layers"])
+    if train_config is not None and num_layers is None:
+        if spec.kind not in ("spidr", "dinosr"):
+            raise EncoderConfigError(f"a training config only describes spidr/dinosr encoders, not {spec.kind!r}")
+        from spidr.config import from_dict
+
+        model = from_dict({"kind": spec.kind, **train_config}).model
+        num_layers, codebook_layers = model.num_layers, model.codebook_layers
+    if num_layers is None and spec.kind == "hf":
+        try:
+            from transformers import AutoConfig
+
+            num_layers = int(AutoConfig.from_pretrained(spec.model).num_hidden_layers)
+        except (OSError, ValueError, AttributeError):
+            num_layers = None  # not at hand (offline, not downloaded yet): checked again when the model loads
     if num_layers is None and spec.kind in ("spidr", "dinosr") and Path(spec.checkpoint).is_file():
         enc = get_encoder(spec, "cpu", "fp32")
         num_layers, codebook_layers = enc.num_layers, enc.codebook_layers

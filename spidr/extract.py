@@ -11,8 +11,9 @@ Usage:
       work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
   python -m spidr.extract text UNITS.parquet OUT.txt
       Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
-  python -m spidr.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans]
-      Check that the encoder, layer and quantizer fit together (exit status 1 and a message naming the value).
+  python -m spidr.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans] [--train-config JSON]
+      Check that the encoder, layer and quantizer fit together (exit status 1 and a message naming the value);
+      --train-config gives the depth and heads of a SpidR / DinoSR that is still to be pretrained.
 
 Encoder JSON: {"kind": "spidr"|"dinosr", "checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} |
 {"kind": "mfcc"}. Layer numbering: see spidr.encoders. Run options (device, precision, batching, chunking,
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     check = sub.add_parser("validate", help="check an encoder / layer / quantizer combination")
     common(check)
     check.add_argument("--quantizer", choices=list(QUANTIZERS))
+    check.add_argument("--train-config", help="spidr.config JSON of an encoder still to be pretrained")
 
     args = parser.parse_args(argv)
     try:
@@ -304,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "text":
             write_text_units(args.units, args.out)
         else:
-            check_units_config(args.encoder, args.layer, args.quantizer)
+            train = json.loads(args.train_config) if args.train_config else None
+            check_units_config(args.encoder, args.layer, args.quantizer, train_config=train)
             print("ok")
     except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -235,3 +235,35 @@ def test_mfcc_features_are_finite_and_39_dims(wavs):
         assert f.shape == (frame_count(wav.numel()), 39)
         assert torch.isfinite(f).all()
     assert np.isfinite(feats[0].numpy()).all()
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+def test_other_hf_families_follow_the_same_layer_convention(tmp_path, family, wavs):
+    import transformers
+
+    cls, cfg_cls = {"wav2vec2": ("Wav2Vec2Model", "Wav2Vec2Config"), "wavlm": ("WavLMModel", "WavLMConfig")}[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_cls)(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )
+    getattr(transformers, cls)(cfg).eval().save_pretrained(tmp_path / family)
+    enc = get_encoder({"kind": "hf", "model": str(tmp_path / family)})
+    with torch.no_grad():
+        hidden = enc.model(wavs[0][None], output_hidden_states=True).hidden_states
+    for layer in range(enc.num_layers + 1):
+        torch.testing.assert_close(enc.features([wavs[0]], layer)[0], hidden[layer][0], rtol=0, atol=1e-6)
+    batched = enc.features(wavs[:3], 2)
+    for wav, got in zip(wavs[:3], batched, strict=True):
+        torch.testing.assert_close(got, enc.features([wav], 2)[0], rtol=0, atol=1e-5)
+
+
+def test_check_units_config_from_a_training_config():
+    """Before pretraining, the training config decides depth and heads (small preset: 8 layers, heads 3..8)."""
+    spec = {"kind": "spidr", "checkpoint": "not/trained/yet.pt"}
+    check_units_config(spec, 6, "codebook", train_config={"preset": "small"})
+    with pytest.raises(EncoderConfigError, match="layer=2: this encoder has codebook heads only on layers"):
+        check_units_config(spec, 2, "codebook", train_config={"preset": "small"})
+    with pytest.raises(EncoderConfigError, match="layer=9 is beyond"):
+        check_units_config(spec, 9, "kmeans", train_config={"preset": "small"})
+    check_units_config(spec, 12, "codebook", train_config={"preset": "base"})
