@@ -50,6 +50,26 @@ def test_a_bad_value_is_an_error_naming_it(tmp_path: Path) -> None:
     assert out.returncode != 0 and "nosuchvoice" in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("units", "spidr_codebook_l6", "layer"), 2, "units.spidr_codebook_l6: quantizer='codebook' at layer=2"),
+        (("units", "mfcc_kmeans", "layer"), 3, "units.mfcc_kmeans: layer=3"),
+        (("lms", "tiny", "train", "lrr"), 1.0, "lms.tiny.train: unknown LM training config key 'lrr'"),
+        (("encoders", "spidr_small", "train", "max_step"), 5, "encoders.spidr_small.train"),
+        (("experiments", "mfcc_kmeans", "lm"), "nosuchlm", "experiments.mfcc_kmeans.lm refers to lm 'nosuchlm'"),
+    ],
+)
+def test_cross_reference_errors_name_the_config_path(tmp_path: Path, path: tuple, value, message: str) -> None:
+    config = default_config()
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    out = snakemake(tmp_path, "-n", config=config)
+    assert out.returncode != 0 and message in out.stdout + out.stderr, out.stdout[-2000:]
+
+
 def test_directory_corpus_gets_a_manifest_rule(tmp_path: Path) -> None:
     config = default_config()
     config["corpora"]["libri"] = {"source": "directory", "root": str(tmp_path / "LibriSpeech"), "ext": ["flac"]}

@@ -28,7 +28,12 @@ BENCH_SETS = [*LM_TASKS, "abx"]
 
 
 def _check_references():
-    """Cross-references the schema cannot express: every name used must be defined, every layer valid."""
+    """What the schema cannot express: names must be defined, train blocks valid, layers exist for the encoder.
+
+    Runs when the workflow is parsed, so a typo fails before any job starts, with the config path in the message.
+    """
+    from lm.train import TrainConfig as LMTrainConfig
+    from spidr.config import from_dict as spidr_train_config
     from spidr.encoders import EncoderConfigError, validate_units_request
 
     def need(kind, name, where, known):
@@ -37,23 +42,32 @@ def _check_references():
                 f"config: {where} refers to {kind} {name!r}, which is not defined ({sorted(known)})"
             )
 
+    def check(where, build):
+        try:
+            build()
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"config: {where}: {err}") from None
+
     need("benchmark", BENCH, "eval.benchmark", BENCHMARKS)
     for name, enc in config["encoders"].items():
         if "train" in enc:
             need("corpus", enc["corpus"], f"encoders.{name}.corpus", CORPORA)
+            train = {"kind": enc["kind"], **enc["train"]}
+            check(f"encoders.{name}.train", lambda: spidr_train_config(train))
     for name, unit in config["units"].items():
         need("encoder", unit["encoder"], f"units.{name}.encoder", ENCODERS)
         if unit["quantizer"] == "kmeans":
             need("corpus", unit["fit"]["corpus"], f"units.{name}.fit.corpus", CORPORA)
         enc = config["encoders"][unit["encoder"]]
-        try:
-            validate_units_request(
+        check(
+            f"units.{name}",
+            lambda: validate_units_request(
                 enc["kind"], unit["layer"], unit["quantizer"], **encoder_geometry(enc)
-            )
-        except EncoderConfigError as err:
-            raise ValueError(f"config: units.{name}: {err}") from None
+            ),
+        )
     for name, lm in config["lms"].items():
         need("corpus", lm["corpus"], f"lms.{name}.corpus", CORPORA)
+        check(f"lms.{name}.train", lambda: LMTrainConfig.from_dict(lm["train"]))
     for name, exp in config["experiments"].items():
         need("units", exp["units"], f"experiments.{name}.units", UNITS)
         if exp.get("lm") is not None:
