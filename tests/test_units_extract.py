@@ -212,3 +212,26 @@ def test_cli_units_text_and_validate(tmp_path, corpus, spidr_ckpt):
     with pytest.raises(SystemExit, match="'mfcc' encoder has none"):
         main(["validate", "--encoder", '{"kind": "mfcc"}', "--layer", "0", "--quantizer", "codebook"])
     main(["validate", "--encoder", spec, "--layer", "4", "--quantizer", "codebook"])
+
+
+@pytest.mark.slow
+def test_demo_corpus_units_dedup_and_abx_features(tmp_path, demo_corpus, spidr_ckpt):
+    """The demo corpus through the stage: k-means on train, units + dedup of dev, dev features read by eval.abx."""
+    from eval.abx import main as abx_main
+    from spidr.dedup import deduplicate
+
+    spec = {"kind": "spidr", "checkpoint": spidr_ckpt}
+    km = tmp_path / "km.npz"
+    fit_from_corpus(spec, 3, demo_corpus / "train" / "manifest.tsv", k=16, seed=0, max_frames=2000, out=km,
+                    run=RUN)
+    dev = demo_corpus / "dev" / "manifest.tsv"
+    extract_units(spec, 3, "kmeans", dev, tmp_path / "u.parquet", kmeans=km, run=RUN)
+    stats = deduplicate(tmp_path / "u.parquet", tmp_path / "d.parquet", tmp_path / "s.json")
+    assert stats["utterances"] == len(read_manifest(dev)) and 1 <= stats["active_units"] <= 16
+    assert 0 < stats["dedup_units_per_second"] <= 50 and stats["bitrate"] == pytest.approx(
+        4 * stats["dedup_units_per_second"])
+    extract_features(spec, 3, dev, tmp_path / "feats", run=RUN)
+    abx_main(["--item", str(demo_corpus / "dev" / "triphone.item"), "--features", str(tmp_path / "feats"),
+              "--out", str(tmp_path / "abx.json")])
+    result = json.loads((tmp_path / "abx.json").read_text())
+    assert result["details"]["items_used"] > 0
