@@ -168,3 +168,29 @@ def test_pretraining_hyperparameter_reruns_everything_downstream_of_the_encoder(
     assert jobs["pretrain"] == 1 and "demo_data" not in jobs
     # The MFCC baseline does not depend on the SpidR encoder.
     assert jobs["train_lm"] == 2 and jobs["fit_kmeans"] == 1
+
+
+def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, demo_corpus: Path) -> None:
+    """configs/paper.yaml is a complete experiment: with its /data paths replaced, the whole DAG is planned."""
+    paths = {
+        "/data/sLM21": demo_corpus / "sLM21",
+        "/data/SpokenStoryCloze": demo_corpus / "storycloze",
+        "/data/abx/dev-clean/manifest.tsv": demo_corpus / "dev/manifest.tsv",
+        "/data/abx/triphone-dev-clean.item": demo_corpus / "dev/triphone.item",
+        "/data/abx/phoneme-dev-clean.item": demo_corpus / "dev/phoneme.item",
+        "/data/abx/phoneme-dev-clean-100hz.jsonl": demo_corpus / "dev/phones_100hz.jsonl",
+        "/data/checkpoints/spidr_base.pt": tmp_path / "spidr_base.pt",
+        "/data/": f"{tmp_path}/",
+    }
+    text = (REPO / "configs/paper.yaml").read_text()
+    for old, new in paths.items():
+        text = text.replace(old, str(new))
+    assert "/data/" not in text
+    (tmp_path / "spidr_base.pt").touch()
+    config = yaml.safe_load(text)
+    out = snakemake(tmp_path, "-n", "--quiet", "rules", config=config)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for rule in ("manifest", "pretrain", "fit_kmeans", "quantize", "dedup", "train_lm", "score_lm", "eval_slm21",
+                 "eval_storycloze", "eval_abx_units", "eval_abx_features", "eval_unit_quality", "report"):
+        assert re.search(rf"^{rule}\s+\d+", out.stdout, re.M), rule
+    assert "demo_data" not in out.stdout
