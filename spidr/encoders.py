@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -640,12 +641,12 @@ class RunOptions:
 
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    batch_seconds: float = 60.0  # padded audio per batch (longest piece x batch size)
-    max_batch: int = 64
-    chunk_seconds: float = 30.0  # longer utterances are encoded in chunks of this many seconds of core frames
+    batch_seconds: float | None = None  # padded audio per batch (longest piece x size); None: 400 s CUDA, 60 s CPU
+    max_batch: int = 256
+    chunk_seconds: float = 40.0  # longer utterances are encoded in chunks of this many seconds of core frames
     context_seconds: float = 5.0  # of context each side of a chunk
     shard_hours: float = 0.5  # audio per shard: the unit of resumption and of length bucketing
-    workers: int = 4  # audio loading threads
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # audio decoding threads
     bad_audio: str = "fail"  # fail | skip (logged, counted and recorded)
     progress: bool = True
 
@@ -655,7 +656,7 @@ class RunOptions:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise EncoderConfigError(f"precision={self.precision!r}; expected auto, fp32 or bf16")
         for name in ("batch_seconds", "chunk_seconds", "shard_hours"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise EncoderConfigError(f"{name}={getattr(self, name)} must be > 0")
         if self.context_seconds < 0 or self.max_batch < 1:
             raise EncoderConfigError("context_seconds must be >= 0 and max_batch >= 1")
@@ -670,8 +671,13 @@ class RunOptions:
             "frame_count_fn": encoder.frame_count, "hop": encoder.hop, "window": encoder.window,
             "chunk_frames": max(1, round(self.chunk_seconds * encoder.frame_rate)),
             "context_frames": round(self.context_seconds * encoder.frame_rate),
-            "batch_samples": int(self.batch_seconds * SAMPLE_RATE), "max_batch": self.max_batch,
+            "batch_samples": int(self.batch_seconds_for(encoder) * SAMPLE_RATE), "max_batch": self.max_batch,
         }
+
+    def batch_seconds_for(self, encoder: Encoder) -> float:
+        if self.batch_seconds is not None:
+            return self.batch_seconds
+        return 400.0 if encoder.device.type == "cuda" else 60.0
 
     def result_settings(self, encoder: Encoder) -> dict[str, Any]:
         return {"precision": "bf16" if encoder.bf16 and encoder.device.type == "cuda" else "fp32",
@@ -685,7 +691,8 @@ def add_run_options(parser) -> None:
     g = parser.add_argument_group("run options")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda[:i]")
     g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
-    g.add_argument("--batch-seconds", type=float, default=d.batch_seconds)
+    g.add_argument("--batch-seconds", type=float, default=d.batch_seconds,
+                   help="padded audio per batch (default: 400 on CUDA, 60 on CPU)")
     g.add_argument("--max-batch", type=int, default=d.max_batch)
     g.add_argument("--chunk-seconds", type=float, default=d.chunk_seconds)
     g.add_argument("--context-seconds", type=float, default=d.context_seconds)

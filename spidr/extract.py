@@ -181,7 +181,8 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
     del columns
     summary["seconds"] = summary["frames"] / encoder.frame_rate
     prov = {**provenance(config), "encoder_info": encoder.describe(), "summary": summary,
-            "run": {"device": str(encoder.device), "batch_seconds": run.batch_seconds, "max_batch": run.max_batch}}
+            "run": {"device": str(encoder.device), "batch_seconds": run.batch_seconds_for(encoder),
+                    "max_batch": run.max_batch}}
     with UnitsWriter(out, vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate, provenance=prov) as writer:
         for part in parts:
             for row in iter_units(part):
