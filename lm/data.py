@@ -196,6 +196,14 @@ class PackedBlocks:
         # Each block needs one token beyond its end as the last target; the final block may be partial.
         return math.ceil((len(self.tokens) - 1) / self.block_len) if len(self.tokens) > 1 else 0
 
+    def num_targets(self, block_ids: np.ndarray) -> int:
+        """Targets (non-ignored labels) in these blocks, from the utterance offsets alone (no token is read)."""
+        begin = np.asarray(block_ids, dtype=np.int64) * self.block_len
+        end = np.minimum(begin + self.block_len, len(self.tokens) - 1)  # inputs j in [begin, end) have a next token
+        # every such j is a target unless j + 1 starts the next utterance
+        starts = np.searchsorted(self.doc_starts, end, side="right") - np.searchsorted(self.doc_starts, begin + 1)
+        return int(np.sum(end - begin - starts))
+
     def batch(self, block_ids: np.ndarray) -> dict[str, torch.Tensor]:
         """input_ids, labels (IGNORE_INDEX where not a target) and position_ids, each [len(block_ids), block_len]."""
         length, n = self.block_len, len(self.tokens)

@@ -42,7 +42,7 @@ RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_blocks", "checkpoin
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.8M tokens, a few minutes on one CPU core).
+    # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.5M tokens, 1-2 minutes on one CPU core).
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's HF config fields
     context_length: int = 256  # tokens per packed block
@@ -50,19 +50,19 @@ class TrainConfig:
     micro_batch_size: int = 16  # sequences per forward pass on one device (accumulation = the ratio)
     lr: float = 2e-3
     min_lr: float = 2e-4  # cosine floor
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    max_steps: int | None = 200
+    max_steps: int | None = 120
     max_tokens: int | None = None  # token budget (block tokens processed); with max_steps the smaller one counts
     max_time_s: float | None = None  # wall-clock budget of the training loop, summed over resumed runs
     valid_fraction: float = 0.05
-    eval_interval: int = 50
+    eval_interval: int = 40
     eval_blocks: int = 512  # at most this many validation blocks per evaluation
-    checkpoint_interval: int = 50
+    checkpoint_interval: int = 40
     log_interval: int = 10
     seed: int = 0
     precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
@@ -77,7 +77,7 @@ class TrainConfig:
             if key not in known:
                 raise ValueError(f"unknown LM training config key {key!r}; known keys: {sorted(known)}")
         if "max_tokens" in raw and "max_steps" not in raw:
-            raise ValueError("config sets 'max_tokens' but not 'max_steps', whose demo default (200) would cap it; "
+            raise ValueError("config sets 'max_tokens' but not 'max_steps', whose demo default (120) would cap it; "
                              "set 'max_steps' too (null: no step limit)")
         return cls(**raw)
 
@@ -168,13 +168,18 @@ def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Tr
                            reduction="sum")
 
 
-def micro_batches(blocks: PackedBlocks, cfg: TrainConfig, step: int, dist: Dist) -> list[dict[str, torch.Tensor]]:
-    """This rank's micro batches of step `step`: global sequences [step*B, (step+1)*B) split over ranks."""
+def micro_batches(blocks: PackedBlocks, cfg: TrainConfig, step: int,
+                  dist: Dist) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """This rank's micro batches of step `step` (global sequences [step*B, (step+1)*B) split over ranks, on the
+    device) and the number of targets in the whole global batch, known to every rank without communication."""
+    global_ids = train_block_ids(np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size), len(blocks), cfg.seed)
     per_rank = cfg.batch_size // dist.world
-    first = step * cfg.batch_size + dist.rank * per_rank
-    ids = train_block_ids(np.arange(first, first + per_rank), len(blocks), cfg.seed)
-    return [{k: v.to(dist.device, non_blocking=True) for k, v in blocks.batch(chunk).items()}
-            for chunk in np.split(ids, per_rank // cfg.micro_batch_size)]
+    ids = global_ids[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    pin = dist.device.type == "cuda"
+    batches = [{k: (v.pin_memory() if pin else v).to(dist.device, non_blocking=True)
+                for k, v in blocks.batch(chunk).items()}
+               for chunk in np.split(ids, per_rank // cfg.micro_batch_size)]
+    return batches, blocks.num_targets(global_ids)
 
 
 @torch.no_grad()
@@ -288,8 +293,7 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                  fused=dist.device.type == "cuda")
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout stream, distinct per rank
 
     ckpt_path, metrics_path = workdir / CHECKPOINT, workdir / METRICS
@@ -346,25 +350,25 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
                 "valid_step": valid_step, "rng": rng, "resume_key": resume_key})
 
     def out_of_time() -> bool:
-        stop = cfg.max_time_s is not None and train_time >= cfg.max_time_s
-        return bool(dist.all_sum([float(stop)])[0]) if dist.world > 1 else stop
+        if cfg.max_time_s is None:
+            return False
+        # rank clocks differ: stop together when any rank is out of time
+        return dist.all_sum([float(train_time >= cfg.max_time_s)])[0] > 0
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, unit="step", dynamic_ncols=True,
                mininterval=1.0, desc="lm.train")
-    window_loss, window_count, window_steps = 0.0, 0.0, 0
+    window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
     window_start = time.perf_counter()
     while step < total_steps and not out_of_time():
         step_start = time.perf_counter()
         lr = lr_at(step, cfg, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = micro_batches(train_blocks, cfg, step, dist)
-        local_count = float(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches))
-        global_count = dist.all_sum([local_count])[0]
+        batches, global_count = micro_batches(train_blocks, cfg, step, dist)
         # Each micro loss is a sum over targets scaled so that the (DDP-averaged) gradient is the mean over every
         # target of the global batch: identical whatever the split into ranks and micro batches.
-        scale = dist.world / max(global_count, 1.0)
+        scale = dist.world / max(global_count, 1)
         step_loss = torch.zeros((), device=dist.device)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or dist.world == 1
@@ -377,8 +381,8 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
-        window_loss += float(step_loss)
-        window_count += local_count
+        window_loss += step_loss  # a device tensor: no host sync until the next log line
+        window_count += global_count
         window_steps += 1
         train_time += time.perf_counter() - step_start
         bar.update(1)
@@ -388,12 +392,12 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
             if dist.device.type == "cuda":
                 torch.cuda.synchronize(dist.device)
             seconds = time.perf_counter() - window_start
-            loss_sum, count = dist.all_sum([window_loss, window_count])
-            record.update(train_loss=loss_sum / max(count, 1.0), grad_norm=float(grad_norm), lr=lr,
+            loss_sum = dist.all_sum([float(window_loss)])[0]
+            record.update(train_loss=loss_sum / max(window_count, 1), grad_norm=float(grad_norm), lr=lr,
                           tokens_per_s=window_steps * tokens_per_step / seconds)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
-            window_loss, window_count, window_steps = 0.0, 0.0, 0
+            window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
         if len(valid_blocks) and (step % cfg.eval_interval == 0 or step == total_steps):
             last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, autocast), step
             record["valid_loss"] = last_valid

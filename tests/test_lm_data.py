@@ -92,6 +92,7 @@ def test_packing_never_crosses_an_utterance_boundary(corpus, tmp_path, block_len
             assert index[j] + 1 < n and doc_of[index[j] + 1] == doc[j]
             assert labels[b][j] == train.tokens[index[j] + 1]
         assert not np.any(labels[b] == vocab.bos_id)
+        assert blocks.num_targets(np.array([b])) == np.sum(labels[b] != IGNORE_INDEX)
         # positions restart at each utterance start and at the block start
         starts = np.isin(index, train.doc_starts) | (np.arange(block_len) == 0)
         assert np.all((positions[b] == 0)[real] == starts[real])
