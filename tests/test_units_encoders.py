@@ -267,3 +267,14 @@ def test_check_units_config_from_a_training_config():
     with pytest.raises(EncoderConfigError, match="layer=9 is beyond"):
         check_units_config(spec, 9, "kmeans", train_config={"preset": "small"})
     check_units_config(spec, 12, "codebook", train_config={"preset": "base"})
+
+
+def test_dinosr_checkpoints_load_as_dinosr_only(tmp_path, wavs):
+    path = make_spidr(tmp_path / "dinosr.pt", kind="dinosr")
+    enc = get_encoder({"kind": "dinosr", "checkpoint": str(path)})
+    layer = enc.codebook_layers[0]
+    assert enc.kind == "dinosr" and enc.codebook_probs(wavs[:1], layer)[0].shape[1] == enc.codebook_size
+    with pytest.raises(ValueError, match=r"dinosr\.pt: holds a dinosr model, but kind='spidr'"):
+        get_encoder({"kind": "spidr", "checkpoint": str(path)})
+    with pytest.raises(EncoderConfigError, match=r"missing\.pt: spidr checkpoint not found"):
+        get_encoder({"kind": "spidr", "checkpoint": str(tmp_path / "missing.pt")})
