@@ -297,7 +297,17 @@ class HFEncoder(Encoder):
         for kernel, stride in zip(reversed(cfg.conv_kernel), reversed(cfg.conv_stride), strict=True):
             window = (window - 1) * stride + kernel
         self.window = window
+        self.conv_layers = list(zip(cfg.conv_kernel, cfg.conv_stride, strict=True))
         self.normalize = _hf_do_normalize(name) if normalize is None else normalize
+
+    def frame_count(self, num_samples: int) -> int:
+        # Layer by layer, as the model computes it (equal to the closed form for the usual 400/320 stack).
+        n = int(num_samples)
+        for kernel, stride in self.conv_layers:
+            n = (n - kernel) // stride + 1
+            if n <= 0:
+                return 0
+        return n
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.name, "class": type(self.model).__name__,
