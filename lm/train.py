@@ -302,7 +302,7 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
     last_valid: float | None = None
     valid_step = saved_step = -1
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=dist.device, weights_only=True)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
         if state["resume_key"] == resume_key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
