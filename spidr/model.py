@@ -303,6 +303,7 @@ class DinoSR(nn.Module):
         self.teacher: Transformer | None = self._make_teacher() if teacher else None
         self.register_buffer("current_step", torch.zeros(1, dtype=torch.int64))
         self.extractor_frozen = False
+        self._ema_pairs: tuple[list[Tensor], ...] | None = None
 
     # -- structure --------------------------------------------------------------------------------------------
 
@@ -354,17 +355,20 @@ class DinoSR(nn.Module):
             raise RuntimeError("this model was built without a teacher (inference only)")
         if not 0.0 < decay < 1.0:
             return
-        lerp_t, lerp_s, copy_t, copy_s = [], [], [], []
-        for (name, t), s in zip(self.teacher.named_parameters(), self.student.parameters(), strict=True):
-            (copy_t if name.startswith("pos_conv_embed") else lerp_t).append(t)
-            (copy_s if name.startswith("pos_conv_embed") else lerp_s).append(s.detach())
-        for t, s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
-            copy_t.append(t)
-            copy_s.append(s)
+        if self._ema_pairs is None:  # (teacher, student) tensors, cached: `.to()` and loading update them in place
+            lerp_t, lerp_s, copy_t, copy_s = [], [], [], []
+            for (name, t), s in zip(self.teacher.named_parameters(), self.student.parameters(), strict=True):
+                (copy_t if name.startswith("pos_conv_embed") else lerp_t).append(t)
+                (copy_s if name.startswith("pos_conv_embed") else lerp_s).append(s)
+            for t, s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+                copy_t.append(t)
+                copy_s.append(s)
+            self._ema_pairs = (lerp_t, lerp_s, copy_t, copy_s)
+        lerp_t, lerp_s, copy_t, copy_s = self._ema_pairs
         if lerp_t:
-            torch._foreach_lerp_(lerp_t, [s.float() for s in lerp_s], 1.0 - decay)
+            torch._foreach_lerp_(lerp_t, [s.detach() for s in lerp_s], 1.0 - decay)
         if copy_t:
-            torch._foreach_copy_(copy_t, copy_s)
+            torch._foreach_copy_(copy_t, [s.detach() for s in copy_s])
 
     # -- objective --------------------------------------------------------------------------------------------
 
@@ -401,8 +405,9 @@ class DinoSR(nn.Module):
         hidden = self.student_predictions(x, mask_index)
         targets = self.teacher_targets(feats, mask_index)
         labels = self.codebooks.quantize(targets, update=self.training)
-        with torch.autocast(wavs.device.type, enabled=False):
-            log_probs = [F.log_softmax(hd[0](h).float(), dim=-1) for hd, h in zip(self.heads, hidden, strict=True)]
+        logits = [hd[0](h) for hd, h in zip(self.heads, hidden, strict=True)]  # bf16 under autocast
+        with torch.autocast(wavs.device.type, enabled=False):  # log-softmax and loss in fp32
+            log_probs = [F.log_softmax(z.float(), dim=-1) for z in logits]
             loss = torch.stack([F.nll_loss(lp, y, reduction="none") for lp, y in zip(log_probs, labels, strict=True)])
             with torch.no_grad():
                 stats = {
