@@ -119,8 +119,9 @@ def iter_units(path: str | Path, batch_size: int = 1024) -> Iterator[dict[str, A
 
 def write_text_units(path: str | Path, out: str | Path) -> None:
     """Export to the `name<TAB>u1 u2 ...` lines that fairseq / textlesslib tools read."""
-    lines = [f"{row['id']}\t{' '.join(map(str, row['units'].tolist()))}\n" for row in iter_units(path)]
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(lines))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as handle:  # streamed: memory stays flat for any corpus size
+        for row in iter_units(path):
+            handle.write(f"{row['id']}\t{' '.join(map(str, row['units'].tolist()))}\n")
     os.replace(tmp, out)

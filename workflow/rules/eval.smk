@@ -61,7 +61,7 @@ rule eval_abx_units:
 
 rule eval_abx_features:
     input:
-        features="results/features/{encoder}/L{layer}/{benchmark}-abx",
+        features="results/features/{encoder}/L{layer}/{benchmark}-abx/_SUCCESS.json",
         item=lambda wc: benchmark_layout(wc.benchmark)[f"{wc.abxkind}_item"],
     output:
         "results/eval/features/{encoder}/L{layer}/{benchmark}/abx_{abxkind}.json",
@@ -76,8 +76,9 @@ rule eval_abx_features:
             }
         ),
         abx=sorted_json(config["eval"]["abx"]),
+        features=lambda wc, input: os.path.dirname(input.features),
     shell:
-        "python -m eval.abx --item {input.item} --features {input.features} --out {output} --config '{params.abx}' "
+        "python -m eval.abx --item {input.item} --features {params.features} --out {output} --config '{params.abx}' "
         "--labels '{params.labels}' > {log} 2>&1"
 
 

@@ -40,10 +40,11 @@ rule fit_kmeans:
         seed=lambda wc: units_entry(wc)["fit"]["seed"],
         max_frames=lambda wc: units_entry(wc)["fit"]["max_frames"],
         niter=lambda wc: units_entry(wc)["fit"]["niter"],
+        bad_audio=config["eval"]["bad_audio"],
     shell:
         "python -m spidr.kmeans fit --encoder '{params.encoder}' --layer {params.layer} --manifest {input.manifest} "
         "--k {params.k} --seed {params.seed} --max-frames {params.max_frames} --niter {params.niter} "
-        "--out {output} > {log} 2>&1"
+        "--out {output} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
 
 
 def quantize_inputs(wildcards):
@@ -100,7 +101,9 @@ rule extract_features:
         encoder=lambda wc: encoder_inputs(wc.encoder),
         manifest=benchmark_file("abx_manifest"),
     output:
-        directory("results/features/{encoder}/L{layer}/{benchmark}-abx"),
+        # The folder's last file: declaring the folder itself would make Snakemake delete a half-done extraction,
+        # which otherwise resumes file by file.
+        "results/features/{encoder}/L{layer}/{benchmark}-abx/_SUCCESS.json",
     log:
         "logs/extract_features/{encoder}/L{layer}/{benchmark}.log",
     benchmark:
@@ -110,6 +113,8 @@ rule extract_features:
         gpu=0,
     params:
         encoder=lambda wc: encoder_spec(wc.encoder),
+        out=lambda wc, output: os.path.dirname(output[0]),
+        bad_audio=config["eval"]["bad_audio"],
     shell:
         "python -m spidr.extract features --encoder '{params.encoder}' --layer {wildcards.layer} "
-        "--manifest {input.manifest} --out {output} --no-progress > {log} 2>&1"
+        "--manifest {input.manifest} --out {params.out} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
