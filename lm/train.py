@@ -384,7 +384,6 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
         window_loss += step_loss  # a device tensor: no host sync until the next log line
         window_count += global_count
         window_steps += 1
-        train_time += time.perf_counter() - step_start
         bar.update(1)
 
         record: dict[str, Any] = {}
@@ -398,17 +397,20 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
+            window_start = time.perf_counter()
+        aux_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens/s
         if len(valid_blocks) and (step % cfg.eval_interval == 0 or step == total_steps):
             last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, autocast), step
             record["valid_loss"] = last_valid
         if record and dist.is_main:
-            record = {"step": step, "tokens": tokens_seen, "elapsed_s": round(train_time, 3), **record}
+            elapsed = train_time + time.perf_counter() - step_start
+            record = {"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **record}
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if step % cfg.checkpoint_interval == 0:
             checkpoint()
-        if record:
-            window_start = time.perf_counter()
+        window_start += time.perf_counter() - aux_start
+        train_time += time.perf_counter() - step_start  # the wall-clock budget counts evaluations and checkpoints
     bar.close()
 
     if len(valid_blocks) and valid_step != step:  # stopped by the clock between evaluations
