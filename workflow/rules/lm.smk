@@ -32,7 +32,9 @@ rule score_lm:
         model="results/lm/{units}/{lm}/model",
         units="results/units/{units}/{benchmark}-{lmtask}/dedup.parquet",
     output:
-        "results/lm/{units}/{lm}/scores/{benchmark}-{lmtask}.tsv",
+        scores="results/lm/{units}/{lm}/scores/{benchmark}-{lmtask}.tsv",
+        # Normalisation, BOS/EOS handling and provenance of the scores.
+        conventions="results/lm/{units}/{lm}/scores/{benchmark}-{lmtask}.tsv.json",
     log:
         "logs/score_lm/{units}/{lm}/{benchmark}-{lmtask}.log",
     threads: 2
@@ -41,5 +43,5 @@ rule score_lm:
     params:
         normalisation=config["eval"]["normalisation"],
     shell:
-        "python -m lm.score --model {input.model} --units {input.units} --out {output} "
+        "python -m lm.score --model {input.model} --units {input.units} --out {output.scores} "
         "--normalisation {params.normalisation} > {log} 2>&1"
