@@ -217,11 +217,8 @@ def scoring_conventions(scores: str | Path | Any, given: str | None) -> dict[str
     if norm is None:
         raise ValueError(f"the normalisation of {scores} is unknown: pass --normalisation mean|sum or keep the "
                          "sidecar JSON that lm.score writes next to its scores")
-    out = {"normalisation": str(norm)}
-    details = "; ".join(f"{k}: {v}" for k, v in sorted(recorded.items()) if k != "normalisation")
-    if details:
-        out["lm_scoring"] = details
-    return out
+    return {"normalisation": str(norm),
+            **{f"lm_{k}": str(v) for k, v in sorted(recorded.items()) if k != "normalisation"}}
 
 
 def pair_outcome(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

@@ -177,7 +177,7 @@ def test_scores_table_checks_and_normalisation_sidecar(tmp_path: Path) -> None:
     assert scoring_conventions(tsv, None) == {"normalisation": "sum"}
     # what lm.score writes: the conventions block of its `<scores>.json`
     (tmp_path / "s.tsv.json").write_text(json.dumps({"conventions": {"normalisation": "mean", "eos": "scored"}}))
-    assert scoring_conventions(tsv, "mean") == {"normalisation": "mean", "lm_scoring": "eos: scored"}
+    assert scoring_conventions(tsv, "mean") == {"normalisation": "mean", "lm_eos": "scored"}
     with pytest.raises(ValueError, match="contradicts"):
         scoring_conventions(tsv, "sum")
 
