@@ -93,3 +93,17 @@ def test_missing_units_and_bad_labels_are_errors(tmp_path: Path) -> None:
         evaluate(units, phones, UnitQualityConfig(label_rate=75))
     with pytest.raises(ValueError, match="unknown key"):
         UnitQualityConfig.from_dict({"rate": 100})
+
+
+def test_exact_logs_agree_with_the_epsilon_formula_of_spidr() -> None:
+    """SpidR's units_quality adds eps = 1e-10 inside its logs; on a realistic table the two agree to 1e-6."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.3, 50, size=(40, 256))).astype(np.float64)
+    p = counts / counts.sum()
+    px, pz = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    eps = 1e-10
+    pnmi_eps = (p * np.log(p / (px @ pz + eps) + eps)).sum() / (-px * np.log(px + eps)).sum()
+    perplexity_eps = 2 ** -(pz * np.log2(pz + eps)).sum()
+    q = quality_from_counts(counts)
+    assert q["pnmi"] == pytest.approx(pnmi_eps, abs=1e-6)
+    assert q["codebook_perplexity"] == pytest.approx(perplexity_eps, rel=1e-6)
