@@ -13,6 +13,8 @@ conventions), the long CSV as columns.
 REPORT_DIR gets: metrics_long.csv (one row per number), table.{csv,md,tex}, table_all_metrics.csv,
 correlations.{csv,md,tex} (Pearson and Spearman of ABX / PNMI against each LM metric across rows),
 metric_vs_layer.png, correlations.png and report.json (inputs, notes on anything that could not be computed).
+Every file is always written: a plot that cannot be drawn (too few rows, no layer labels) is a figure saying why,
+and the same note is in table.md and report.json.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def plot_metric_vs_layer(wide: pd.DataFrame, out: Path) -> str | None:
     layered = wide[wide["layer"].map(lambda v: isinstance(v, int | np.integer))]
     metrics = [c for c in COLUMNS if c.metric in layered.columns and layered[c.metric].notna().any()]
     if layered.empty or not metrics:
-        return "metric_vs_layer.png not drawn: no row has both a numeric layer label and a metric"
+        return "metric vs layer not drawn: no row has both a numeric layer label and a metric"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,8 +301,7 @@ def plot_correlations(wide: pd.DataFrame, corr: pd.DataFrame, out: Path) -> str 
     units = [m for m in UNIT_METRICS if m in wide.columns]
     lms = [m for m in LM_METRICS if m in wide.columns]
     if not units or not lms or len(corr) == 0 or corr["n"].max() < 2:
-        return ("correlations.png not drawn: fewer than 2 rows have both a unit metric (ABX / PNMI) and an LM "
-                "metric")
+        return "correlation scatter not drawn: fewer than 2 rows have both a unit metric (ABX / PNMI) and an LM metric"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,6 +327,21 @@ def plot_correlations(wide: pd.DataFrame, corr: pd.DataFrame, out: Path) -> str 
     return None
 
 
+def note_figure(out: Path, text: str) -> None:
+    """A figure that says why the plot it stands for could not be drawn."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 1.6))
+    fig.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=10)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -348,9 +364,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]
     corr = correlations(wide)
     for name, note in (("metric_vs_layer.png", plot_metric_vs_layer(wide, out / "metric_vs_layer.png")),
                        ("correlations.png", plot_correlations(wide, corr, out / "correlations.png"))):
-        if note:  # a stale plot from an earlier run must not pass for this one
+        if note:  # the figure then states why it is empty, so every report has the same files
             notes.append(note)
-            (out / name).unlink(missing_ok=True)
+            note_figure(out / name, note)
     if corr["pearson_r"].notna().sum() == 0:
         most = int(corr["n"].max()) if len(corr) else 0
         notes.append(f"no correlation computed: each needs at least {MIN_CORRELATION_POINTS} rows with both a "

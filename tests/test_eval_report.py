@@ -88,6 +88,11 @@ def test_few_experiments_say_why_correlations_are_missing(tmp_path: Path, capsys
     notes = json.loads((tmp_path / "r" / "report.json").read_text())["notes"]
     assert any("needs at least 3" in n or "at least 3 rows" in n for n in notes)
     assert (tmp_path / "r" / "correlations.png").is_file()  # 2 points are still worth looking at
+    # one row: nothing to scatter, and the figure says so instead of going missing
+    build_report(files[:2], tmp_path / "one")
+    assert any(n.startswith("correlation scatter not drawn")
+               for n in json.loads((tmp_path / "one" / "report.json").read_text())["notes"])
+    assert (tmp_path / "one" / "correlations.png").stat().st_size > 0
     assert "not computed: 2 row(s)" in (tmp_path / "r" / "correlations.md").read_text()
     main(["--print", str(tmp_path / "r")])
     printed = capsys.readouterr().out
