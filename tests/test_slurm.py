@@ -1,0 +1,281 @@
+"""SLURM end-to-end: a real single-node cluster from Debian packages runs `snakemake --profile slurm all`.
+
+scripts/slurm/local_cluster.sh starts munged, MariaDB, slurmdbd, slurmctld and slurmd (so the executor plugin's
+default `sacct` status path is the one tested) and stops each of them by PID, also when a test fails. Every
+Snakemake run is wrapped in `timeout -s INT`: a mis-set status query makes the plugin wait forever, ignoring TERM.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SCRIPT = REPO / "scripts" / "slurm" / "local_cluster.sh"
+VENV_BIN = Path(sys.executable).parent
+# What local_cluster.sh registers; the test passes them the way a user does (sbatch's own variables).
+ACCOUNT, PARTITION = "ci", "cpu"
+PROGRAMS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch",
+            "sacct", "sacctmgr")
+SYSTEM_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+# One local cluster per host: it owns /etc/slurm/slurm.conf and fixed ports, so concurrent runs queue here.
+LOCK = Path(tempfile.gettempdir()) / "textless-slm-local-slurm.lock"
+# Seconds, per Snakemake run, far above the expected 3-5 min and 1-2 min: the guards against a hung status query.
+WORKFLOW_TIMEOUT_S = 900
+FAIL_TIMEOUT_S = 300
+# The plugin waits 40 s before its first status query; on a test cluster whose jobs last seconds, ask sooner.
+POLL = ("--slurm-init-seconds-before-status-checks", "2")
+
+
+def _skip_reason() -> str | None:
+    missing = [p for p in PROGRAMS if shutil.which(p, path=SYSTEM_PATH) is None]
+    if missing:
+        return (f"SLURM Debian packages are not installed (missing {', '.join(missing)}); "
+                "install them with `scripts/install_system_deps.sh --slurm`")
+    if os.geteuid() != 0:
+        return "the local SLURM cluster runs its daemons and jobs as root (and links /etc/slurm/slurm.conf)"
+    return None
+
+
+def _cluster(command: str, state: Path) -> None:
+    out = subprocess.run(["bash", str(CLUSTER_SCRIPT), command, str(state)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PATH": SYSTEM_PATH})
+    if out.returncode != 0:
+        pytest.fail(f"local_cluster.sh {command} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+
+def _running_daemons(state: Path) -> list[str]:
+    """Daemons whose recorded PID still runs that daemon."""
+    left = []
+    for pid_file in sorted((state / "pids").glob("*.pid")):
+        pid = pid_file.read_text().strip()
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if Path(argv0).name == pid_file.stem:
+            left.append(f"{pid_file.stem} ({pid})")
+    return left
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[Path]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = Path(tempfile.mkdtemp(prefix="textless-slm-slurm-"))
+        state.chmod(0o755)  # munged insists that every directory above its socket is searchable by all
+        try:
+            _cluster("start", state)
+            yield state
+        finally:
+            _cluster("stop", state)
+            left = _running_daemons(state)
+            shutil.rmtree(state, ignore_errors=True)
+        assert not left, f"still running after local_cluster.sh stop: {left}"
+
+
+def _node_memory_mb() -> int:
+    """RealMemory of the cluster's single node."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def _repo_copy(dest: Path) -> Path:
+    """The repository as a user's checkout has it (tracked and untracked files that git does not ignore)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True)
+    if listed.returncode == 0:
+        for name in filter(None, listed.stdout.decode().split("\0")):
+            src = REPO / name
+            if src.is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / name)
+    else:  # not a git checkout (e.g. an exported tarball)
+        shutil.copytree(REPO, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "results", "resources", "logs", "work", ".snakemake", "__pycache__", "*.egg-info",
+            ".*_cache"))
+    return dest
+
+
+def _small_config() -> dict:
+    """configs/test.yaml cut to its first experiment, without ABX on continuous features.
+
+    That still runs every stage (pretraining, units, dedup, LM training and scoring, every evaluation, report) but
+    in about half the jobs: each SLURM job costs two Snakemake start-ups on top of its work.
+    """
+    config = yaml.safe_load((REPO / "configs" / "test.yaml").read_text())
+    first = next(iter(config["experiments"]))
+    config["experiments"] = {first: config["experiments"][first]}
+    config.setdefault("eval", {})["abx_features"] = False
+    return config
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The user's shell: venv first on PATH, no leftover SLURM job context, account and partition exported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), SYSTEM_PATH])
+    env.update(SBATCH_ACCOUNT=ACCOUNT, SBATCH_PARTITION=PARTITION, OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _snakemake(repo: Path, *args: str, timeout_s: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`snakemake --profile slurm ARGS` from the root of `repo`, as a user types it; returns (exit code, output)."""
+    cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout_s), str(VENV_BIN / "snakemake"), "--profile", "slurm",
+           *args]
+    out = subprocess.run(cmd, cwd=repo, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=timeout_s + 60)
+    return out.returncode, out.stdout
+
+
+def _jobs(log: str, local: bool = False) -> Counter:
+    """Jobs per rule in a Snakemake output: "rule X:" headers (a dry run prints every job so; a real run prints
+    the jobs it submits to SLURM so), or with `local` the "localrule X:" jobs a real run ran on this machine."""
+    return Counter(re.findall(rf"^{'localrule' if local else 'rule'} (\w+):$", log, re.M))
+
+
+def _resources(dry_run: str) -> dict[str, dict[str, str]]:
+    """Each rule's resources in a dry run (those of its first job)."""
+    resources: dict[str, dict[str, str]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        head = re.match(r"rule (\w+):$", line)
+        if head:
+            rule = head.group(1)
+        elif rule and line.startswith("    resources: "):
+            pairs = (item.split("=", 1) for item in line.removeprefix("    resources: ").split(", "))
+            resources.setdefault(rule, dict(pairs))
+    return resources
+
+
+def _workflow_profile_set_resources(repo: Path) -> dict[str, dict]:
+    """Per-rule resources of the workflow profile Snakemake auto-loads (profiles/default next to the Snakefile)."""
+    for name in ("profile.yaml", "config.yaml"):
+        path = repo / "profiles" / "default" / name
+        if path.is_file():
+            return (yaml.safe_load(path.read_text()) or {}).get("set-resources") or {}
+    return {}
+
+
+def _cpu_cluster_resources(repo: Path, planned: dict[str, dict[str, str]], node_mem_mb: int) -> list[str]:
+    """`--set-resources` for this CPU-only node: no GPUs, memory within the node.
+
+    On the command line, --set-resources replaces the workflow profile's set-resources wholesale, so every rule's
+    per-rule resources are passed on, changed only where this node cannot satisfy them.
+    """
+    per_rule = {rule: dict(values) for rule, values in _workflow_profile_set_resources(repo).items()}
+    changed = False
+    for rule, resources in planned.items():
+        if resources.get("gpu", "0") != "0" or any(k in resources for k in ("gpu_model", "gres")):
+            per_rule.setdefault(rule, {}).update(gpu=0)
+            per_rule[rule].pop("gpu_model", None)
+            per_rule[rule].pop("gres", None)
+            changed = True
+        if resources.get("mem_mb", "0").isdigit() and int(resources["mem_mb"]) > node_mem_mb // 2:
+            per_rule.setdefault(rule, {})["mem_mb"] = node_mem_mb // 2
+            changed = True
+    if not changed:
+        return []
+    return ["--set-resources", *[f"{rule}:{key}={value}" for rule, values in per_rule.items()
+                                 for key, value in values.items()]]
+
+
+def _sacct() -> list[dict[str, str]]:
+    """Every job the cluster ran: rule (from the plugin's --comment), state, account, partition, requested TRES."""
+    out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-S", "now-1days", "-o",
+                          "JobID,State,Account,Partition,ReqTRES,Comment"],
+                         capture_output=True, text=True, check=True)
+    jobs = []
+    for line in out.stdout.splitlines():
+        job_id, state, account, partition, tres, comment = line.split("|", 5)
+        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment)
+        jobs.append({"id": job_id, "state": state, "account": account, "partition": partition, "tres": tres,
+                     "rule": rule.group(1) if rule else comment})
+    return jobs
+
+
+def _new_jobs(before: list[dict[str, str]]) -> list[dict[str, str]]:
+    seen = {job["id"] for job in before}
+    return [job for job in _sacct() if job["id"] not in seen]
+
+
+def test_profile_runs_the_workflow_through_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_small_config()))
+    mem_mb = _node_memory_mb()
+    # One CPU per job: rules ask for 2-4 threads, and two 1-CPU jobs at a time keep both cores of the CI
+    # machine busy while each job starts Snakemake twice (sbatch script, then srun step).
+    threads = ("--max-threads", "1")
+
+    code, dry = _snakemake(repo, "all", "-n", *threads, timeout_s=120)
+    assert code == 0, dry
+    planned = _jobs(dry)
+    overrides = _cpu_cluster_resources(repo, _resources(dry), mem_mb)
+
+    before = _sacct()
+    code, log = _snakemake(repo, "all", *threads, *POLL, *overrides, timeout_s=WORKFLOW_TIMEOUT_S)
+    assert code == 0, log[-8000:]
+
+    # Every output of `all` exists and is up to date.
+    code, again = _snakemake(repo, "all", "-n", *threads, *overrides, timeout_s=120)
+    assert code == 0 and "Nothing to be done" in again, again[-4000:]
+    assert (repo / "results" / "report" / "table.md").stat().st_size > 0
+
+    # Every planned job ran once: the training rules (torchrun) and all other non-local rules as SLURM jobs,
+    # each COMPLETED under the exported account and partition, without GPUs.
+    submitted = _jobs(log)
+    assert submitted + _jobs(log, local=True) == planned
+    assert {"pretrain", "train_lm"} <= set(submitted), submitted
+    ran = _new_jobs(before)
+    assert Counter(job["rule"] for job in ran) == submitted, ran
+    assert {job["state"] for job in ran} == {"COMPLETED"}, ran
+    assert {(job["account"], job["partition"]) for job in ran} == {(ACCOUNT, PARTITION)}, ran
+    assert not [job for job in ran if "gpu" in job["tres"]], ran
+
+
+def test_a_failing_job_is_retried_then_reported_by_rule(slurm_cluster: Path, tmp_path: Path) -> None:
+    # A config value no schema can reject: a corpus directory that does not exist on the compute node.
+    repo = _repo_copy(tmp_path / "repo")
+    config = _small_config()
+    missing = repo / "no_such_corpus"
+    config.setdefault("corpora", {})["broken"] = {"source": "directory", "root": str(missing)}
+    (repo / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "resources/corpora/broken/manifest.tsv"
+
+    before = _sacct()
+    code, log = _snakemake(repo, target, "--max-threads", "1", *POLL, timeout_s=FAIL_TIMEOUT_S)
+    assert code != 0, log[-4000:]
+    assert "Error in rule manifest" in log, log[-4000:]
+    assert re.search(r"SLURM-job '\d+' failed, SLURM status is: 'FAILED'", log), log[-4000:]
+    # show-failed-logs: the rule's own log, naming the bad value, is in the output.
+    rule_log = re.search(r"Logfile logs/manifest/broken\.log:\n=+\n(.*?)\n=+", log, re.S)
+    assert rule_log and str(missing) in rule_log.group(1), log[-4000:]
+    assert not (repo / target).exists()
+    ran = _new_jobs(before)
+    assert [job["rule"] for job in ran] == ["manifest", "manifest"], ran  # `retries: 1` resubmitted it once
+    assert {job["state"] for job in ran} == {"FAILED"}, ran
+
+
+def test_unset_account_is_a_clear_error(slurm_cluster: Path, tmp_path: Path) -> None:
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_small_config()))
+    env = _env()
+    del env["SBATCH_ACCOUNT"]
+    code, log = _snakemake(repo, "all", *POLL, "--retries", "0", timeout_s=120, env=env)
+    assert code != 0
+    assert "The given account $SBATCH_ACCOUNT appears to be invalid" in log, log[-4000:]
