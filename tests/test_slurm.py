@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm" / "local_cluster.sh"
 VENV_BIN = Path(sys.executable).parent
@@ -130,7 +128,7 @@ def _env(**extra: str) -> dict[str, str]:
     """The user's shell: venv first on PATH, no leftover SLURM job context, account and partition exported."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
     env["PATH"] = os.pathsep.join([str(VENV_BIN), SYSTEM_PATH])
-    env.update(SBATCH_ACCOUNT=ACCOUNT, SBATCH_PARTITION=PARTITION, OMP_NUM_THREADS="1", **extra)
+    env.update({"SBATCH_ACCOUNT": ACCOUNT, "SBATCH_PARTITION": PARTITION, "OMP_NUM_THREADS": "1", **extra})
     return env
 
 
@@ -214,6 +212,20 @@ def _new_jobs(before: list[dict[str, str]]) -> list[dict[str, str]]:
     return [job for job in _sacct() if job["id"] not in seen]
 
 
+def test_profile_gives_every_job_the_exported_account_and_partition(tmp_path: Path) -> None:
+    """A dry run, no cluster needed: `--profile slurm` is found from the repository root, and no workflow profile
+    replaces its default-resources (which would silently drop the account and partition)."""
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_small_config()))
+    env = _env(SBATCH_ACCOUNT="acct_x", SBATCH_PARTITION="part_y")
+    code, dry = _snakemake(repo, "all", "-n", timeout_s=120, env=env)
+    assert code == 0, dry
+    resources = re.findall(r"^    resources: (.*)$", dry, re.M)
+    assert len(resources) == sum(_jobs(dry).values()) > 0, dry
+    assert all("slurm_account=acct_x" in line and "slurm_partition=part_y" in line for line in resources), resources
+
+
+@pytest.mark.slow
 def test_profile_runs_the_workflow_through_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
     repo = _repo_copy(tmp_path / "repo")
     (repo / "config.yaml").write_text(yaml.safe_dump(_small_config()))
@@ -248,6 +260,7 @@ def test_profile_runs_the_workflow_through_slurm(slurm_cluster: Path, tmp_path: 
     assert not [job for job in ran if "gpu" in job["tres"]], ran
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_retried_then_reported_by_rule(slurm_cluster: Path, tmp_path: Path) -> None:
     # A config value no schema can reject: a corpus directory that does not exist on the compute node.
     repo = _repo_copy(tmp_path / "repo")
@@ -271,6 +284,7 @@ def test_a_failing_job_is_retried_then_reported_by_rule(slurm_cluster: Path, tmp
     assert {job["state"] for job in ran} == {"FAILED"}, ran
 
 
+@pytest.mark.slow
 def test_unset_account_is_a_clear_error(slurm_cluster: Path, tmp_path: Path) -> None:
     repo = _repo_copy(tmp_path / "repo")
     (repo / "config.yaml").write_text(yaml.safe_dump(_small_config()))
