@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 CORES ?= all
 
-.PHONY: demo test setup system-deps lint dag clean
+.PHONY: demo test setup system-deps test-deps lint dag clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -19,12 +19,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
 system-deps:
 	scripts/install_system_deps.sh
 
+# The tests also start a real single-node SLURM cluster (Debian's slurmctld, slurmd, munge, slurmdbd, MariaDB).
+test-deps:
+	scripts/install_system_deps.sh --slurm
+
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) all
 	$(BIN)/python -m eval.report --print results/report
 
 # TEXTLESS_STRICT=1: a test that would skip for a missing system package fails instead (make installs them all).
-test: setup
+test: setup test-deps
 	TEXTLESS_STRICT=1 $(BIN)/pytest
 
 lint: setup
@@ -33,7 +37,7 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 dag: setup
-	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+	$(BIN)/snakemake --rulegraph mermaid-js
 
 clean:
 	rm -rf results logs .snakemake

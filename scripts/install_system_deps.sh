@@ -1,25 +1,19 @@
 #!/usr/bin/env bash
 # Install the Debian packages the pipeline needs, only when missing: flite (demo corpus TTS).
-# With --slurm, also the single-node SLURM cluster used by the SLURM end-to-end test.
+# With --slurm, also what the SLURM end-to-end test starts as a single-node cluster (scripts/slurm/local_cluster.sh).
 set -euo pipefail
-pkgs=()
-command -v flite >/dev/null 2>&1 || pkgs+=(flite)
+wanted=(flite)
 if [[ "${1:-}" == "--slurm" ]]; then
-    for bin in slurmctld slurmd munged sacct slurmdbd mariadbd; do
-        case "$bin" in
-            slurmctld) command -v slurmctld >/dev/null 2>&1 || pkgs+=(slurmctld) ;;
-            slurmd) command -v slurmd >/dev/null 2>&1 || pkgs+=(slurmd) ;;
-            munged) command -v munged >/dev/null 2>&1 || pkgs+=(munge) ;;
-            sacct) command -v sacct >/dev/null 2>&1 || pkgs+=(slurm-client) ;;
-            slurmdbd) command -v slurmdbd >/dev/null 2>&1 || pkgs+=(slurmdbd) ;;
-            mariadbd) command -v mariadbd >/dev/null 2>&1 || pkgs+=(mariadb-server) ;;
-        esac
-    done
+    wanted+=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
 fi
-if ((${#pkgs[@]})); then
+missing=()
+for pkg in "${wanted[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
     SUDO=""
     [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
-    echo "installing Debian packages: ${pkgs[*]}"
+    echo "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

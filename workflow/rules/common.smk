@@ -84,7 +84,9 @@ def encoder_geometry(enc):
     return {"num_layers": model.num_layers, "codebook_layers": model.codebook_layers}
 
 
-_check_references()
+# Only where the workflow is planned: jobs re-parse this file (twice per SLURM job), and the checks import torch.
+if workflow.is_main_process:
+    _check_references()
 
 
 wildcard_constraints:

@@ -19,6 +19,8 @@ rule eval_slm21:
         "logs/eval_slm21/{experiment}/{benchmark}/{lmtask}.log",
     wildcard_constraints:
         lmtask="lexical|syntactic",
+    # Seconds of pandas: not worth a cluster job.
+    localrule: True
     params:
         labels=lambda wc: sorted_json(experiment_labels(wc.experiment)),
     shell:
@@ -36,6 +38,7 @@ rule eval_storycloze:
         "logs/eval_storycloze/{experiment}/{benchmark}/{lmtask}.log",
     wildcard_constraints:
         lmtask="sSC|tSC",
+    localrule: True
     params:
         labels=lambda wc: sorted_json(experiment_labels(wc.experiment)),
     shell:
