@@ -128,7 +128,7 @@ def worker(args: argparse.Namespace) -> dict:
     ctx = reference_settings() if reference else contextlib.nullcontext()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     if args.compile and not reference:
-        for m in (model.feature_extractor, model.student, model.teacher):
+        for m in (model.student, model.teacher):  # as spidr.train does
             m.compile(dynamic=True)
     out: dict = {"variant": args.variant, "mode": args.mode}
     with ctx:

@@ -233,8 +233,8 @@ class Trainer:
         if not self.main or state is None:  # per-rank dropout streams; rank 0 of a resumed run restored above
             torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))
         self.resumed_from = resume
-        if cfg.compile:
-            for module in (self.model.feature_extractor, self.model.student, self.model.teacher):
+        if cfg.compile:  # the transformers; inductor (torch 2.14) fails on the channels-last conv front end
+            for module in (self.model.student, self.model.teacher):
                 module.compile(dynamic=True)
         self.ddp = self._wrap()
         self.metrics = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.main)
