@@ -64,7 +64,8 @@ def quality_from_counts(counts: np.ndarray) -> dict[str, float]:
     p = counts / total
     p_phone, p_unit = p.sum(axis=1), p.sum(axis=0)
     nz = p > 0
-    mutual_info = float((p[nz] * np.log(p[nz] / np.outer(p_phone, p_unit)[nz])).sum())
+    # I >= 0; a table with one active unit can sum to -1e-17 in floating point
+    mutual_info = max(0.0, float((p[nz] * np.log(p[nz] / np.outer(p_phone, p_unit)[nz])).sum()))
     h_phone = _entropy(p_phone)
     h_unit = _entropy(p_unit)
     return {

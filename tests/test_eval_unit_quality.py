@@ -35,6 +35,9 @@ def test_quality_from_hand_computed_table() -> None:
 def test_perfect_and_independent_units() -> None:
     assert quality_from_counts(np.diag([5, 3, 2]))["pnmi"] == pytest.approx(1.0)
     assert quality_from_counts(np.outer([1, 2], [3, 1, 2]))["pnmi"] == pytest.approx(0.0, abs=1e-12)
+    collapsed = quality_from_counts(np.array([[7], [3], [11]]))  # one active unit: a collapsed codebook
+    assert collapsed["pnmi"] == 0.0 and str(collapsed["pnmi"]) == "0.0"
+    assert collapsed["active_units"] == 1 and collapsed["codebook_perplexity"] == 1.0
 
 
 def write_case(root: Path, *, deduplicated: bool = False) -> tuple[Path, Path]:
