@@ -229,6 +229,7 @@ def _sibling_official_config(path: Path) -> dict | None:
 
 
 _OFFICIAL_NAMES = {  # official DinoSRConfig field -> ours
+    "extractor_mode": "extractor_mode",
     "extractor_conv_layer_config": "conv_layers",
     "extractor_conv_bias": "conv_bias",
     "encoder_embed_dim": "embed_dim",
@@ -268,10 +269,8 @@ def _infer_config(state: dict[str, torch.Tensor], path: Path, official: dict | N
     values: dict[str, Any] = {}
     if official is not None:
         m = official["model"]
-        if m.get("extractor_mode", "layer_norm") != "layer_norm" or m.get("encoder_layer_norm_first", False):
-            raise CheckpointError(
-                f"{path.with_name('config.json')}: only extractor_mode=layer_norm post-LN models are supported"
-            )
+        if m.get("encoder_layer_norm_first", False):
+            raise CheckpointError(f"{path.with_name('config.json')}: only post-LN models are supported")
         values = {ours: m[theirs] for theirs, ours in _OFFICIAL_NAMES.items() if theirs in m}
     try:
         n_conv = _count(state, r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight")
@@ -283,6 +282,8 @@ def _infer_config(state: dict[str, torch.Tensor], path: Path, official: dict | N
                                       "(put the official config.json next to the file)")
             values["conv_layers"] = [(o, k, s) for (o, _, k), (_, _, s) in zip(convs, PAPER_CONV_LAYERS, strict=True)]
         values.setdefault("conv_bias", "feature_extractor.conv_layers.0.conv.bias" in state)
+        later_norm = n_conv > 1 and "feature_extractor.conv_layers.1.layer_norm.weight" in state
+        values.setdefault("extractor_mode", "layer_norm" if later_norm or n_conv == 1 else "group_norm")
         d = state["feature_projection.projection.weight"].shape[0]
         values.setdefault("embed_dim", d)
         values.setdefault("num_layers", _count(state, r"student\.layers\.(\d+)\."))

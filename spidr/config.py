@@ -34,6 +34,9 @@ class ModelConfig:
 
     conv_layers: tuple[tuple[int, int, int], ...] = PAPER_CONV_LAYERS  # conv_layer_config
     conv_bias: bool = False  # conv_bias
+    # extractor_mode: "layer_norm" (SpidR: LayerNorm after every conv) or "group_norm" (wav2vec 2.0 / HuBERT base:
+    # GroupNorm on the first conv only, so loudness survives the front end)
+    extractor_mode: Literal["layer_norm", "group_norm"] = "layer_norm"
     embed_dim: int = 768  # encoder_embed_dim
     num_layers: int = 12  # encoder_layers
     num_heads: int = 12  # encoder_attention_heads
@@ -64,6 +67,8 @@ class ModelConfig:
             raise ConfigError(f"model.num_codebooks={self.num_codebooks} must be in 1..num_layers={self.num_layers}")
         if not self.conv_layers or any(len(c) != 3 for c in self.conv_layers):
             raise ConfigError("model.conv_layers must be a non-empty list of [channels, kernel, stride]")
+        if self.extractor_mode not in ("layer_norm", "group_norm"):
+            raise ConfigError(f"model.extractor_mode={self.extractor_mode!r}; expected 'layer_norm' or 'group_norm'")
         if self.teacher_init not in ("reinit", "copy"):
             raise ConfigError(f"model.teacher_init={self.teacher_init!r}; expected 'reinit' or 'copy'")
 

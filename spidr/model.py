@@ -35,34 +35,50 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class ConvBlock(nn.Module):
-    """Conv1d (no bias) -> LayerNorm over channels -> GELU, on (B, C, 1, T) channels-last activations.
+    """Conv1d -> norm -> GELU, on (B, C, 1, T) channels-last activations.
 
+    norm "layer": LayerNorm over channels per frame (SpidR); "group": GroupNorm with one group per channel, i.e.
+    each channel normalised over time (wav2vec 2.0 / HuBERT base, first layer only); None: no norm.
     The Conv1d runs as a conv2d over a height-1 image in channels-last memory, so the per-frame LayerNorm reads
     contiguous channels and no transpose copy is made (about 2x faster on CPU than conv1d + transposes).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
+                 norm: str | None = "layer") -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, bias=bias)
-        self.layer_norm = nn.LayerNorm(out_channels)
+        self.norm = norm
+        if norm == "layer":
+            self.layer_norm = nn.LayerNorm(out_channels)
+        elif norm == "group":
+            self.layer_norm = nn.GroupNorm(out_channels, out_channels)  # official key name kept
         nn.init.kaiming_normal_(self.conv.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] > 1:
             x = x.contiguous(memory_format=torch.channels_last)
         x = F.conv2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
-        x = self.layer_norm(x.permute(0, 2, 3, 1))  # (B, 1, T, C): contiguous in channels-last memory
-        return F.gelu(x).permute(0, 3, 1, 2)
+        if self.norm == "layer":
+            return F.gelu(self.layer_norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # (B, 1, T, C) view
+        if self.norm == "group":
+            x = self.layer_norm(x)
+        return F.gelu(x)
 
 
 class FeatureExtractor(nn.Module):
-    """Waveform (B, L) -> frames (B, T, C): 7 strided convs, each with a channel LayerNorm and GELU."""
+    """Waveform (B, L) -> frames (B, T, C): 7 strided convs, each followed by a norm (see ConvBlock) and GELU."""
 
-    def __init__(self, conv_layers: Sequence[tuple[int, int, int]], *, bias: bool) -> None:
+    def __init__(self, conv_layers: Sequence[tuple[int, int, int]], *, bias: bool, mode: str = "layer_norm") -> None:
         super().__init__()
         channels = [1] + [c for c, _, _ in conv_layers]
+
+        def norm(i: int) -> str | None:
+            if mode == "layer_norm":
+                return "layer"
+            return "group" if i == 0 else None
+
         self.conv_layers = nn.ModuleList(
-            ConvBlock(channels[i], c, k, s, bias=bias) for i, (c, k, s) in enumerate(conv_layers)
+            ConvBlock(channels[i], c, k, s, bias=bias, norm=norm(i)) for i, (c, k, s) in enumerate(conv_layers)
         )
 
     def forward(self, wav: Tensor) -> Tensor:
@@ -289,7 +305,7 @@ class DinoSR(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embed_dim
-        self.feature_extractor = FeatureExtractor(cfg.conv_layers, bias=cfg.conv_bias)
+        self.feature_extractor = FeatureExtractor(cfg.conv_layers, bias=cfg.conv_bias, mode=cfg.extractor_mode)
         self.feature_projection = FeatureProjection(cfg.conv_layers[-1][0], d)
         self.projection_dropout = nn.Dropout(cfg.projection_dropout)
         self.mask_embedding = nn.Parameter(torch.empty(d).uniform_())
@@ -486,6 +502,8 @@ class DinoSR(nn.Module):
             if n == 0:  # shorter than the receptive field: no frame
                 results[i] = {lay: torch.zeros(0, width) for lay in layers}
         order = sorted((i for i, n in enumerate(frames) if n > 0), key=lambda i: -wavs[i].numel())
+        # GroupNorm normalises each channel over time, padding included: batch equal lengths only
+        exact = self.cfg.extractor_mode != "layer_norm"
         was_training = self.training
         self.eval()
         try:
@@ -494,6 +512,9 @@ class DinoSR(nn.Module):
                 longest = wavs[order[start]].numel()
                 size = max(1, min(len(order) - start, batch_samples // longest))
                 batch = order[start : start + size]
+                if exact:
+                    batch = [i for i in batch if wavs[i].numel() == longest]
+                    size = len(batch)
                 start += size
                 x = torch.zeros(len(batch), longest, device=device)
                 for row, i in enumerate(batch):

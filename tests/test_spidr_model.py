@@ -117,10 +117,13 @@ def test_masking_statistics():
     assert short.shape[1] >= 1
 
 
-@pytest.mark.parametrize("kind", ["spidr", "dinosr"])
-def test_batched_inference_equals_one_at_a_time(kind):
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("spidr", "layer_norm"), ("dinosr", "layer_norm"), ("spidr", "group_norm")]
+)
+def test_batched_inference_equals_one_at_a_time(kind, mode):
     torch.manual_seed(0)
-    model = build_model("tiny", kind=kind, seed=0).eval()
+    cfg = from_dict({"kind": kind, "preset": "tiny", "model": {"extractor_mode": mode}}).model
+    model = build_model(cfg, kind=kind, seed=0).eval()
     wavs = [torch.randn(n) * s for n, s in ((16_000, 1.0), (9_123, 0.1), (300, 1.0), (23_456, 3.0), (16_000, 0.5))]
     batched = model.encode(wavs, [1, 3, 4], batch_samples=10**9)
     probs = model.codebook_predictions(wavs, model.codebook_layers, batch_samples=10**9)
@@ -231,8 +234,9 @@ def official_layout(cfg: ModelConfig, gen: torch.Generator) -> dict[str, torch.T
     c_in = 1
     for i, (c, k, _) in enumerate(cfg.conv_layers):
         sd[f"feature_extractor.conv_layers.{i}.conv.weight"] = r(c, c_in, k)
-        sd[f"feature_extractor.conv_layers.{i}.layer_norm.weight"] = r(c)
-        sd[f"feature_extractor.conv_layers.{i}.layer_norm.bias"] = r(c)
+        if cfg.extractor_mode == "layer_norm" or i == 0:  # group_norm mode: a GroupNorm on the first conv only
+            sd[f"feature_extractor.conv_layers.{i}.layer_norm.weight"] = r(c)
+            sd[f"feature_extractor.conv_layers.{i}.layer_norm.bias"] = r(c)
         c_in = c
     d, f = cfg.embed_dim, cfg.ffn_dim
     sd |= {"feature_projection.layer_norm.weight": r(c_in), "feature_projection.layer_norm.bias": r(c_in),
@@ -261,7 +265,7 @@ def official_layout(cfg: ModelConfig, gen: torch.Generator) -> dict[str, torch.T
 
 def official_config_json(cfg: ModelConfig) -> dict:
     return {"model": {
-        "extractor_mode": "layer_norm", "extractor_conv_layer_config": [list(c) for c in cfg.conv_layers],
+        "extractor_mode": cfg.extractor_mode, "extractor_conv_layer_config": [list(c) for c in cfg.conv_layers],
         "extractor_conv_bias": False, "encoder_embed_dim": cfg.embed_dim, "encoder_num_layers": cfg.num_layers,
         "encoder_num_heads": cfg.num_heads, "encoder_ff_interm_features": cfg.ffn_dim,
         "encoder_pos_conv_kernel": cfg.pos_conv_kernel, "encoder_pos_conv_groups": cfg.pos_conv_groups,
@@ -272,7 +276,7 @@ def official_config_json(cfg: ModelConfig) -> dict:
 
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_official_layout_loads_and_round_trips(tmp_path, wrapped):
-    cfg = preset("tiny").model
+    cfg = ModelConfig(**{**preset("tiny").model.__dict__, "extractor_mode": "layer_norm" if wrapped else "group_norm"})
     sd = official_layout(cfg, torch.Generator().manual_seed(0))
     path = tmp_path / "release" / "spidr_tiny.pt"
     path.parent.mkdir()
@@ -280,6 +284,7 @@ def test_official_layout_loads_and_round_trips(tmp_path, wrapped):
     (path.parent / "config.json").write_text(json.dumps(official_config_json(cfg)))
     model = load_model(path)
     assert model.kind == "spidr" and model.cfg.num_heads == cfg.num_heads
+    assert model.cfg.extractor_mode == cfg.extractor_mode
     assert int(model.current_step) == 1234
     for key, value in model.state_dict().items():
         assert torch.equal(value, sd[key]), key
