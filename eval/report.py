@@ -273,7 +273,7 @@ def plot_metric_vs_layer(wide: pd.DataFrame, out: Path) -> str | None:
     ncols = min(4, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
-    names = layered.apply(lambda r: " / ".join(str(r[k]) for k in ("encoder", "units", "k", "lm")
+    names = layered.apply(lambda r: " / ".join(str(r[k]) for k in ("encoder", "units", "quantizer", "k", "lm")
                                                if r[k] is not None and not pd.isna(r[k])), axis=1)
     colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(set(names)))}  # one colour per line everywhere
     for ax, col in zip(axes.flat, metrics, strict=False):
