@@ -107,6 +107,10 @@ rule report:
         table=report("results/report/table.md", category="Results"),
         csv="results/report/table.csv",
         tex="results/report/table.tex",
+        long="results/report/metrics_long.csv",
+        summary="results/report/report.json",
+        by_layer=report("results/report/metric_vs_layer.png", category="Plots"),
+        correlations=report("results/report/correlations.png", category="Plots"),
     log:
         "logs/report.log",
     localrule: True
