@@ -24,4 +24,5 @@ rule pretrain:
         workdir="work/pretrain/{encoder}",
     shell:
         "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m spidr.train "
-        "--manifest {input.manifest} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
+        "--manifest {input.manifest} --workdir {params.workdir} --out {output} --config '{params.hp}' "
+        "--threads {threads} > {log} 2>&1"
