@@ -52,8 +52,8 @@ from spidr.encoders import (
     progress_bar,
     run_options_from_args,
 )
-from spidr.io import atomic_write_json, provenance
-from spidr.kmeans import KMeansError, KMeansModel, file_sha256, nearest_centroid
+from spidr.io import atomic_write_json, file_sha256, provenance
+from spidr.kmeans import KMeansError, KMeansModel, nearest_centroid
 from spidr.units_io import UnitsWriter, iter_units, read_units_meta, write_text_units
 
 SUCCESS = "_SUCCESS.json"

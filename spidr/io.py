@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,6 +41,15 @@ def provenance(config: Any = None) -> dict[str, Any]:
         "command": sys.argv,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file, read in 1 MiB blocks: keys artefacts and resume state by what they were built from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

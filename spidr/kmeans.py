@@ -14,7 +14,6 @@ produced it: quantising features of another encoder or layer with it is an error
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -39,7 +38,7 @@ from spidr.encoders import (
     progress_bar,
     run_options_from_args,
 )
-from spidr.io import provenance
+from spidr.io import file_sha256, provenance
 
 
 class KMeansError(ValueError):
@@ -142,14 +141,6 @@ def sample_plan(frames: np.ndarray, max_frames: int, rng: np.random.Generator,
     cum = np.cumsum(frames[order])
     take = int(np.searchsorted(cum, max_frames) + 1) if len(cum) else 0
     return sorted(order[:take].tolist()), order[take:]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fit_from_corpus(spec: str | dict | EncoderSpec, layer: int, manifest: str | Path, *, k: int, seed: int,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
 from spidr.config import ConfigError, TrainConfig, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
-from spidr.io import atomic_write_json, provenance
+from spidr.io import atomic_write_json, file_sha256, provenance
 from spidr.model import MODELS, DinoSR
 from spidr.schedules import ema_decay_at, lr_at
 
@@ -130,14 +129,6 @@ def checkpoint_paths(workdir: Path) -> list[Path]:
     return sorted((workdir / "checkpoints").glob("step_*.pt"))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
     """Record the recipe in WORKDIR/config.json; refuse to resume a workdir trained with another one."""
     path = workdir / "config.json"
@@ -197,7 +188,7 @@ class Trainer:
         self.workdir = Path(workdir)
         self.bf16 = use_bf16(cfg, self.device)
         self.manifest = manifest
-        self.manifest_sha = sha256_file(manifest)
+        self.manifest_sha = file_sha256(manifest)
         if self.main:
             self.workdir.mkdir(parents=True, exist_ok=True)
             (self.workdir / "checkpoints").mkdir(exist_ok=True)
