@@ -46,6 +46,7 @@ from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
 from eval.benchmarks import ItemFile, item_kind, read_item_file
 from eval.results import Metric, parse_labels, write_metrics
+from spidr.io import flat_config
 from spidr.units_io import read_units, read_units_meta
 
 SLICINGS = {
@@ -74,12 +75,7 @@ class AbxConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AbxConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"abx config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        cfg = cls(**values)
+        cfg = flat_config(cls, values, "abx config")
         if cfg.slicing not in SLICINGS:
             raise ValueError(f"abx config: slicing must be one of {list(SLICINGS)}, got {cfg.slicing!r}")
         if not cfg.speakers or set(cfg.speakers) - {"within", "across"}:

@@ -30,6 +30,7 @@ import numpy as np
 
 from eval.benchmarks import read_phone_labels
 from eval.results import Metric, parse_labels, write_metrics
+from spidr.io import flat_config
 from spidr.units_io import iter_units, read_units_meta
 
 
@@ -42,11 +43,7 @@ class UnitQualityConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> UnitQualityConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unit_quality config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return flat_config(cls, values, "unit_quality config")
 
 
 def _entropy(p: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
 from lm.model import PRESETS, UnitVocab, build_config, build_model, count_parameters, document_causal_mask
-from spidr.io import atomic_write_json, provenance
+from spidr.io import atomic_write_json, check_keys, provenance
 from spidr.units_io import read_units_meta
 
 CHECKPOINT = "checkpoint.pt"
@@ -72,10 +72,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"unknown LM training config key {key!r}; known keys: {sorted(known)}")
+        check_keys(cls, raw, "LM training config")
         if "max_tokens" in raw and "max_steps" not in raw:
             raise ValueError("config sets 'max_tokens' but not 'max_steps', whose demo default (120) would cap it; "
                              "set 'max_steps' too (null: no step limit)")

@@ -55,7 +55,7 @@ def test_a_bad_value_is_an_error_naming_it(tmp_path: Path) -> None:
     [
         (("units", "spidr_codebook_l6", "layer"), 2, "units.spidr_codebook_l6: quantizer='codebook' at layer=2"),
         (("units", "mfcc_kmeans", "layer"), 3, "units.mfcc_kmeans: layer=3"),
-        (("lms", "tiny", "train", "lrr"), 1.0, "lms.tiny.train: unknown LM training config key 'lrr'"),
+        (("lms", "tiny", "train", "lrr"), 1.0, "lms.tiny.train: LM training config: unknown key(s) ['lrr']"),
         (("encoders", "spidr_small", "train", "max_step"), 5, "encoders.spidr_small.train"),
         (("experiments", "mfcc_kmeans", "lm"), "nosuchlm", "experiments.mfcc_kmeans.lm refers to lm 'nosuchlm'"),
     ],

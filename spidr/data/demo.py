@@ -38,7 +38,7 @@ import soundfile as sf
 
 from spidr.data.audio import SAMPLE_RATE, write_wav
 from spidr.data.manifest import write_manifest, write_table
-from spidr.io import atomic_write_json, atomic_write_text, provenance
+from spidr.io import atomic_write_json, atomic_write_text, flat_config, provenance
 
 ALICE = Path("/usr/share/doc/flite/examples/alice")
 VOICES = ("slt", "awb", "rms", "kal16")
@@ -75,12 +75,7 @@ class DemoConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DemoConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"demo config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        cfg = cls(**values)
+        cfg = flat_config(cls, values, "demo config")
         bad_voices = [v for v in cfg.voices if v not in BASE_F0]
         if bad_voices:
             raise ValueError(f"demo config: unknown flite voice(s) {bad_voices}; available: {list(BASE_F0)}")
