@@ -2,6 +2,10 @@
 
 Run `snakemake --cores all` (laptop) or `snakemake --profile slurm all` (cluster) from this directory.
 Rules only plumb paths and parameters into module entry points (`python -m ...`), so every stage also runs by hand.
+
+`snakemake --lint` leaves two kinds of lints, on purpose: no rule names a conda environment or container (the
+software is the project's pinned venv, `make setup`; jobs run its interpreter, also on SLURM with --export=ALL),
+and common.smk edits PATH, which is not a variable the user must provide (it puts that interpreter first).
 """
 
 

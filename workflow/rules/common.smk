@@ -216,6 +216,30 @@ def experiment_labels(name):
     return {"experiment": name, "lm": exp.get("lm"), **units_labels(exp["units"])}
 
 
+# --- rule inputs ----------------------------------------------------------------------------------------------
+
+
+def quantize_inputs(wildcards):
+    unit = units_entry(wildcards)
+    inputs = {
+        "manifest": dataset_manifest(wildcards),
+        "encoder": encoder_inputs(unit["encoder"]),
+    }
+    if unit["quantizer"] == "kmeans":
+        inputs["kmeans"] = f"results/kmeans/{wildcards.units}/kmeans.npz"
+    return inputs
+
+
+def lm_train_units(wildcards):
+    corpus = config["lms"][wildcards.lm]["corpus"]
+    return f"results/units/{wildcards.units}/corpus-{corpus}/dedup.parquet"
+
+
+def experiment_scores(wildcards):
+    exp = config["experiments"][wildcards.experiment]
+    return f"results/lm/{exp['units']}/{exp['lm']}/scores/{wildcards.benchmark}-{wildcards.lmtask}.tsv"
+
+
 # --- targets -----------------------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ rule demo_data:
     threads: 2
     params:
         demo=demo_config(),
-        out=DEMO,
+        out=lambda wc, output: os.path.dirname(output.info),
     shell:
         "python -m spidr.data.demo {params.out} --config '{params.demo}' --threads {threads} > {log} 2>&1"
 

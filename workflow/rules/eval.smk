@@ -1,11 +1,6 @@
 """Evaluation stage: sWUGGY / sBLIMP / tSC / sSC per experiment, ABX and unit quality per units config, report."""
 
 
-def experiment_scores(wildcards):
-    exp = config["experiments"][wildcards.experiment]
-    return f"results/lm/{exp['units']}/{exp['lm']}/scores/{wildcards.benchmark}-{wildcards.lmtask}.tsv"
-
-
 rule eval_slm21:
     input:
         scores=experiment_scores,

@@ -1,11 +1,6 @@
 """Unit-LM stage: train on the deduplicated units of a corpus, then score every benchmark utterance."""
 
 
-def lm_train_units(wildcards):
-    corpus = config["lms"][wildcards.lm]["corpus"]
-    return f"results/units/{wildcards.units}/corpus-{corpus}/dedup.parquet"
-
-
 rule train_lm:
     input:
         lm_train_units,

@@ -47,17 +47,6 @@ rule fit_kmeans:
         "--out {output} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
 
 
-def quantize_inputs(wildcards):
-    unit = units_entry(wildcards)
-    inputs = {
-        "manifest": dataset_manifest(wildcards),
-        "encoder": encoder_inputs(unit["encoder"]),
-    }
-    if unit["quantizer"] == "kmeans":
-        inputs["kmeans"] = f"results/kmeans/{wildcards.units}/kmeans.npz"
-    return inputs
-
-
 rule quantize:
     input:
         unpack(quantize_inputs),
