@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, model_config_from_dict
+from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, _to_jsonable, model_config_from_dict
 from spidr.model import MODELS, DinoSR
 
 FORMAT = "textless-slm/spidr-checkpoint"
@@ -59,7 +59,7 @@ def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None =
         "format": FORMAT,
         "version": VERSION,
         "kind": model.kind,
-        "model_config": _jsonable(dataclasses.asdict(model.cfg)),
+        "model_config": _to_jsonable(dataclasses.asdict(model.cfg)),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step),
         "train_config": train_config,
@@ -93,7 +93,7 @@ def export_official(model: DinoSR, path: str | Path, *, write_config: bool = Fal
 
 def official_config(cfg: ModelConfig) -> dict[str, Any]:
     """The official DinoSRConfig / SpidRConfig fields for an architecture (a flat dict, as in config.json)."""
-    ours = _jsonable(dataclasses.asdict(cfg))
+    ours = _to_jsonable(dataclasses.asdict(cfg))
     return {theirs: ours[mine] for theirs, mine in _OFFICIAL_NAMES.items()}
 
 
@@ -303,11 +303,3 @@ def _infer_config(state: dict[str, torch.Tensor], path: Path, official: dict | N
         return model_config_from_dict(values)
     except ConfigError as err:
         raise CheckpointError(f"{path}: cannot build a model from it ({err})") from err
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
