@@ -53,6 +53,10 @@ class ModelConfig:
     num_codebooks: int = 8  # average_top_k_layers: codebooks on the last K layers
     codebook_size: int = 256  # codebook_size
     codebook_decay: float = 0.9  # codebook_decay
+    # Training steps whose codebook statistics are summed before one EMA update (1 = every step, the paper).
+    # Online k-means needs many targets per update: the paper's ~100k masked frames per step keep ~200 of 256
+    # codewords alive, while a CPU batch of ~160 frames collapses the codebooks to a handful within 50 steps.
+    codebook_update_interval: int = 1
     # The official code re-draws the teacher's Linear weights at init ("reinit"); DinoSR/fairseq copy the student.
     teacher_init: Literal["reinit", "copy"] = "reinit"
 
@@ -69,6 +73,8 @@ class ModelConfig:
             raise ConfigError("model.conv_layers must be a non-empty list of [channels, kernel, stride]")
         if self.extractor_mode not in ("layer_norm", "group_norm"):
             raise ConfigError(f"model.extractor_mode={self.extractor_mode!r}; expected 'layer_norm' or 'group_norm'")
+        if self.codebook_update_interval < 1:
+            raise ConfigError(f"model.codebook_update_interval={self.codebook_update_interval} must be >= 1")
         if self.teacher_init not in ("reinit", "copy"):
             raise ConfigError(f"model.teacher_init={self.teacher_init!r}; expected 'reinit' or 'copy'")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -254,21 +254,61 @@ class Codebook(nn.Module):
 
 
 class Codebooks(nn.ModuleList):
+    """The K codebooks. Their statistics are all-reduced across ranks and applied every `update_interval` steps."""
+
+    def __init__(self, codebooks: Iterable[Codebook], update_interval: int = 1) -> None:
+        super().__init__(codebooks)
+        self.update_interval = update_interval
+        size, dim = self[0].codebook.shape
+        # Statistics summed since the last update (update_interval > 1). Not in the state dict, so the official
+        # layout is unchanged; the trainer's checkpoints carry them (`pending_state`) for an exact resume.
+        self.register_buffer("pending_counts", torch.zeros(len(self), size), persistent=False)
+        self.register_buffer("pending_sums", torch.zeros(len(self), size, dim), persistent=False)
+        self.pending_steps = 0
+
     @torch.no_grad()
     def quantize(self, targets: list[Tensor], *, update: bool) -> list[Tensor]:
-        """Assign each layer's targets; with `update`, apply the EMA with sums/counts all-reduced across ranks."""
+        """Assign each layer's targets; with `update`, feed the EMA with sums/counts all-reduced across ranks.
+
+        Always in fp32, also when called under bf16 autocast (distances and sums in bf16 would move codewords).
+        """
+        with torch.autocast(targets[0].device.type, enabled=False):
+            return self._quantize([t.float() for t in targets], update)
+
+    def _quantize(self, targets: list[Tensor], update: bool) -> list[Tensor]:
         labels = [cb.assign(t) for cb, t in zip(self, targets, strict=True)]
-        if update:
-            stats = [cb.statistics(lab, t) for cb, lab, t in zip(self, labels, targets, strict=True)]
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                flat = torch.cat([torch.cat([c.unsqueeze(1), m], 1).flatten() for c, m in stats])  # one collective
-                dist.all_reduce(flat)
-                size, dim = self[0].codebook.shape
-                chunks = flat.view(len(self), size, dim + 1)
-                stats = [(chunk[:, 0], chunk[:, 1:]) for chunk in chunks]
-            for cb, (count, memory) in zip(self, stats, strict=True):
-                cb.update(count, memory)
+        if not update:
+            return labels
+        stats = [cb.statistics(lab, t) for cb, lab, t in zip(self, labels, targets, strict=True)]
+        counts = torch.stack([c for c, _ in stats])  # (K, V)
+        sums = torch.stack([m for _, m in stats])  # (K, V, D)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat([counts.unsqueeze(-1), sums], -1)  # one collective
+            dist.all_reduce(flat)
+            counts, sums = flat[..., 0], flat[..., 1:]
+        if self.update_interval > 1:
+            self.pending_counts += counts
+            self.pending_sums += sums
+            self.pending_steps += 1
+            if self.pending_steps < self.update_interval:
+                return labels
+            counts, sums = self.pending_counts.clone(), self.pending_sums.clone()
+            self.pending_counts.zero_()
+            self.pending_sums.zero_()
+            self.pending_steps = 0
+        for cb, count, memory in zip(self, counts, sums, strict=True):
+            cb.update(count, memory)
         return labels
+
+    def pending_state(self) -> dict[str, Tensor]:
+        """The statistics waiting for the next update (saved in training checkpoints)."""
+        return {"counts": self.pending_counts.cpu().clone(), "sums": self.pending_sums.cpu().clone(),
+                "steps": torch.tensor(self.pending_steps)}
+
+    def load_pending_state(self, state: dict[str, Tensor]) -> None:
+        self.pending_counts.copy_(state["counts"])
+        self.pending_sums.copy_(state["sums"])
+        self.pending_steps = int(state["steps"])
 
 
 def frame_count(conv_layers: Sequence[tuple[int, int, int]], num_samples: int) -> int:
@@ -314,7 +354,8 @@ class DinoSR(nn.Module):
             nn.Sequential(nn.Linear(d, cfg.codebook_size), nn.LogSoftmax(dim=-1)) for _ in range(cfg.num_codebooks)
         )
         self.codebooks = Codebooks(
-            Codebook(d, cfg.codebook_size, cfg.codebook_decay) for _ in range(cfg.num_codebooks)
+            (Codebook(d, cfg.codebook_size, cfg.codebook_decay) for _ in range(cfg.num_codebooks)),
+            cfg.codebook_update_interval,
         )
         self.teacher: Transformer | None = self._make_teacher() if teacher else None
         self.register_buffer("current_step", torch.zeros(1, dtype=torch.int64))

@@ -210,6 +210,8 @@ class Trainer:
         state = read_checkpoint(resume) if resume is not None else None
         if state is not None:
             self.model.load_state_dict(state["model"])
+            if state.get("codebook_pending") is not None:
+                self.model.codebooks.load_pending_state(state["codebook_pending"])
             if state["frozen"]:
                 self.model.freeze_extractor()
             self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -364,7 +366,8 @@ class Trainer:
             payload = checkpoint_dict(
                 self.model, step=self.step, train_config=self.cfg.to_dict(),
                 optimizer=self.optimizer.state_dict(), epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                frozen=self.model.extractor_frozen, rng=rng, elapsed=self.elapsed, audio_seconds=self.audio_seconds,
+                frozen=self.model.extractor_frozen, codebook_pending=self.model.codebooks.pending_state(), rng=rng,
+                elapsed=self.elapsed, audio_seconds=self.audio_seconds,
             )
             atomic_torch_save(payload, path)
             for old in checkpoint_paths(self.workdir)[: -max(1, self.cfg.keep_checkpoints)]:

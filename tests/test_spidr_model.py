@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -58,17 +59,60 @@ def test_codebook_ema_update_by_hand():
     cb.codebook.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0], [-6.0, -6.0]]))  # sums
     cb.counts.copy_(torch.tensor([2.0, 2.0, 3.0]))  # codewords: (1, 0), (0, 2), (-2, -2)
     targets = torch.tensor([[0.9, 0.1], [1.2, -0.2], [0.1, 1.7]])
-    labels = Codebooks([cb]).quantize([targets], update=True)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16 training: the codebooks stay in fp32
+        labels = Codebooks([cb]).quantize([targets], update=True)[0]
     assert labels.tolist() == [0, 0, 1]
     # codeword 0: count 2, sum (2.1, -0.1); codeword 1: count 1, sum (0.1, 1.7); codeword 2: unused, unchanged
     assert torch.allclose(cb.counts, torch.tensor([0.9 * 2 + 0.1 * 2, 0.9 * 2 + 0.1 * 1, 3.0]))
     expected = torch.tensor([[0.9 * 2 + 0.1 * 2.1, 0.9 * 0 + 0.1 * -0.1], [0.9 * 0 + 0.1 * 0.1, 0.9 * 4 + 0.1 * 1.7],
                              [-6.0, -6.0]])
-    assert torch.allclose(cb.codebook, expected)
+    assert torch.allclose(cb.codebook, expected, rtol=1e-6, atol=1e-7)
     # without update (eval), assignments only
     before = cb.codebook.clone()
     Codebooks([cb]).quantize([targets], update=False)
     assert torch.equal(cb.codebook, before)
+
+
+def test_codebook_statistics_accumulate_over_the_update_interval():
+    torch.manual_seed(0)
+    cbs = Codebooks([Codebook(dim=4, size=8, decay=0.9)], update_interval=2)
+    ref = copy.deepcopy(cbs[0])
+    t1, t2 = torch.randn(5, 4), torch.randn(7, 4)
+    cbs.quantize([t1], update=True)
+    assert torch.equal(cbs[0].codebook, ref.codebook) and cbs.pending_steps == 1  # waiting
+    pending = cbs.pending_state()
+    fresh = Codebooks([copy.deepcopy(ref)], update_interval=2)
+    fresh.load_pending_state(pending)  # what a resumed run restores
+    for books in (cbs, fresh):
+        labels = books.quantize([t2], update=True)[0]
+        assert books.pending_steps == 0 and not books.pending_counts.any()
+    # one EMA step with the summed statistics of both batches, assigned with the unchanged codebook
+    (c1, m1), (c2, m2) = ref.statistics(ref.assign(t1), t1), ref.statistics(labels, t2)
+    assert torch.equal(labels, ref.assign(t2))
+    ref.update(c1 + c2, m1 + m2)
+    for books in (cbs, fresh):
+        assert torch.allclose(books[0].codebook, ref.codebook) and torch.allclose(books[0].counts, ref.counts)
+
+
+def test_small_batches_collapse_the_codebook_unless_statistics_accumulate():
+    """Online k-means on low-rank targets (like the teacher's): 24 targets per update leave few codewords alive.
+
+    Updated codewords lose the random init's component outside the data's subspace, come closer to every target
+    than the untouched ones, and take over; summing 50 steps' statistics per update keeps 3x more alive.
+    """
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(6000, 8, generator=g) @ torch.randn(8, 64, generator=g)  # rank 8 in 64 dimensions
+    data = (data - data.mean(0)) / data.std(0)  # per-channel standardised, as instance norm does
+
+    def alive(interval: int) -> int:
+        torch.manual_seed(0)
+        books = Codebooks([Codebook(dim=64, size=64, decay=0.9)], update_interval=interval)
+        for _ in range(300):
+            books.quantize([data[torch.randint(6000, (24,), generator=g)]], update=True)
+        return int(torch.bincount(books[0].assign(data), minlength=64).gt(0).sum())
+
+    few, many = alive(1), alive(50)
+    assert few <= 12 and many >= 25, (few, many)
 
 
 def test_codebook_init_is_standardised_per_dimension():

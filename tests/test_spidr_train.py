@@ -77,18 +77,22 @@ def test_batches_are_bucketed_cropped_and_masked(corpus):
     assert not {tuple(b) for b in ranks[0].batches} & {tuple(b) for b in ranks[1].batches}
 
 
-def test_resume_is_bit_identical_across_the_freeze(corpus, tmp_path):
+@pytest.mark.parametrize("codebook_interval", [1, 4])
+def test_resume_is_bit_identical_across_the_freeze(corpus, tmp_path, codebook_interval):
     torch.set_num_threads(1)
-    train(TINY, str(corpus), str(tmp_path / "a"), str(tmp_path / "a.pt"))
-    # interrupted twice: before the freeze (step 2 of 6, freeze after 3) and after it (step 5)
-    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=2)
+    cfg = {**TINY, "model": {"codebook_update_interval": codebook_interval}}
+    train(cfg, str(corpus), str(tmp_path / "a"), str(tmp_path / "a.pt"))
+    # interrupted twice: before the freeze (step 2 of 6, freeze after 3) and after it (step 5); with an update
+    # interval of 4, both stops fall between codebook updates, so pending statistics must survive the resume
+    train(cfg, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=2)
     assert not (tmp_path / "b.pt").exists()
     mid = read_checkpoint(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1])
     assert mid["step"] == 2 and not mid["frozen"] and len(mid["optimizer"]["param_groups"]) == 2
-    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=5)
+    assert int(mid["codebook_pending"]["steps"]) == (2 if codebook_interval == 4 else 0)
+    train(cfg, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"), stop_after=5)
     late = read_checkpoint(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1])
     assert late["step"] == 5 and late["frozen"] and len(late["optimizer"]["param_groups"]) == 1
-    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"))
+    train(cfg, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"))
     a, b = weights(tmp_path / "a.pt"), weights(tmp_path / "b.pt")
     assert set(a) == set(b)
     for key in a:
