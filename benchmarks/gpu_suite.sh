@@ -86,10 +86,10 @@ PY
 export -f train_smoke
 part train_smoke 90 bash -c train_smoke
 
-part spidr_compile 150 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference
+part spidr_compile 120 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference
 sed -n '/^{/,$p' "$OUT/spidr_compile.log" > "$OUT/spidr_compile.json"
 
-part lm 120 python3 benchmarks/bench_lm.py --steps 30 ${LM_PRESETS:+--presets $LM_PRESETS}
+part lm 100 python3 benchmarks/bench_lm.py --steps 30 ${LM_PRESETS:+--presets $LM_PRESETS}
 sed -n '/^{/,$p' "$OUT/lm.log" > "$OUT/lm.json"
 
 echo "total: $(($(date +%s) - START)) s" | tee -a "$SUMMARY"
