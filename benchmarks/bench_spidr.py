@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_spidr.py [--preset small] [--kind spidr] [--batch-seconds 24] [--item-seconds 3]
         [--steps 5] [--warmup 2] [--threads N] [--compile] [--precision auto|fp32|bf16] [--peak-tflops F]
+        [--skip-reference] [--profile] [--modes train,extract]
 
 Each measurement runs in its own subprocess (clean peak memory). Two variants of the same model and batch:
   * "ours": unpadded batches run with no attention mask (SDPA may pick FlashAttention), a channels-last conv
@@ -163,6 +164,8 @@ def worker(args: argparse.Namespace) -> dict:
             wall, cpu = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
             audio = batch * samples / 16_000
             flops = step_flops(cfg.model, batch, samples, idx.shape[1])
+            if args.profile:
+                out["profile_top_ops"] = profile_steps(step, device)
             out |= {"batch": batch, "item_seconds": args.item_seconds, "seconds_per_step": wall,
                     "audio_seconds_per_second": audio / wall, "tflops_per_step": flops / 1e12,
                     "achieved_tflops": flops / wall / 1e12}
@@ -194,6 +197,24 @@ def worker(args: argparse.Namespace) -> dict:
     return out
 
 
+def profile_steps(step, device: torch.device, steps: int = 3, top: int = 25) -> list[dict]:
+    """The ops that take the most device (CUDA) or CPU self time over a few training steps, for finding waste."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key[:80], "ms_per_step": round(getattr(e, key) / 1e3 / steps, 3),
+             "share": round(getattr(e, key) / total, 4), "calls_per_step": e.count // steps} for e in rows]
+
+
 def run_worker(argv: list[str], variant: str, mode: str) -> dict:
     cmd = [sys.executable, __file__, *argv, "--_worker", "--variant", variant, "--mode", mode]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extract-batch-seconds", type=float, default=None)
     parser.add_argument("--extract-repeats", type=int, default=1)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="add the top ops of 3 profiled training steps")
+    parser.add_argument("--modes", default="train,extract", help="which measurements (train, extract or both)")
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="train", help=argparse.SUPPRESS)
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     args.batch_seconds = args.batch_seconds or (3_800_000 / 16_000 if cuda else 24.0)
     args.item_seconds = args.item_seconds or (15.0 if cuda else 3.0)
     args.extract_utts = args.extract_utts or (256 if cuda else 16)
-    args.extract_batch_seconds = args.extract_batch_seconds or (1200.0 if cuda else 120.0)
+    args.extract_batch_seconds = args.extract_batch_seconds or (400.0 if cuda else 120.0)  # H100: best of 100-2400
     if args._worker:
         print(json.dumps(worker(args)))
         return
@@ -246,20 +269,22 @@ def main(argv: list[str] | None = None) -> None:
     if not cuda:
         results["load_average"] = os.getloadavg()
     variants = ["ours"] if args.skip_reference else ["ours", "reference"]
-    for mode in ("train", "extract"):
+    modes = [m for m in ("train", "extract") if m in args.modes.split(",")]
+    for mode in modes:
         for variant in variants:
             results[f"{mode}_{variant}"] = run_worker(argv, variant, mode)
-    if not args.skip_reference:
+    if not args.skip_reference and "train" in modes:
         t_o, t_r = results["train_ours"], results["train_reference"]
-        e_o, e_r = results["extract_ours"], results["extract_reference"]
         results["train_speedup_vs_reference"] = t_o["audio_seconds_per_second"] / t_r["audio_seconds_per_second"]
-        results["extract_speedup_vs_reference"] = e_o["x_real_time"] / e_r["x_real_time"]
         if not cuda:
             results["train_speedup_vs_reference_cpu_time"] = (
                 t_o["audio_seconds_per_cpu_second"] / t_r["audio_seconds_per_cpu_second"])
+    if not args.skip_reference and "extract" in modes:
+        e_o, e_r = results["extract_ours"], results["extract_reference"]
+        results["extract_speedup_vs_reference"] = e_o["x_real_time"] / e_r["x_real_time"]
     if cuda:
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in results["device"]), None)
-        if peak:
+        if peak and "train" in modes:
             results["peak_bf16_tflops"] = peak
             for variant in variants:
                 results[f"train_{variant}"]["mfu"] = results[f"train_{variant}"]["achieved_tflops"] / peak
