@@ -185,3 +185,28 @@ def test_loss_decreases_on_the_demo_corpus(demo_corpus, tmp_path):
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
     shutil.rmtree(tmp_path / "w")
+
+
+def test_diagnose_reports_teacher_and_head_labels(corpus, tmp_path):
+    from spidr.diagnose import label_stats
+    from spidr.diagnose import main as diagnose_main
+
+    # by hand: labels 0 0 1 | 2 2 ; phones repeated x2 at 100 Hz and identical to the labels -> PNMI 1
+    labs = [np.array([0, 0, 1]), np.array([2, 2])]
+    phones = {"a": ["x", "x", "x", "x", "y", "y"], "b": ["z"] * 4}
+    stats = label_stats(labs, 4, phones, ["a", "b"])
+    assert stats["active"] == 3 and stats["same_as_previous"] == pytest.approx(2 / 3)
+    p = np.array([2, 1, 2]) / 5
+    assert stats["perplexity"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
+    assert stats["pnmi"] == pytest.approx(1.0)
+
+    train({**TINY, "max_steps": 2}, str(corpus), str(tmp_path / "w"), str(tmp_path / "m.pt"))
+    out = tmp_path / "d.json"
+    diagnose_main(["--checkpoint", str(tmp_path / "m.pt"), "--manifest", str(corpus), "--out", str(out)])
+    report = json.loads(out.read_text())
+    model = load_encoder(tmp_path / "m.pt")
+    assert sorted(map(int, report["layers"])) == model.codebook_layers
+    for layer in report["layers"].values():
+        for key in ("teacher_assignments", "head_argmax"):
+            assert 1 <= layer[key]["active"] <= model.codebook_size and "pnmi" not in layer[key]
+        assert 1.0 <= layer["target_effective_rank"] <= model.embed_dim

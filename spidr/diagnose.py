@@ -1,0 +1,122 @@
+"""Codebook diagnostics of a SpidR / DinoSR checkpoint: how its teacher and student label a corpus, layer by layer.
+
+Usage:
+    python -m spidr.diagnose --checkpoint CKPT.pt --manifest DEV.tsv [--phones dev/phones_100hz.jsonl]
+        [--max-utterances 200] [--out REPORT.json]
+
+For each codebook layer, on clean input (no masking, no update):
+  * targets: effective rank of the teacher's instance-normalised targets (exp of the entropy of the normalised
+    squared singular values), and of the teacher's nearest-codeword assignments (what the student is trained on):
+    active codewords, perplexity, the fraction of consecutive frames with the same label, PNMI with phones;
+  * heads: the same for the student head's argmax (the paper's "codebook" units).
+Telling signs: a handful of active codewords (codebook collapse), targets whose labels change at nearly every frame
+(a teacher the student cannot predict yet), heads with one active unit (the student predicts the marginal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval.benchmarks import read_phone_labels
+from eval.unit_quality import CountAccumulator, quality_from_counts
+from spidr.checkpoint import load_model
+from spidr.data.audio import load_audio
+from spidr.data.manifest import read_manifest
+from spidr.io import atomic_write_json, provenance
+from spidr.model import DinoSR, standardize
+
+
+def label_stats(labels: list[np.ndarray], size: int, phones: dict[str, list[str]] | None, ids: list[str],
+                label_rate: float = 100.0, frame_rate: float = 50.0) -> dict[str, float]:
+    """Active labels, perplexity, same-as-previous-frame rate and (with phones) PNMI of per-utterance labels."""
+    flat = np.concatenate(labels)
+    counts = np.bincount(flat, minlength=size)
+    p = counts[counts > 0] / counts.sum()
+    same = sum(int((lab[1:] == lab[:-1]).sum()) for lab in labels)
+    pairs = sum(max(0, len(lab) - 1) for lab in labels)
+    out = {"active": int((counts > 0).sum()), "perplexity": float(math.exp(-(p * np.log(p)).sum())),
+           "same_as_previous": same / pairs if pairs else float("nan")}
+    if phones is not None:
+        acc = CountAccumulator(size, round(label_rate / frame_rate), max_length_diff=2)
+        for uid, lab in zip(ids, labels, strict=True):
+            if uid in phones:
+                acc.add(uid, lab, phones[uid])
+        out["pnmi"] = quality_from_counts(acc.counts()[0])["pnmi"]
+    return out
+
+
+def effective_rank(x: np.ndarray) -> float:
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(math.exp(-(p * np.log(p)).sum()))
+
+
+@torch.no_grad()
+def diagnose(model: DinoSR, wavs: list[torch.Tensor], ids: list[str],
+             phones: dict[str, list[str]] | None = None) -> dict[int, dict[str, Any]]:
+    """Per codebook layer: target rank and the label statistics of the teacher's assignments and the heads."""
+    if model.teacher is None:
+        raise ValueError("diagnostics need the teacher: load the model with teacher=True")
+    model.eval()
+    layers = model.codebook_layers
+    targets = {lay: [] for lay in layers}
+    assigned = {lay: [] for lay in layers}
+    heads = {lay: [] for lay in layers}
+    for wav in wavs:
+        feats = model.features(standardize(wav)[None])
+        _, teacher_outs = model.teacher(feats)
+        probs = model.codebook_predictions([wav], layers)[0]
+        for k, lay in enumerate(layers):
+            t = F.instance_norm(teacher_outs[lay - 1].float().transpose(1, 2)).transpose(1, 2)[0]
+            targets[lay].append(t.numpy())
+            assigned[lay].append(model.codebooks[k].assign(t).numpy())
+            heads[lay].append(probs[lay].argmax(-1).numpy())
+    size = model.codebook_size
+    return {
+        lay: {"target_effective_rank": effective_rank(np.concatenate(targets[lay])),
+              "teacher_assignments": label_stats(assigned[lay], size, phones, ids),
+              "head_argmax": label_stats(heads[lay], size, phones, ids)}
+        for lay in layers
+    }
+
+
+def _summary(d: dict[str, float]) -> str:
+    pnmi = f" pnmi {d['pnmi']:.3f}" if "pnmi" in d else ""
+    return f"{d['active']:4d} active, ppl {d['perplexity']:6.1f}, same {d['same_as_previous']:.2f}{pnmi}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--phones", default=None, help="100 Hz phone labels (JSONL), for PNMI")
+    parser.add_argument("--max-utterances", type=int, default=200)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    model = load_model(args.checkpoint, teacher=True)
+    rows = read_manifest(args.manifest).head(args.max_utterances)
+    wavs = [torch.from_numpy(load_audio(path)) for path in rows["path"]]
+    phones = read_phone_labels(Path(args.phones)) if args.phones else None
+    report = diagnose(model, wavs, list(rows["id"]), phones)
+    for lay, r in report.items():
+        print(f"layer {lay}: target rank {r['target_effective_rank']:6.1f}"
+              f" | teacher: {_summary(r['teacher_assignments'])} | heads: {_summary(r['head_argmax'])}",
+              file=sys.stderr)
+    if args.out:
+        atomic_write_json(args.out, {"layers": {str(k): v for k, v in report.items()},
+                                     "inputs": {"checkpoint": args.checkpoint, "manifest": args.manifest,
+                                                "phones": args.phones, "utterances": len(wavs)},
+                                     "provenance": provenance(None)})
+
+
+if __name__ == "__main__":
+    main()
