@@ -8,9 +8,9 @@
 #                          ours vs the reference code's settings, training audio-s/s, MFU, extraction x real time
 #   2. extract.json        bench_extract: batched vs one-at-a-time unit extraction (SpidR, HF tiny, MFCC)
 #   3. train_smoke.log     python -m spidr.train, base, on generated noise: 30 steps, killed at 20 and resumed
-#   4. spidr_compile.json  bench_spidr with torch.compile (ours only)
+#   4. spidr_compile.json  bench_spidr training with torch.compile (ours only)
 #   5. lm.json             bench_lm: opt-125m / llama-125m, ours vs the HF Trainer
-# On one H100: parts 1-3 took 54, 28 and 43 s; part 4 over 120 s (--modes train alone: about 100 s); part 5
+# On one H100: parts 1-3 took 54, 28 and 43 s; part 4 about 100 s; part 5
 # over 100 s (opt-125m alone: 381k tokens/s ours vs 301k for the HF Trainer).
 # TOTAL_SECONDS (default 720) is a deadline for the whole suite: later parts get what is left.
 # PRESET (default base), SMOKE_BATCH_SAMPLES (1600000) and LM_PRESETS (default: bench_lm's) shrink the suite
@@ -88,7 +88,7 @@ PY
 export -f train_smoke
 part train_smoke 90 bash -c train_smoke
 
-part spidr_compile 240 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference
+part spidr_compile 240 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference --modes train
 sed -n '/^{/,$p' "$OUT/spidr_compile.log" > "$OUT/spidr_compile.json"
 
 part lm 150 python3 benchmarks/bench_lm.py --steps 30 ${LM_PRESETS:+--presets $LM_PRESETS}
