@@ -300,8 +300,10 @@ class Codebooks(nn.ModuleList):
             cb.update(count, memory)
         return labels
 
-    def pending_state(self) -> dict[str, Tensor]:
-        """The statistics waiting for the next update (saved in training checkpoints)."""
+    def pending_state(self) -> dict[str, Tensor] | None:
+        """The statistics waiting for the next update (saved in training checkpoints); None when updating per step."""
+        if self.update_interval == 1:
+            return None
         return {"counts": self.pending_counts.cpu().clone(), "sums": self.pending_sums.cpu().clone(),
                 "steps": torch.tensor(self.pending_steps)}
 
