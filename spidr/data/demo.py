@@ -7,7 +7,7 @@ Wonderland* that ship with the Debian package. Every utterance gets its own rand
 (seeded), otherwise a deterministic TTS says a phone in a context identically and ABX is trivially 0. Output:
 
     OUT/train/manifest.tsv, train/wav/*.wav, train/text.txt   training corpus (id, path, num_samples, speaker)
-    OUT/dev/manifest.tsv, dev/wav/*.wav                          held-out sentences, every voice
+    OUT/dev/manifest.tsv, dev/wav/*.wav                          held-out sentences, each read by one voice
     OUT/dev/triphone.item, dev/phoneme.item                      ABX items (#file onset offset #phone prev next spk)
     OUT/dev/phones_100hz.jsonl                                   {"id", "phones"}: frame i = phone at (i + 0.5) * 10 ms
     OUT/dev/alignment.tsv                                        id onset offset phone
@@ -64,7 +64,9 @@ class DemoConfig:
     voices: tuple[str, ...] = VOICES
     train_sentences: int = 200  # Alice sentences in the training corpus
     train_voices_per_sentence: int = 2  # each training sentence is read by this many (random) voices
-    dev_sentences: int = 16  # held-out sentences for ABX / PNMI, read by every voice
+    # Held-out sentences per voice for ABX / PNMI. Each voice reads its own: were one sentence read by several
+    # voices, across-speaker ABX could match X to A by sentence context instead of by phone.
+    dev_sentences: int = 16
     lexical_pairs: int = 32  # sWUGGY word / nonword pairs, each read by every voice
     syntactic_pairs: int = 32  # sBLIMP sentence pairs, each read by every voice
     storycloze_stories: int = 16  # stories per StoryCloze task (sSC and tSC)
@@ -333,10 +335,11 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     order = rng.permutation(len(sentences))
     # Dev sentences are held out from training; prefer mid-length ones so items are plentiful but files short.
     mid = [i for i in order if 6 <= len(sentences[i].split()) <= 14]
-    dev_idx = mid[: cfg.dev_sentences]
+    dev_idx = mid[: cfg.dev_sentences * len(cfg.voices)]
     train_idx = [i for i in order if i not in set(dev_idx)][: cfg.train_sentences]
-    if len(dev_idx) < cfg.dev_sentences or len(train_idx) < cfg.train_sentences:
-        raise ValueError(f"demo config asks for {cfg.train_sentences} train + {cfg.dev_sentences} dev sentences; "
+    if len(dev_idx) < cfg.dev_sentences * len(cfg.voices) or len(train_idx) < cfg.train_sentences:
+        raise ValueError(f"demo config asks for {cfg.train_sentences} train + {cfg.dev_sentences} x "
+                         f"{len(cfg.voices)} voices dev sentences; "
                          f"the Alice text has {len(sentences)} ({len(mid)} of dev length)")
     train_text = [sentences[i] for i in train_idx]
     voices = list(cfg.voices)
@@ -348,9 +351,9 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
             jobs["train"].append(Utterance(out / "train/wav" / f"{uid}.wav", str(voice), sentences[i], (cfg.seed, 1, n,
                                                                                                         voices.index(voice))))
     for n, i in enumerate(dev_idx):
-        for v, voice in enumerate(voices):
-            uid = f"{voice}-dev{n:04d}"
-            jobs["dev"].append(Utterance(out / "dev/wav" / f"{uid}.wav", voice, sentences[i], (cfg.seed, 2, n, v)))
+        v = n % len(voices)
+        uid = f"{voices[v]}-dev{n:04d}"
+        jobs["dev"].append(Utterance(out / "dev/wav" / f"{uid}.wav", voices[v], sentences[i], (cfg.seed, 2, n, v)))
 
     # sWUGGY: words from the training text and from flite's other example text (out-of-vocabulary words).
     counts = word_counts(train_text)
