@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from eval.benchmarks import read_phone_labels
 from eval.unit_quality import CountAccumulator, quality_from_counts
@@ -73,12 +72,12 @@ def diagnose(model: DinoSR, wavs: list[torch.Tensor], ids: list[str],
     heads = {lay: [] for lay in layers}
     for wav in wavs:
         feats = model.features(standardize(wav)[None])
-        _, teacher_outs = model.teacher(feats)
+        every_frame = torch.arange(feats.shape[1]).unsqueeze(0)
+        teacher = model.teacher_targets(feats, every_frame)  # exactly what training assigns, for every frame
         probs = model.codebook_predictions([wav], layers)[0]
         for k, lay in enumerate(layers):
-            t = F.instance_norm(teacher_outs[lay - 1].float().transpose(1, 2)).transpose(1, 2)[0]
-            targets[lay].append(t.numpy())
-            assigned[lay].append(model.codebooks[k].assign(t).numpy())
+            targets[lay].append(teacher[k].numpy())
+            assigned[lay].append(model.codebooks[k].assign(teacher[k]).numpy())
             heads[lay].append(probs[lay].argmax(-1).numpy())
     size = model.codebook_size
     return {
