@@ -43,6 +43,9 @@ part() {
     timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "$name: rc=$rc after $(($(date +%s) - t0)) s (limit $limit s)" | tee -a "$SUMMARY"
+    # the benchmarks end their output with one indented JSON object
+    sed -n '/^{/,$p' "$OUT/$name.log" > "$OUT/$name.json"
+    [[ -s $OUT/$name.json ]] || rm -f "$OUT/$name.json"
 }
 
 {
@@ -51,10 +54,8 @@ part() {
 } > "$OUT/device.txt" 2>&1
 
 part spidr_base 150 python3 benchmarks/bench_spidr.py --preset $PRESET
-sed -n '/^{/,$p' "$OUT/spidr_base.log" > "$OUT/spidr_base.json"
 
 part extract 90 python3 -m benchmarks.bench_extract --encoders spidr-$PRESET,hf-tiny,mfcc
-sed -n '/^{/,$p' "$OUT/extract.log" > "$OUT/extract.json"
 
 train_smoke() {
     local dir=$SMOKE
@@ -89,9 +90,7 @@ export -f train_smoke
 part train_smoke 90 bash -c train_smoke
 
 part spidr_compile 240 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference --modes train
-sed -n '/^{/,$p' "$OUT/spidr_compile.log" > "$OUT/spidr_compile.json"
 
 part lm 150 python3 benchmarks/bench_lm.py --steps 30 ${LM_PRESETS:+--presets $LM_PRESETS}
-sed -n '/^{/,$p' "$OUT/lm.log" > "$OUT/lm.json"
 
 echo "total: $(($(date +%s) - START)) s" | tee -a "$SUMMARY"

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, _to_jsonable, model_config_from_dict
+from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, model_config_from_dict, to_jsonable
 from spidr.model import MODELS, DinoSR
 
 FORMAT = "textless-slm/spidr-checkpoint"
@@ -59,7 +59,7 @@ def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None =
         "format": FORMAT,
         "version": VERSION,
         "kind": model.kind,
-        "model_config": _to_jsonable(dataclasses.asdict(model.cfg)),
+        "model_config": to_jsonable(dataclasses.asdict(model.cfg)),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step),
         "train_config": train_config,
@@ -93,7 +93,7 @@ def export_official(model: DinoSR, path: str | Path, *, write_config: bool = Fal
 
 def official_config(cfg: ModelConfig) -> dict[str, Any]:
     """The official DinoSRConfig / SpidRConfig fields for an architecture (a flat dict, as in config.json)."""
-    ours = _to_jsonable(dataclasses.asdict(cfg))
+    ours = to_jsonable(dataclasses.asdict(cfg))
     return {theirs: ours[mine] for theirs, mine in _OFFICIAL_NAMES.items()}
 
 

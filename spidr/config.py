@@ -198,7 +198,7 @@ class TrainConfig:
         return _steps(self.freeze_step, 0.5, self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     def recipe_dict(self) -> dict[str, Any]:
         """The fields that change the trained weights (resume refuses a workdir trained with other values)."""
@@ -213,11 +213,12 @@ def _steps(value: int | None, ratio: float, max_steps: int) -> int:
     return int(value) if value is not None else round(ratio * max_steps)
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """Tuples (config fields) as lists, recursively, so a config dict round-trips through JSON unchanged."""
     if isinstance(obj, dict):
-        return {k: _to_jsonable(v) for k, v in obj.items()}
+        return {k: to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     return obj
 
 

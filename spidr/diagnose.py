@@ -36,12 +36,10 @@ from spidr.model import DinoSR, standardize
 def label_stats(labels: list[np.ndarray], size: int, phones: dict[str, list[str]] | None, ids: list[str],
                 label_rate: float = 100.0, frame_rate: float = 50.0) -> dict[str, float]:
     """Active labels, perplexity, same-as-previous-frame rate and (with phones) PNMI of per-utterance labels."""
-    flat = np.concatenate(labels)
-    counts = np.bincount(flat, minlength=size)
-    p = counts[counts > 0] / counts.sum()
+    counts = np.bincount(np.concatenate(labels), minlength=size)
     same = sum(int((lab[1:] == lab[:-1]).sum()) for lab in labels)
     pairs = sum(max(0, len(lab) - 1) for lab in labels)
-    out = {"active": int((counts > 0).sum()), "perplexity": float(math.exp(-(p * np.log(p)).sum())),
+    out = {"active": int((counts > 0).sum()), "perplexity": perplexity(counts),
            "same_as_previous": same / pairs if pairs else float("nan")}
     if phones is not None:
         acc = CountAccumulator(size, round(label_rate / frame_rate), max_length_diff=2)
@@ -52,11 +50,15 @@ def label_stats(labels: list[np.ndarray], size: int, phones: dict[str, list[str]
     return out
 
 
-def effective_rank(x: np.ndarray) -> float:
-    s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
-    p = s / s.sum()
-    p = p[p > 0]
+def perplexity(weights: np.ndarray) -> float:
+    """exp(entropy) of non-negative weights, normalised (0 log 0 = 0)."""
+    p = weights[weights > 0] / weights.sum()
     return float(math.exp(-(p * np.log(p)).sum()))
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Perplexity of the normalised squared singular values of the centred rows."""
+    return perplexity(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2)
 
 
 @torch.no_grad()
