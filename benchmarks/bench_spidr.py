@@ -29,12 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import spidr.model
 from spidr.config import ModelConfig, from_dict
 from spidr.masking import mask_indices
-from spidr.model import MODELS, ConvBlock, FeatureExtractor, SelfAttention, Transformer
+from spidr.model import MODELS, ConvBlock, FeatureExtractor, SelfAttention, Transformer, compile_model
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
@@ -45,8 +47,10 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 @contextlib.contextmanager
 def reference_settings():
-    """Boolean (B,1,T,T) attention mask always passed; conv1d + transposes in the front end (official code)."""
-    saved = (Transformer.forward, SelfAttention.forward, ConvBlock.forward, FeatureExtractor.forward)
+    """Boolean (B,1,T,T) attention mask always passed; conv1d + transposes in the front end; PyTorch's default
+    attention backends at inference, cuDNN's included (official code)."""
+    saved = (Transformer.forward, SelfAttention.forward, ConvBlock.forward, FeatureExtractor.forward,
+             spidr.model.INFERENCE_SDPA)
     t_fwd, a_fwd = Transformer.forward, SelfAttention.forward
 
     def transformer_forward(self, x, valid=None, **kw):
@@ -72,10 +76,12 @@ def reference_settings():
 
     Transformer.forward, SelfAttention.forward = transformer_forward, attention_forward
     ConvBlock.forward, FeatureExtractor.forward = block_forward, extractor_forward
+    spidr.model.INFERENCE_SDPA = [SDPBackend.CUDNN_ATTENTION, *spidr.model.INFERENCE_SDPA]
     try:
         yield
     finally:
-        Transformer.forward, SelfAttention.forward, ConvBlock.forward, FeatureExtractor.forward = saved
+        (Transformer.forward, SelfAttention.forward, ConvBlock.forward, FeatureExtractor.forward,
+         spidr.model.INFERENCE_SDPA) = saved
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,8 +135,7 @@ def worker(args: argparse.Namespace) -> dict:
     ctx = reference_settings() if reference else contextlib.nullcontext()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     if args.compile and not reference:
-        for m in (model.student, model.teacher):  # as spidr.train does
-            m.compile(dynamic=True)
+        compile_model(model)  # as spidr.train does
     out: dict = {"variant": args.variant, "mode": args.mode}
     with ctx:
         if args.mode == "train":

@@ -12,6 +12,7 @@ from its own FFN output (before the residual). DinoSR: the last student layer pr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -20,8 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spidr.config import ModelConfig
+
+INFERENCE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -32,6 +36,11 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def layer_norm_gelu(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """GELU(LayerNorm over the last dim) in x's dtype (both kernels compute in fp32 inside)."""
+    return F.gelu(F.layer_norm(x, x.shape[-1:], weight.to(x.dtype), bias.to(x.dtype), eps))
 
 
 class ConvBlock(nn.Module):
@@ -52,14 +61,28 @@ class ConvBlock(nn.Module):
             self.layer_norm = nn.LayerNorm(out_channels)
         elif norm == "group":
             self.layer_norm = nn.GroupNorm(out_channels, out_channels)  # official key name kept
+        self.norm_gelu = layer_norm_gelu  # `compile_model` swaps in a fused kernel
         nn.init.kaiming_normal_(self.conv.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] > 1:
+        conv = self.conv
+        if conv.in_channels == 1:
+            # On the waveform, a matmul over its (B, T, kernel) windows writes (B, T, C) memory directly; conv2d
+            # would write (B, C, 1, T), which the LayerNorm and the weight gradient then copy (the model's largest
+            # activation), and cuDNN's weight gradient for one input channel is slow.
+            windows = x.flatten(1).unfold(1, conv.kernel_size[0], conv.stride[0])
+            x = F.linear(windows, conv.weight.flatten(1), conv.bias).unsqueeze(1).permute(0, 3, 1, 2)
+        else:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, self.conv.weight.unsqueeze(2), self.conv.bias, stride=(1, self.conv.stride[0]))
+            x = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]))
         if self.norm == "layer":
-            return F.gelu(self.layer_norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # (B, 1, T, C) view
+            # Autocast would upcast these, the largest activations of the model, to fp32 for the LayerNorm and
+            # keep GELU in fp32: four extra passes over them, in both directions. Both kernels already compute
+            # in fp32 internally, so they run on the conv's dtype (only the LayerNorm's output is rounded to it).
+            with torch.autocast(x.device.type, enabled=False):
+                norm = self.layer_norm
+                y = self.norm_gelu(x.permute(0, 2, 3, 1), norm.weight, norm.bias, norm.eps)
+            return y.permute(0, 3, 1, 2)  # (B, 1, T, C) memory
         if self.norm == "group":
             x = self.layer_norm(x)
         return F.gelu(x)
@@ -547,6 +570,17 @@ class DinoSR(nn.Module):
         order = sorted((i for i, n in enumerate(frames) if n > 0), key=lambda i: -wavs[i].numel())
         # GroupNorm normalises each channel over time, padding included: batch equal lengths only
         exact = self.cfg.extractor_mode != "layer_norm"
+        # On CUDA, a batch's outputs are copied to the host on a side stream while the next batch computes.
+        copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        pending: tuple[list[int], dict[int, Tensor], torch.cuda.Event | None] | None = None
+
+        def collect(batch: list[int], out: dict[int, Tensor], ready: torch.cuda.Event | None) -> None:
+            with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
+                if ready is not None:
+                    copy_stream.wait_event(ready)
+                for row, i in enumerate(batch):  # per item: small host buffers are reused, big ones page-fault
+                    results[i] = {lay: out[lay][row, : frames[i]].float().cpu() for lay in layers}
+
         was_training = self.training
         self.eval()
         try:
@@ -563,16 +597,23 @@ class DinoSR(nn.Module):
                 for row, i in enumerate(batch):
                     w = wavs[i].to(device)
                     x[row, : w.numel()] = standardize(w)
-                lengths = torch.tensor([frames[i] for i in batch], device=device)
                 t = self.frame_count(longest)
                 valid = None
-                if int(lengths.min()) < t:
+                if min(frames[i] for i in batch) < t:  # decided on the host: no device sync
+                    lengths = torch.tensor([frames[i] for i in batch]).to(device)
                     valid = torch.arange(t, device=device).unsqueeze(0) < lengths.unsqueeze(1)
                 use_amp = autocast and device.type == "cuda"
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                # Not cuDNN attention: it builds a new plan (~10 ms of CPU per layer) for every new length
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), sdpa_kernel(INFERENCE_SDPA):
                     out = run(self.features(x), valid)
-                for row, i in enumerate(batch):
-                    results[i] = {lay: out[lay][row, : frames[i]].float().cpu() for lay in layers}
+                ready = torch.cuda.Event() if copy_stream is not None else None
+                if ready is not None:
+                    ready.record()
+                if pending is not None:
+                    collect(*pending)
+                pending = (batch, out, ready)
+            if pending is not None:
+                collect(*pending)
         finally:
             self.train(was_training)
         return results  # type: ignore[return-value]
@@ -598,6 +639,21 @@ class SpidR(DinoSR):
 
 
 MODELS: dict[str, type[DinoSR]] = {"spidr": SpidR, "dinosr": DinoSR}
+
+
+def compile_model(model: DinoSR) -> None:
+    """torch.compile, in place, the student and teacher transformers and the front end's LayerNorm + GELU.
+
+    The conv front end itself stays eager (inductor fails on its channels-last convs); fusing its LayerNorm and
+    GELU into one kernel saves a read and a write of its largest activations in each direction.
+    `dynamic=True` because the number of frames changes from batch to batch.
+    """
+    for module in (model.student, model.teacher):
+        if module is not None:
+            module.compile(dynamic=True)
+    fused = torch.compile(layer_norm_gelu, dynamic=True)
+    for block in model.feature_extractor.conv_layers:
+        block.norm_gelu = fused
 
 
 def build_model(

@@ -33,7 +33,7 @@ from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
 from spidr.config import ConfigError, TrainConfig, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
 from spidr.io import atomic_write_json, file_sha256, provenance
-from spidr.model import MODELS, DinoSR
+from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
 
 SAMPLE_RATE = 16_000
@@ -226,9 +226,8 @@ class Trainer:
         if not self.main or state is None:  # per-rank dropout streams; rank 0 of a resumed run restored above
             torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))
         self.resumed_from = resume
-        if cfg.compile:  # the transformers; inductor (torch 2.14) fails on the channels-last conv front end
-            for module in (self.model.student, self.model.teacher):
-                module.compile(dynamic=True)
+        if cfg.compile:
+            compile_model(self.model)
         self.ddp = self._wrap()
         self.metrics = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.main)
         self._reset_meters()
