@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
 from spidr.config import ConfigError, ModelConfig, from_dict, preset
 from spidr.masking import mask_indices
-from spidr.model import Codebook, Codebooks, build_model
+from spidr.model import Codebook, Codebooks, build_model, compile_model, layer_norm_gelu
 from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
 
 
@@ -183,6 +183,64 @@ def test_batched_inference_equals_one_at_a_time(kind, mode):
             torch.testing.assert_close(p[layer], alone_p[layer], rtol=1e-5, atol=1e-6)
             if n:
                 torch.testing.assert_close(p[layer].sum(-1), torch.ones(n))
+
+
+@pytest.mark.parametrize("mode", ["layer_norm", "group_norm"])
+def test_front_end_equals_a_plain_conv1d_stack(mode):
+    """The channels-last / matmul front end computes what Conv1d -> norm -> GELU layers compute."""
+    cfg = from_dict({"preset": "tiny", "model": {"extractor_mode": mode}}).model
+    model = build_model(cfg, seed=0)
+    wav = torch.randn(2, 7_001)
+    x = wav.unsqueeze(1)
+    for i, block in enumerate(model.feature_extractor.conv_layers):
+        x = block.conv(x)
+        if mode == "layer_norm":
+            x = block.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        elif i == 0:
+            x = block.layer_norm(x)
+        x = F.gelu(x)
+    torch.testing.assert_close(model.feature_extractor(wav), x.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_front_end_norm_and_gelu_run_outside_autocast_in_the_conv_dtype():
+    """CUDA autocast would upcast the front end's LayerNorm (the largest activations) to fp32: it must be off there.
+
+    CPU autocast keeps LayerNorm in bf16 either way, so this checks what the norm sees rather than its output.
+    """
+    model = build_model("tiny", seed=0)
+    seen = []
+
+    def spy(x, weight, bias, eps):
+        seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return layer_norm_gelu(x, weight, bias, eps)
+
+    for block in model.feature_extractor.conv_layers:
+        block.norm_gelu = spy
+    wav = torch.randn(2, 16_000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.feature_extractor(wav)
+    assert seen == [(torch.bfloat16, False)] * len(model.feature_extractor.conv_layers)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), model.feature_extractor(wav), rtol=0.1, atol=0.1)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    """`compile_model` (spidr.train's `compile: true`) changes speed, not results."""
+    cfg = from_dict({"preset": "tiny", "model": {"dropout": 0.0, "attention_dropout": 0.0}}).model  # RNGs differ
+    model = build_model(cfg, seed=0).train()
+    wav = torch.randn(2, 16_000)
+    index = mask_indices(2, model.frame_count(16_000), generator=torch.Generator().manual_seed(0))
+    compiled = copy.deepcopy(model)
+    compile_model(compiled)
+    loss, _ = model(wav, index)
+    loss_c, _ = compiled(wav, index)
+    loss.backward()
+    loss_c.backward()
+    torch.testing.assert_close(loss_c, loss, rtol=1e-4, atol=1e-4)
+    for (name, p), q in zip(model.named_parameters(), compiled.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_encode_standardises_each_utterance():
