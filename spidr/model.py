@@ -48,8 +48,9 @@ class ConvBlock(nn.Module):
 
     norm "layer": LayerNorm over channels per frame (SpidR); "group": GroupNorm with one group per channel, i.e.
     each channel normalised over time (wav2vec 2.0 / HuBERT base, first layer only); None: no norm.
-    The Conv1d runs as a conv2d over a height-1 image in channels-last memory, so the per-frame LayerNorm reads
-    contiguous channels and no transpose copy is made (about 2x faster on CPU than conv1d + transposes).
+    The Conv1d runs as a conv2d over a height-1 image in channels-last memory (the first one, on the waveform, as
+    a matmul over its windows), so the per-frame LayerNorm reads contiguous channels and no transpose copy is made
+    (about 2x faster on CPU than conv1d + transposes; see README "Performance" for the GPU).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
