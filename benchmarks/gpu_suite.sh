@@ -10,7 +10,7 @@
 #   3. train_smoke.log     python -m spidr.train, base, on generated noise: 30 steps, killed at 20 and resumed
 #   4. spidr_compile.json  bench_spidr training with torch.compile (ours only)
 #   5. lm.json             bench_lm: opt-125m / llama-125m, ours vs the HF Trainer
-# On one H100: parts 1-3 took 54, 28 and 43 s; part 4 about 100 s; part 5
+# On one H100: parts 1-3 took about 60, 28 and 43 s; part 4 about 120 s; part 5
 # over 100 s (opt-125m alone: 381k tokens/s ours vs 301k for the HF Trainer).
 # TOTAL_SECONDS (default 720) is a deadline for the whole suite: later parts get what is left.
 # PRESET (default base), SMOKE_BATCH_SAMPLES (1600000) and LM_PRESETS (default: bench_lm's) shrink the suite
