@@ -75,7 +75,7 @@ def worker_hf_trainer(job: dict[str, Any]) -> dict[str, Any]:
     from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
     from lm.model import UnitVocab, build_config, build_model, document_causal_mask
     from lm.train import TrainConfig
-    from spidr.units_io import read_units_meta
+    from units.format import read_units_meta
 
     cfg = TrainConfig.from_dict(job["config"])
     cuda = torch.cuda.is_available()
@@ -215,8 +215,8 @@ def main() -> None:
 
     import torch
 
+    from common.io import code_version
     from lm.synthetic import write_markov_units
-    from spidr.io import code_version
 
     cuda = torch.cuda.is_available()
     presets = (args.presets or ("opt-125m,llama-125m" if cuda else "tiny,tiny-opt")).split(",")

@@ -23,7 +23,7 @@ import torch
 from eval.abx import AbxConfig, run, slicing_env
 from eval.benchmarks import read_phone_labels
 from eval.unit_quality import UnitQualityConfig, evaluate, quality_from_counts
-from spidr.units_io import UnitsWriter, iter_units
+from units.format import UnitsWriter, iter_units
 
 PHONES = [f"p{i}" for i in range(39)] + ["SIL"]
 

@@ -4,7 +4,7 @@ Usage:
     python -m eval.abx --item dev/triphone.item --features FEATDIR --out METRICS.json [--frame-rate 50]
     python -m eval.abx --item dev/phoneme.item --units UNITS.parquet --out METRICS.json [--config JSON] [--labels JSON]
 
-FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance; UNITS.parquet is a units file (spidr.units_io; a
+FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance; UNITS.parquet is a units file (units.format; a
 deduplicated one is expanded back to frames with its durations). The conditions follow ZeroSpeech 2021 as
 `fastabx.zerospeech_abx` defines them: triphone items give within-context ABX, phoneme items within- and
 any-context ABX, each within and across speaker, averaged over contexts, then speakers, then ordered phone
@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
+from common.io import flat_config
 from eval.benchmarks import ItemFile, item_kind, read_item_file
 from eval.results import Metric, parse_labels, write_metrics
-from spidr.io import flat_config
-from spidr.units_io import read_units, read_units_meta
+from units.format import read_units, read_units_meta
 
 SLICINGS = {
     "fastabx": "fastabx (frame i at (i+1/2)/f belongs to a token iff onset <= t_i <= offset, last frame kept)",
@@ -183,7 +183,7 @@ def feature_files(featdir: Path) -> dict[str, Path]:
 
 
 def features_frame_rate(featdir: Path, given: float | None) -> float:
-    """The rate of a features folder: --frame-rate, or the `frame_rate` spidr.extract records in _SUCCESS.json,
+    """The rate of a features folder: --frame-rate, or the `frame_rate` units.extract records in _SUCCESS.json,
     or 50 Hz (HuBERT / wav2vec 2.0 / SpidR) when neither says."""
     marker = featdir / "_SUCCESS.json"
     recorded = None

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write_json, atomic_write_text, provenance
 from eval.results import LABEL_KEYS, read_metrics
-from spidr.io import atomic_write_json, atomic_write_text, provenance
 
 ROW_KEYS = ("encoder", "units", "quantizer", "layer", "k", "lm")  # the last one, lm, is what unit metrics lack
 ROW_TITLES = {"encoder": "Encoder", "units": "Units", "quantizer": "Quantizer", "layer": "Layer", "k": "K", "lm": "LM"}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spidr.io import atomic_write_json, provenance
+from common.io import atomic_write_json, provenance
 
 METRICS_FORMAT = "textless-slm/metrics-v1"
 LABEL_KEYS = ("experiment", "encoder", "encoder_kind", "units", "quantizer", "layer", "k", "lm")

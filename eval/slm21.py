@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write_text
 from eval.benchmarks import read_lexical_gold, read_syntactic_gold, split_of
 from eval.results import (
     Metric,
@@ -43,7 +44,6 @@ from eval.results import (
     scoring_conventions,
     write_metrics,
 )
-from spidr.io import atomic_write_text
 
 FREQUENCY_BINS = (0, 1, 5, 20, 100, float("inf"))
 FREQUENCY_BANDS = ("oov", "1-5", "6-20", "21-100", ">100")

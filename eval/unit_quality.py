@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from common.io import flat_config
 from eval.benchmarks import read_phone_labels
 from eval.results import Metric, parse_labels, write_metrics
-from spidr.io import flat_config
-from spidr.units_io import iter_units, read_units_meta
+from units.format import iter_units, read_units_meta
 
 
 @dataclass(frozen=True)

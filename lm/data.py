@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lm.model import UnitVocab
-from spidr.units_io import UnitsFileError, read_units_meta
+from units.format import UnitsFileError, read_units_meta
 
 DATA_FORMAT = 1
 IGNORE_INDEX = -100

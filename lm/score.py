@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from common.io import atomic_write_json, provenance
 from lm.model import UnitVocab, document_causal_mask
-from spidr.io import atomic_write_json, provenance
-from spidr.units_io import iter_units, read_units_meta
+from units.format import iter_units, read_units_meta
 
 PAD_MULTIPLE = 16
 NORMALISATIONS = ("mean", "sum")
@@ -147,7 +147,7 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="unit-LM directory written by lm.train")
-    parser.add_argument("--units", required=True, help="units file to score (Parquet, spidr.units_io)")
+    parser.add_argument("--units", required=True, help="units file to score (Parquet, units.format)")
     parser.add_argument("--out", required=True, help="TSV of `id<TAB>score` lines; conventions go to OUT.json")
     parser.add_argument("--normalisation", choices=NORMALISATIONS, default="mean")
     parser.add_argument("--no-eos", dest="eos", action="store_false", help="do not append and score <eos>")

@@ -1,7 +1,7 @@
 """Synthetic deduplicated unit corpora (a sparse Markov chain) for LM tests, benchmarks and budget planning.
 
 Each unit has a few likely successors, never itself (the units are deduplicated), so an LM can learn the chain
-and its loss falls well below log(K). Written with spidr.units_io, exactly like the units stage's output.
+and its loss falls well below log(K). Written with units.format, exactly like the units stage's output.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spidr.units_io import UnitsWriter
+from units.format import UnitsWriter
 
 
 def write_markov_units(path: str | Path, *, num_utterances: int, vocab_size: int = 256, min_len: int = 20,

@@ -28,10 +28,10 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.io import atomic_write_json, check_keys, provenance
 from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
 from lm.model import PRESETS, UnitVocab, build_config, build_model, count_parameters, document_causal_mask
-from spidr.io import atomic_write_json, check_keys, provenance
-from spidr.units_io import read_units_meta
+from units.format import read_units_meta
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -436,7 +436,7 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--units", required=True, help="deduplicated training units (Parquet, spidr.units_io)")
+    parser.add_argument("--units", required=True, help="deduplicated training units (Parquet, units.format)")
     parser.add_argument("--workdir", required=True, help="resume state: data arrays, checkpoint, metrics.jsonl")
     parser.add_argument("--out", required=True, help="final model directory (Hugging Face save_pretrained)")
     parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (see TrainConfig)")

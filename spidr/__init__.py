@@ -1,1 +1,1 @@
-"""SpidR: self-supervised speech encoder (model, pretraining, data pipeline, feature and unit extraction)."""
+"""SpidR / DinoSR: the self-supervised speech encoder (model, objective, schedules, pretraining, checkpoints)."""

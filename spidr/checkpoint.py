@@ -70,7 +70,7 @@ def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None =
 def save_model(model: DinoSR, path: str | Path, *, step: int = 0, train_config: dict | None = None, **extra) -> None:
     """Write `model` in our format, atomically (e.g. a randomly initialised `build_model("tiny")` for tests)."""
     if "provenance" not in extra:
-        from spidr.io import provenance
+        from common.io import provenance
 
         extra["provenance"] = provenance(train_config)
     atomic_torch_save(checkpoint_dict(model, step=step, train_config=train_config, **extra), path)
@@ -86,7 +86,7 @@ def export_official(model: DinoSR, path: str | Path, *, write_config: bool = Fal
         raise CheckpointError("the official layout holds the teacher: load the model with teacher=True to export it")
     atomic_torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
     if write_config:
-        from spidr.io import atomic_write_json
+        from common.io import atomic_write_json
 
         atomic_write_json(Path(path).with_name("config.json"), official_config(model.cfg))
 

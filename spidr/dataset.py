@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from data.audio import load_audio
+from data.manifest import read_manifest
 from spidr.config import DataConfig, MaskConfig
-from spidr.data.audio import load_audio
-from spidr.data.manifest import read_manifest
 from spidr.masking import mask_indices
 from spidr.model import frame_count
 

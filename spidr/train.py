@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common.io import atomic_write_json, file_sha256, provenance
 from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
 from spidr.config import ConfigError, TrainConfig, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
-from spidr.io import atomic_write_json, file_sha256, provenance
 from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
 

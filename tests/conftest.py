@@ -30,9 +30,9 @@ def require_flite() -> None:
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo corpus in the official layouts (see spidr/data/demo.py), read-only for tests."""
+    """A small demo corpus in the official layouts (see data/demo.py), read-only for tests."""
     require_flite()
-    from spidr.data.demo import DemoConfig, generate
+    from data.demo import DemoConfig, generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, DemoConfig.from_dict(SMALL_DEMO), threads=2)

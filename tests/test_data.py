@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from spidr.data.audio import SAMPLE_RATE, BadAudioError, check_audio, load_audio
-from spidr.data.demo import DemoConfig, abx_items, frame_labels, generate, make_nonword, parse_psdur
-from spidr.data.manifest import ManifestError, build_manifest, read_manifest
+from data.audio import SAMPLE_RATE, BadAudioError, check_audio, load_audio
+from data.demo import DemoConfig, abx_items, frame_labels, generate, make_nonword, parse_psdur
+from data.manifest import ManifestError, build_manifest, read_manifest
 from tests.conftest import SMALL_DEMO, require_flite
 
 ARPABET = {"AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY",
@@ -269,7 +269,7 @@ def test_convert_accepts_other_rates_and_channels(tmp_path: Path) -> None:
 
 def test_manifest_cli_reports_the_error(tmp_path: Path) -> None:
     make_bad_files(tmp_path / "bad/9/0")
-    out = subprocess.run([sys.executable, "-m", "spidr.data.manifest", str(tmp_path / "bad"), str(tmp_path / "m.tsv")],
+    out = subprocess.run([sys.executable, "-m", "data.manifest", str(tmp_path / "bad"), str(tmp_path / "m.tsv")],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "9-0-notaudio.wav" in out.stderr
 

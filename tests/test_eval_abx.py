@@ -13,7 +13,7 @@ from fastabx import zerospeech_abx
 
 from eval.abx import AbxConfig, conditions_for, features_frame_rate, run, select_items, slicing_env, token_frames
 from eval.benchmarks import BenchmarkLayoutError, read_item_file
-from spidr.units_io import UnitsWriter
+from units.format import UnitsWriter
 
 HEADER = "#file onset offset #phone prev-phone next-phone speaker\n"
 PHONES = ("a", "b", "c")
@@ -108,7 +108,7 @@ def test_phoneme_conditions_without_subsampling_match_direct_fastabx(corpus: Pat
 
 
 def test_units_identical_distance_matches_direct_fastabx(corpus: Path, tmp_path: Path) -> None:
-    from spidr.units_io import read_units
+    from units.format import read_units
 
     unit_dir = tmp_path / "unitfeats"
     unit_dir.mkdir()
@@ -125,7 +125,7 @@ def test_units_identical_distance_matches_direct_fastabx(corpus: Path, tmp_path:
 
 
 def test_deduplicated_units_are_expanded_to_frames(corpus: Path, tmp_path: Path) -> None:
-    from spidr.units_io import read_units
+    from units.format import read_units
 
     dedup = tmp_path / "dedup.parquet"
     with UnitsWriter(dedup, vocab_size=len(PHONES), frame_rate=50, deduplicated=True) as writer:

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torchaudio
 
+from data.audio import load_audio
 from eval import abx, report, slm21, storycloze, unit_quality
-from spidr.data.audio import load_audio
-from spidr.units_io import UnitsWriter
+from units.format import UnitsWriter
 
 K = 8
 

@@ -11,7 +11,7 @@ import pytest
 
 from eval.benchmarks import BenchmarkLayoutError
 from eval.unit_quality import UnitQualityConfig, evaluate, quality_from_counts, run
-from spidr.units_io import UnitsWriter
+from units.format import UnitsWriter
 
 # Phones A, B x units 0..3 (unit 3 never used). p(A) = .6, p(B) = .4, p(u) = (.4, .3, .3, 0).
 COUNTS = np.array([[4, 0, 2, 0],

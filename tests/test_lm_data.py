@@ -9,7 +9,7 @@ import torch
 from lm.data import IGNORE_INDEX, PackedBlocks, permute, prepare_token_arrays, split_key, train_block_ids
 from lm.model import UnitVocab, document_causal_mask
 from lm.synthetic import write_markov_units
-from spidr.units_io import UnitsFileError, UnitsWriter, read_units
+from units.format import UnitsFileError, UnitsWriter, read_units
 
 
 @pytest.fixture(scope="module")

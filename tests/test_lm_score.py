@@ -13,7 +13,7 @@ from lm.model import UnitVocab, build_config, build_model
 from lm.score import load_lm, score_sequences, score_units_file
 from lm.synthetic import write_markov_units
 from lm.train import write_model_dir
-from spidr.units_io import UnitsWriter, read_units
+from units.format import UnitsWriter, read_units
 
 K = 12
 

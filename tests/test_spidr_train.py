@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from data.audio import write_wav
+from data.manifest import build_manifest
 from spidr.checkpoint import load_encoder, read_checkpoint
 from spidr.config import DataConfig, MaskConfig, from_dict
-from spidr.data.audio import write_wav
-from spidr.data.manifest import build_manifest
 from spidr.dataset import PretrainBatches, plan_batches
 from spidr.model import DinoSR
 from spidr.train import Trainer, TrainingDiverged, WorkdirMismatch, main, train
@@ -191,8 +191,8 @@ def test_loss_decreases_on_the_demo_corpus(demo_corpus, tmp_path):
 
 
 def test_diagnose_reports_teacher_and_head_labels(corpus, tmp_path):
-    from spidr.diagnose import label_stats
-    from spidr.diagnose import main as diagnose_main
+    from eval.diagnose import label_stats
+    from eval.diagnose import main as diagnose_main
 
     # by hand: labels 0 0 1 | 2 2 ; phones repeated x2 at 100 Hz and identical to the labels -> PNMI 1
     labs = [np.array([0, 0, 1]), np.array([2, 2])]

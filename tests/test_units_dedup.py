@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from spidr.dedup import UnitStats, deduplicate, main, run_length
-from spidr.units_io import UnitsFileError, UnitsWriter, read_units, read_units_meta
+from units.dedup import UnitStats, deduplicate, main, run_length
+from units.format import UnitsFileError, UnitsWriter, read_units, read_units_meta
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spidr.encoders import (
+from tests.units_helpers import make_hf_hubert, make_spidr
+from units.encoders import (
     EncoderConfigError,
     EncoderSpec,
     check_units_config,
@@ -16,7 +17,6 @@ from spidr.encoders import (
     plan_pieces,
     validate_units_request,
 )
-from tests.units_helpers import make_hf_hubert, make_spidr
 
 LENGTHS = (16000, 9000, 12345, 400, 3000, 719)
 

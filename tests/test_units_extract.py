@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from spidr.data.audio import BadAudioError, load_audio
-from spidr.data.manifest import read_manifest
-from spidr.encoders import RunOptions, frame_count, get_encoder
-from spidr.extract import extract_features, extract_units, main
-from spidr.kmeans import KMeansError, fit_from_corpus
-from spidr.units_io import read_units, read_units_meta
+from data.audio import BadAudioError, load_audio
+from data.manifest import read_manifest
 from tests.units_helpers import make_corpus, make_hf_hubert, make_spidr
+from units.encoders import RunOptions, frame_count, get_encoder
+from units.extract import extract_features, extract_units, main
+from units.format import read_units, read_units_meta
+from units.kmeans import KMeansError, fit_from_corpus
 
 RUN = RunOptions(progress=False, workers=2)
 
@@ -158,7 +158,7 @@ def test_units_resume_after_a_failure_and_bad_audio_policy(tmp_path, corpus):
 
 
 def test_units_resume_reuses_finished_shards(tmp_path, corpus, monkeypatch):
-    from spidr import extract as ex
+    from units import extract as ex
 
     spec = {"kind": "mfcc"}
     km = tmp_path / "km.npz"
@@ -218,7 +218,7 @@ def test_cli_units_text_and_validate(tmp_path, corpus, spidr_ckpt):
 def test_demo_corpus_units_dedup_and_abx_features(tmp_path, demo_corpus, spidr_ckpt):
     """The demo corpus through the stage: k-means on train, units + dedup of dev, dev features read by eval.abx."""
     from eval.abx import main as abx_main
-    from spidr.dedup import deduplicate
+    from units.dedup import deduplicate
 
     spec = {"kind": "spidr", "checkpoint": spidr_ckpt}
     km = tmp_path / "km.npz"

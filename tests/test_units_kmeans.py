@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from spidr.encoders import EncoderSpec, RunOptions
-from spidr.kmeans import (
+from tests.units_helpers import make_corpus
+from units.encoders import EncoderSpec, RunOptions
+from units.kmeans import (
     KMeansError,
     KMeansModel,
     fit_from_corpus,
@@ -16,7 +17,6 @@ from spidr.kmeans import (
     nearest_centroid,
     sample_plan,
 )
-from tests.units_helpers import make_corpus
 
 
 def blobs(n: int = 600, k: int = 4, dim: int = 8, seed: int = 0) -> np.ndarray:

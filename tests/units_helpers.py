@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spidr.data.audio import SAMPLE_RATE, write_wav
-from spidr.data.manifest import build_manifest
+from data.audio import SAMPLE_RATE, write_wav
+from data.manifest import build_manifest
 
 
 def speechlike(seconds: float, rng: np.random.Generator) -> np.ndarray:

@@ -34,7 +34,7 @@ def _check_references():
     """
     from lm.train import TrainConfig as LMTrainConfig
     from spidr.config import from_dict as spidr_train_config
-    from spidr.encoders import EncoderConfigError, validate_units_request
+    from units.encoders import EncoderConfigError, validate_units_request
 
     def need(kind, name, where, known):
         if name not in known:
@@ -176,7 +176,7 @@ def encoder_checkpoint(name):
 
 
 def encoder_spec(name):
-    """The encoder spec JSON of spidr.encoders.EncoderSpec."""
+    """The encoder spec JSON of units.encoders.EncoderSpec."""
     enc = config["encoders"][name]
     spec = {"kind": enc["kind"]}
     if enc["kind"] in ("spidr", "dinosr"):

@@ -22,7 +22,7 @@ rule demo_data:
         demo=demo_config(),
         out=lambda wc, output: os.path.dirname(output.info),
     shell:
-        "python -m spidr.data.demo {params.out} --config '{params.demo}' --threads {threads} > {log} 2>&1"
+        "python -m data.demo {params.out} --config '{params.demo}' --threads {threads} > {log} 2>&1"
 
 
 rule manifest:
@@ -42,5 +42,5 @@ rule manifest:
             "--convert" if config["corpora"][wc.corpus]["convert"] else ""
         ),
     shell:
-        "python -m spidr.data.manifest {params.root} {output} --ext {params.ext} --speaker {params.speaker} "
+        "python -m data.manifest {params.root} {output} --ext {params.ext} --speaker {params.speaker} "
         "--bad-audio {params.bad_audio} {params.convert} --threads {threads} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule benchmark_manifest:
     params:
         root=lambda wc: benchmark_layout(wc.benchmark)[wc.lmtask],
     shell:
-        "python -m spidr.data.manifest {params.root} {output} --speaker prefix --threads {threads} > {log} 2>&1"
+        "python -m data.manifest {params.root} {output} --speaker prefix --threads {threads} > {log} 2>&1"
 
 
 rule fit_kmeans:
@@ -42,7 +42,7 @@ rule fit_kmeans:
         niter=lambda wc: units_entry(wc)["fit"]["niter"],
         bad_audio=config["eval"]["bad_audio"],
     shell:
-        "python -m spidr.kmeans fit --encoder '{params.encoder}' --layer {params.layer} --manifest {input.manifest} "
+        "python -m units.kmeans fit --encoder '{params.encoder}' --layer {params.layer} --manifest {input.manifest} "
         "--k {params.k} --seed {params.seed} --max-frames {params.max_frames} --niter {params.niter} "
         "--out {output} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
 
@@ -68,7 +68,7 @@ rule quantize:
         ),
         bad_audio=config["eval"]["bad_audio"],
     shell:
-        "python -m spidr.extract units --encoder '{params.encoder}' --layer {params.layer} "
+        "python -m units.extract units --encoder '{params.encoder}' --layer {params.layer} "
         "--quantizer {params.quantizer} {params.kmeans} --manifest {input.manifest} --out {output} "
         "--bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
 
@@ -82,7 +82,7 @@ rule dedup:
     log:
         "logs/dedup/{units}/{dataset}.log",
     shell:
-        "python -m spidr.dedup {input} {output.units} --stats {output.stats} > {log} 2>&1"
+        "python -m units.dedup {input} {output.units} --stats {output.stats} > {log} 2>&1"
 
 
 rule extract_features:
@@ -105,5 +105,5 @@ rule extract_features:
         out=lambda wc, output: os.path.dirname(output[0]),
         bad_audio=config["eval"]["bad_audio"],
     shell:
-        "python -m spidr.extract features --encoder '{params.encoder}' --layer {wildcards.layer} "
+        "python -m units.extract features --encoder '{params.encoder}' --layer {wildcards.layer} "
         "--manifest {input.manifest} --out {params.out} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"

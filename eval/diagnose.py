@@ -1,7 +1,7 @@
 """Codebook diagnostics of a SpidR / DinoSR checkpoint: how its teacher and student label a corpus, layer by layer.
 
 Usage:
-    python -m spidr.diagnose --checkpoint CKPT.pt --manifest DEV.tsv [--phones dev/phones_100hz.jsonl]
+    python -m eval.diagnose --checkpoint CKPT.pt --manifest DEV.tsv [--phones dev/phones_100hz.jsonl]
         [--max-utterances 200] [--out REPORT.json]
 
 For each codebook layer, on clean input (no masking, no update):
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.io import atomic_write_json, provenance
+from data.audio import load_audio
+from data.manifest import read_manifest
 from eval.benchmarks import read_phone_labels
 from eval.unit_quality import CountAccumulator, quality_from_counts
 from spidr.checkpoint import load_model
-from spidr.data.audio import load_audio
-from spidr.data.manifest import read_manifest
-from spidr.io import atomic_write_json, provenance
 from spidr.model import DinoSR, standardize
 
 

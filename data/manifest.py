@@ -1,6 +1,6 @@
 """Corpus manifests (TSV: id, path, num_samples, speaker) built from any directory of wav/flac, bad files reported.
 
-Usage: python -m spidr.data.manifest ROOT OUT.tsv [--ext flac] [--speaker dir|prefix] [--bad-audio fail|skip]
+Usage: python -m data.manifest ROOT OUT.tsv [--ext flac] [--speaker dir|prefix] [--bad-audio fail|skip]
 
 `path` is stored relative to the manifest's directory when the audio lies below it, absolute otherwise, so a
 manifest can move together with its audio. `id` is the file stem (LibriSpeech: `6295-244435-0009`), which is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spidr.data.audio import AUDIO_EXTENSIONS, check_audio
+from data.audio import AUDIO_EXTENSIONS, check_audio
 
 MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
 BAD_AUDIO_POLICIES = ("fail", "skip")

@@ -1,22 +1,22 @@
 """Feature and unit extraction: per-utterance feature files (for ABX) and frame-level 50 Hz units (Parquet).
 
 Usage:
-  python -m spidr.extract features --encoder JSON --layer L --manifest M.tsv --out DIR [--codebook-probs]
+  python -m units.extract features --encoder JSON --layer L --manifest M.tsv --out DIR [--codebook-probs]
       One DIR/<utt-id>.pt float32 tensor (frames, dim) per utterance, what fastabx reads
       (`Dataset.from_item(item, DIR, 50)`). Resumable: finished files are kept and skipped. DIR/_SUCCESS.json
       (provenance, counts, skipped files) is written last; DIR/_CONFIG.json guards against mixing configs.
-  python -m spidr.extract units --encoder JSON --layer L --quantizer codebook|kmeans [--kmeans K.npz] \
+  python -m units.extract units --encoder JSON --layer L --quantizer codebook|kmeans [--kmeans K.npz] \
       --manifest M.tsv --out UNITS.parquet
-      Frame-level units in the spidr.units_io format (vocab_size = codebook size or K). Resumable by shard from a
+      Frame-level units in the units.format format (vocab_size = codebook size or K). Resumable by shard from a
       work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
-  python -m spidr.extract text UNITS.parquet OUT.txt
+  python -m units.extract text UNITS.parquet OUT.txt
       Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
-  python -m spidr.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans] [--train-config JSON]
+  python -m units.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans] [--train-config JSON]
       Check that the encoder, layer and quantizer fit together (exit status 1 and a message naming the value);
       --train-config gives the depth and heads of a SpidR / DinoSR that is still to be pretrained.
 
 Encoder JSON: {"kind": "spidr"|"dinosr", "checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} |
-{"kind": "mfcc"}. Layer numbering: see spidr.encoders. Run options (device, precision, batching, chunking,
+{"kind": "mfcc"}. Layer numbering: see units.encoders. Run options (device, precision, batching, chunking,
 --bad-audio fail|skip): `--help` of a subcommand.
 """
 
@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from spidr.data.audio import BadAudioError
-from spidr.data.manifest import ManifestError, read_manifest
-from spidr.encoders import (
+from common.io import atomic_write_json, file_sha256, provenance
+from data.audio import BadAudioError
+from data.manifest import ManifestError, read_manifest
+from units.encoders import (
     QUANTIZERS,
     Encoder,
     EncoderConfigError,
@@ -52,9 +53,8 @@ from spidr.encoders import (
     progress_bar,
     run_options_from_args,
 )
-from spidr.io import atomic_write_json, file_sha256, provenance
-from spidr.kmeans import KMeansError, KMeansModel, nearest_centroid
-from spidr.units_io import UnitsWriter, iter_units, read_units_meta, write_text_units
+from units.format import UnitsWriter, iter_units, read_units_meta, write_text_units
+from units.kmeans import KMeansError, KMeansModel, nearest_centroid
 
 SUCCESS = "_SUCCESS.json"
 CONFIG = "_CONFIG.json"
@@ -113,7 +113,7 @@ def make_quantizer(encoder: Encoder, spec: EncoderSpec, layer: int, quantizer: s
             raise EncoderConfigError("--kmeans is only for --quantizer kmeans")
         return CodebookQuantizer(encoder, layer)
     if kmeans is None:
-        raise EncoderConfigError("--quantizer kmeans needs --kmeans PATH (fit one with python -m spidr.kmeans fit)")
+        raise EncoderConfigError("--quantizer kmeans needs --kmeans PATH (fit one with python -m units.kmeans fit)")
     return KMeansQuantizer(encoder, layer, KMeansModel.load(kmeans), spec, str(kmeans))
 
 
@@ -278,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
                        help="codebook-head probabilities instead of hidden features (SpidR / DinoSR)")
     add_run_options(feats)
 
-    units = sub.add_parser("units", help="frame-level units (Parquet, spidr.units_io format)")
+    units = sub.add_parser("units", help="frame-level units (Parquet, units.format format)")
     common(units)
     units.add_argument("--quantizer", required=True, choices=list(QUANTIZERS))
-    units.add_argument("--kmeans", type=Path, help="k-means file of spidr.kmeans fit (--quantizer kmeans)")
+    units.add_argument("--kmeans", type=Path, help="k-means file of units.kmeans fit (--quantizer kmeans)")
     units.add_argument("--manifest", type=Path, required=True)
     units.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
     units.add_argument("--work-dir", type=Path, help="resumable shards (default: .OUT.work beside OUT)")

@@ -1,8 +1,8 @@
 """Faiss k-means on encoder features: fit on a seeded sample of a corpus's frames, saved with provenance; assignment.
 
 Usage:
-  python -m spidr.kmeans fit --encoder '{"kind": "spidr", "checkpoint": "enc.pt"}' --layer 6 --manifest M.tsv \
-      --k 256 --seed 0 --max-frames 500000 --out KMEANS.npz [--niter 50] [run options of spidr.extract]
+  python -m units.kmeans fit --encoder '{"kind": "spidr", "checkpoint": "enc.pt"}' --layer 6 --manifest M.tsv \
+      --k 256 --seed 0 --max-frames 500000 --out KMEANS.npz [--niter 50] [run options of units.extract]
 
 The sample: utterances in a seeded random order are encoded (whole, so each frame has its full context) until
 `max_frames` frames are collected, then exactly `max_frames` of those frames are drawn with the same seed. The
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spidr.data.manifest import read_manifest
-from spidr.encoders import (
+from common.io import file_sha256, provenance
+from data.manifest import read_manifest
+from units.encoders import (
     EncoderConfigError,
     EncoderSpec,
     RunOptions,
@@ -38,7 +39,6 @@ from spidr.encoders import (
     progress_bar,
     run_options_from_args,
 )
-from spidr.io import file_sha256, provenance
 
 
 class KMeansError(ValueError):
@@ -78,7 +78,7 @@ class KMeansModel:
                 centroids = np.asarray(data["centroids"], dtype=np.float32)
                 meta = json.loads(str(data["meta"]))
         except (OSError, KeyError, ValueError) as err:
-            raise KMeansError(f"{path}: not a k-means file written by spidr.kmeans ({err})") from err
+            raise KMeansError(f"{path}: not a k-means file written by units.kmeans ({err})") from err
         if centroids.ndim != 2 or centroids.shape[0] < 1:
             raise KMeansError(f"{path}: centroids of shape {centroids.shape}, expected (K, D)")
         return cls(centroids, meta)
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit k-means on a seeded sample of a corpus's frames")
-    fit.add_argument("--encoder", required=True, help="encoder spec JSON (see spidr.encoders.EncoderSpec)")
+    fit.add_argument("--encoder", required=True, help="encoder spec JSON (see units.encoders.EncoderSpec)")
     fit.add_argument("--layer", type=int, required=True)
     fit.add_argument("--manifest", type=Path, required=True, help="corpus manifest TSV to sample frames from")
     fit.add_argument("--k", type=int, required=True)

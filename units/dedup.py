@@ -1,9 +1,9 @@
 """Deduplication of frame-level units into runs with durations, and the unit statistics the paper reports.
 
-Usage: python -m spidr.dedup IN.parquet OUT.parquet --stats STATS.json [--text OUT.txt]
+Usage: python -m units.dedup IN.parquet OUT.parquet --stats STATS.json [--text OUT.txt]
 
 OUT holds, per utterance, the run-length `units` and their `durations` in frames (sum == frame count of IN), in
-the spidr.units_io format. STATS (JSON, with provenance) is computed on IN:
+the units.format format. STATS (JSON, with provenance) is computed on IN:
   active_units      distinct units used (of vocab_size)
   perplexity        2 ** entropy (bits) of the frame-level unit distribution
   dedup_units_per_second, mean_run_length (frames per run)
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from spidr.io import atomic_write_json, provenance
-from spidr.units_io import UnitsFileError, UnitsWriter, iter_units, read_units_meta, write_text_units
+from common.io import atomic_write_json, provenance
+from units.format import UnitsFileError, UnitsWriter, iter_units, read_units_meta, write_text_units
 
 
 def run_length(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def deduplicate(inp: str | Path, out: str | Path, stats: str | Path, text: str |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="frame-level units (spidr.extract units)")
+    parser.add_argument("input", type=Path, help="frame-level units (units.extract units)")
     parser.add_argument("output", type=Path, help="deduplicated units with durations")
     parser.add_argument("--stats", type=Path, required=True, help="unit statistics JSON")
     parser.add_argument("--text", type=Path, help="also export the deduplicated units as `id<TAB>u1 u2 ...` lines")

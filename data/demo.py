@@ -1,6 +1,6 @@
 """Generate the embedded demo corpus with Debian's flite, written in the official benchmark layouts.
 
-Usage: python -m spidr.data.demo OUT_DIR [--config '{"seed": 0, ...}']
+Usage: python -m data.demo OUT_DIR [--config '{"seed": 0, ...}']
 
 flite's four 16 kHz voices (built from real CMU ARCTIC recordings) read the first chapters of *Alice in
 Wonderland* that ship with the Debian package. Every utterance gets its own random tempo, pitch and noise
@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from spidr.data.audio import SAMPLE_RATE, write_wav
-from spidr.data.manifest import write_manifest, write_table
-from spidr.io import atomic_write_json, atomic_write_text, flat_config, provenance
+from common.io import atomic_write_json, atomic_write_text, flat_config, provenance
+from data.audio import SAMPLE_RATE, write_wav
+from data.manifest import write_manifest, write_table
 
 ALICE = Path("/usr/share/doc/flite/examples/alice")
 VOICES = ("slt", "awb", "rms", "kal16")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from spidr.data.audio import SAMPLE_RATE, BadAudioError, load_audio
+from data.audio import SAMPLE_RATE, BadAudioError, load_audio
 
 ENCODER_KINDS = ("spidr", "dinosr", "hf", "mfcc")
 QUANTIZERS = ("codebook", "kmeans")
@@ -696,7 +696,7 @@ class RunOptions:
 
 
 def add_run_options(parser) -> None:
-    """The run options as argparse flags (shared by spidr.extract and spidr.kmeans)."""
+    """The run options as argparse flags (shared by units.extract and units.kmeans)."""
     d = RunOptions()
     g = parser.add_argument_group("run options")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda[:i]")

@@ -1,0 +1,1 @@
+"""Speech data: audio reading, corpus manifests and the generated demo corpus."""

@@ -1,1 +1,0 @@
-"""Audio corpora: reading and validating audio, manifests, and the generated demo corpus."""
