@@ -6,8 +6,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -67,13 +70,32 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file so that readers see either the old content or the whole new content, never a part."""
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on any failure it is removed.
+
+    Readers see either the old file (or folder) or the whole new one, never a part, and a failed write (an error,
+    a full disk, Ctrl-C) leaves no temporary file behind. The temporary name starts with a dot and carries the pid,
+    so two writers never share one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (see `atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
