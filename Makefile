@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 CORES ?= all
 
-.PHONY: demo test setup system-deps test-deps lint dag clean
+.PHONY: demo test test-fast setup system-deps test-deps lint dag clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -30,6 +30,10 @@ demo: setup
 # TEXTLESS_STRICT=1: a test that would skip for a missing system package fails instead (make installs them all).
 test: setup test-deps
 	TEXTLESS_STRICT=1 $(BIN)/pytest
+
+# The fast tier: no SLURM cluster, no end-to-end DAG (tests marked `slow` are left out).
+test-fast: setup
+	TEXTLESS_STRICT=1 $(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
