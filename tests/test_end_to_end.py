@@ -54,11 +54,16 @@ def test_the_test_config_runs_end_to_end(tmp_path: Path) -> None:
     for f, d, n in zip(frames["units"], dedup["units"], dedup["durations"], strict=True):
         assert n.sum() == len(f) and len(d) == len(n)
 
-    # The LM is a plain Hugging Face directory.
+    # The LM is a plain Hugging Face directory whose vocabulary covers the units, and it gives finite logits.
+    import torch
     from transformers import AutoModelForCausalLM
 
     model_dir = tmp_path / "results/lm/mfcc_kmeans/tiny/model"
-    assert AutoModelForCausalLM.from_pretrained(model_dir) is not None
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    k = config["units"]["mfcc_kmeans"]["k"]
+    assert model.config.vocab_size >= k
+    logits = model(torch.arange(8).unsqueeze(0)).logits
+    assert logits.shape == (1, 8, model.config.vocab_size) and bool(torch.isfinite(logits).all())
 
     # A second run has nothing to do.
     again = run_snakemake(tmp_path, "-n")
