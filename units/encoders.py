@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,120 +34,21 @@ import torch
 from torch import Tensor, nn
 
 from data.audio import SAMPLE_RATE, BadAudioError, load_audio
-
-ENCODER_KINDS = ("spidr", "dinosr", "hf", "mfcc")
-QUANTIZERS = ("codebook", "kmeans")
-BAD_AUDIO_POLICIES = ("fail", "skip")
-HOP = 320  # samples per frame (20 ms)
-WINDOW = 400  # samples seen by one frame of the conv front end (25 ms)
-FRAME_RATE = SAMPLE_RATE / HOP  # 50.0 Hz
-
-
-class EncoderConfigError(ValueError):
-    """An encoder spec, layer or quantizer that cannot work together; the message names the value."""
-
-
-def frame_count(num_samples: int, hop: int = HOP, window: int = WINDOW) -> int:
-    """Frames of a strided conv stack with this total hop and receptive field (0 for audio shorter than a window)."""
-    return max(0, (int(num_samples) - window) // hop + 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Specs and validation (pure: the workflow calls these before anything runs)
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What encoder to use: {"kind": spidr|dinosr|hf|mfcc, "checkpoint": path (spidr/dinosr), "model": HF name or
-    local directory (hf), "normalize": bool (hf only; default: the model's preprocessor config)}."""
-
-    kind: str
-    checkpoint: str | None = None
-    model: str | None = None
-    normalize: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ENCODER_KINDS:
-            raise EncoderConfigError(f"encoder kind={self.kind!r}; expected one of {ENCODER_KINDS}")
-        needs = {"spidr": "checkpoint", "dinosr": "checkpoint", "hf": "model", "mfcc": None}[self.kind]
-        for key in ("checkpoint", "model"):
-            value = getattr(self, key)
-            if key == needs and not (isinstance(value, str) and value):
-                raise EncoderConfigError(f"encoder kind={self.kind!r} needs {key!r} (a non-empty string)")
-            if key != needs and value is not None:
-                raise EncoderConfigError(f"encoder kind={self.kind!r} takes no {key!r} (got {value!r})")
-        if self.normalize is not None and (self.kind != "hf" or not isinstance(self.normalize, bool)):
-            raise EncoderConfigError(f"'normalize' (true/false) is only for kind='hf'; got {self.normalize!r}")
-
-    @classmethod
-    def parse(cls, spec: str | Mapping[str, Any] | EncoderSpec) -> EncoderSpec:
-        """From a JSON string or a dict; unknown keys are an error naming them."""
-        if isinstance(spec, EncoderSpec):
-            return spec
-        if isinstance(spec, str):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as err:
-                raise EncoderConfigError(f"encoder spec is not valid JSON ({err}): {spec!r}") from err
-        if not isinstance(spec, Mapping):
-            raise EncoderConfigError(f"encoder spec must be a JSON object, got {spec!r}")
-        known = ("kind", "checkpoint", "model", "normalize")
-        unknown = sorted(set(spec) - set(known))
-        if unknown:
-            raise EncoderConfigError(f"unknown encoder spec key(s) {unknown}; known keys: {list(known)}")
-        if "kind" not in spec:
-            raise EncoderConfigError(f"encoder spec lacks 'kind' (one of {ENCODER_KINDS}): {dict(spec)}")
-        return cls(**spec)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("kind", self.kind), ("checkpoint", self.checkpoint), ("model", self.model),
-                                  ("normalize", self.normalize)) if v is not None}
-
-
-def layer_range(kind: str, num_layers: int) -> range:
-    """The valid layers of an encoder family (see the module docstring)."""
-    if kind in ("spidr", "dinosr"):
-        return range(1, num_layers + 1)
-    if kind == "hf":
-        return range(0, num_layers + 1)
-    return range(0, 1)
-
-
-def validate_units_request(kind: str, layer: int, quantizer: str | None = None, *, num_layers: int | None = None,
-                           codebook_layers: Sequence[int] | None = None) -> None:
-    """Raise EncoderConfigError if (encoder kind, layer, quantizer) cannot work, naming the offending value.
-
-    `quantizer` None means continuous features. `num_layers` / `codebook_layers` are the encoder's (for a
-    SpidR model still to be pretrained, from its training config); None skips the checks that need them.
-    """
-    if kind not in ENCODER_KINDS:
-        raise EncoderConfigError(f"encoder kind={kind!r}; expected one of {ENCODER_KINDS}")
-    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
-        raise EncoderConfigError(f"layer={layer!r} must be an integer")
-    if quantizer is not None and quantizer not in QUANTIZERS:
-        raise EncoderConfigError(f"quantizer={quantizer!r}; expected one of {QUANTIZERS}")
-    if kind == "mfcc" and layer != 0:
-        raise EncoderConfigError(f"layer={layer} for an MFCC encoder; MFCC has one layer, 0")
-    if kind in ("spidr", "dinosr") and layer < 1:
-        raise EncoderConfigError(f"layer={layer} for a {kind} encoder; its layers are 1-based (1..num_layers)")
-    if kind == "hf" and layer < 0:
-        raise EncoderConfigError(f"layer={layer} for an HF encoder; hidden_states layers are 0..num_layers")
-    if num_layers is not None and layer not in layer_range(kind, num_layers):
-        bounds = layer_range(kind, num_layers)
-        raise EncoderConfigError(
-            f"layer={layer} is beyond this {kind} encoder's depth: valid layers are {bounds.start}..{bounds.stop - 1}"
-        )
-    if quantizer == "codebook":
-        if kind not in ("spidr", "dinosr"):
-            raise EncoderConfigError(
-                f"quantizer='codebook' needs a SpidR/DinoSR codebook head; a {kind!r} encoder has none (use 'kmeans')"
-            )
-        if codebook_layers is not None and layer not in codebook_layers:
-            raise EncoderConfigError(
-                f"quantizer='codebook' at layer={layer}: this encoder has codebook heads only on layers "
-                f"{sorted(codebook_layers)}"
-            )
-
+from units.config import (  # noqa: F401  (re-exported while the importers move)
+    BAD_AUDIO_POLICIES,
+    ENCODER_KINDS,
+    HOP,
+    QUANTIZERS,
+    WINDOW,
+    EncoderConfigError,
+    EncoderSpec,
+    RunOptions,
+    add_run_options,
+    frame_count,
+    layer_range,
+    run_options_from_args,
+    validate_units_request,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoders
@@ -640,81 +540,3 @@ def progress_bar(total_seconds: float, desc: str, enabled: bool = True):
         yield lambda seconds: bar.update(round(seconds, 2))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Run options: compute layout (device, batching, sharding) plus the few settings that change results
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run an encoder over a corpus. Only `precision`, the chunking and `bad_audio` can change results
-    (`result_settings`); batching and sharding cannot (batched == one at a time)."""
-
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    batch_seconds: float | None = None  # padded audio per batch (longest piece x size); None: 400 s CUDA, 60 s CPU
-    max_batch: int = 256
-    chunk_seconds: float = 40.0  # longer utterances are encoded in chunks of this many seconds of core frames
-    context_seconds: float = 5.0  # of context each side of a chunk
-    shard_hours: float = 0.5  # audio per shard: the unit of resumption and of length bucketing
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # audio decoding threads
-    bad_audio: str = "fail"  # fail | skip (logged, counted and recorded)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.bad_audio not in BAD_AUDIO_POLICIES:
-            raise EncoderConfigError(f"bad_audio={self.bad_audio!r}; expected one of {BAD_AUDIO_POLICIES}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise EncoderConfigError(f"precision={self.precision!r}; expected auto, fp32 or bf16")
-        for name in ("batch_seconds", "chunk_seconds", "shard_hours"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise EncoderConfigError(f"{name}={getattr(self, name)} must be > 0")
-        if self.context_seconds < 0 or self.max_batch < 1:
-            raise EncoderConfigError("context_seconds must be >= 0 and max_batch >= 1")
-
-    @property
-    def shard_samples(self) -> int:
-        return int(self.shard_hours * 3600 * SAMPLE_RATE)
-
-    def batching(self, encoder: Encoder) -> dict[str, Any]:
-        """Keyword arguments of `encode_batched` for this encoder."""
-        return {
-            "frame_count_fn": encoder.frame_count, "hop": encoder.hop, "window": encoder.window,
-            "chunk_frames": max(1, round(self.chunk_seconds * encoder.frame_rate)),
-            "context_frames": round(self.context_seconds * encoder.frame_rate),
-            "batch_samples": int(self.batch_seconds_for(encoder) * SAMPLE_RATE), "max_batch": self.max_batch,
-        }
-
-    def batch_seconds_for(self, encoder: Encoder) -> float:
-        if self.batch_seconds is not None:
-            return self.batch_seconds
-        return 400.0 if encoder.device.type == "cuda" else 60.0
-
-    def result_settings(self, encoder: Encoder) -> dict[str, Any]:
-        return {"precision": "bf16" if encoder.bf16 and encoder.device.type == "cuda" else "fp32",
-                "chunk_seconds": self.chunk_seconds, "context_seconds": self.context_seconds,
-                "bad_audio": self.bad_audio}
-
-
-def add_run_options(parser) -> None:
-    """The run options as argparse flags (shared by units.extract and units.kmeans)."""
-    d = RunOptions()
-    g = parser.add_argument_group("run options")
-    g.add_argument("--device", default=d.device, help="auto | cpu | cuda[:i]")
-    g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
-    g.add_argument("--batch-seconds", type=float, default=d.batch_seconds,
-                   help="padded audio per batch (default: 400 on CUDA, 60 on CPU)")
-    g.add_argument("--max-batch", type=int, default=d.max_batch)
-    g.add_argument("--chunk-seconds", type=float, default=d.chunk_seconds)
-    g.add_argument("--context-seconds", type=float, default=d.context_seconds)
-    g.add_argument("--shard-hours", type=float, default=d.shard_hours)
-    g.add_argument("--workers", type=int, default=d.workers)
-    g.add_argument("--bad-audio", default=d.bad_audio, choices=list(BAD_AUDIO_POLICIES))
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_options_from_args(args) -> RunOptions:
-    return RunOptions(
-        device=args.device, precision=args.precision, batch_seconds=args.batch_seconds, max_batch=args.max_batch,
-        chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds, shard_hours=args.shard_hours,
-        workers=args.workers, bad_audio=args.bad_audio, progress=not args.no_progress,
-    )

@@ -34,7 +34,7 @@ def _check_references():
     """
     from lm.train import TrainConfig as LMTrainConfig
     from spidr.config import from_dict as spidr_train_config
-    from units.encoders import EncoderConfigError, validate_units_request
+    from units.config import EncoderConfigError, validate_units_request
 
     def need(kind, name, where, known):
         if name not in known:
