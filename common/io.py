@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,12 +86,43 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        failure = write_failure(err, tmp, path)
+        if failure is not None:
+            raise failure from err
         raise
+
+
+# torch.save and safetensors report a failed write (disk full, file size limit) as a RuntimeError / SafetensorError
+# without the path; these patterns recognise them so that they surface as the OSError they are.
+TORCH_WRITE_FAILURE = re.compile(r"PytorchStreamWriter failed|inline_container\.cc.*unexpected pos|file write failed")
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")
+
+
+def write_failure(err: BaseException, tmp: Path, path: Path) -> OSError | None:
+    """The OSError to report for a failed write to `tmp` (standing for `path`), or None to re-raise `err` as is.
+
+    The error names `path`, never the temporary file (which is gone), and carries the cause (errno).
+    """
+    if isinstance(err, OSError):
+        name = str(err.filename) if err.filename is not None else None
+        if name is not None and not name.startswith(str(tmp)):
+            return None  # an error about another file: already named correctly
+        named = str(path) + name[len(str(tmp)):] if name is not None else str(path)
+        return OSError(err.errno, err.strerror or str(err), named)
+    text = str(err)
+    if isinstance(err, RuntimeError) and TORCH_WRITE_FAILURE.search(text):
+        return OSError(errno.EIO, f"torch.save could not write the whole file ({text.splitlines()[0]}): the disk "
+                       "is probably full, or a file size limit was reached", str(path))
+    code = _OS_ERROR_CODE.search(text)
+    if type(err).__name__ == "SafetensorError" and code:
+        number = int(code.group(1))
+        return OSError(number, os.strerror(number), str(path))
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,92 @@
+"""Entry-point wrapper: expected failures become one `error: ...` line on stderr and a non-zero exit; bugs keep
+their traceback.
+
+Every `python -m` entry point ends with `if __name__ == "__main__": run(main)`. Expected failures are
+- an OSError (read-only output, a parent path that is a file, a full disk, a missing input ...): one line naming the
+  path and the cause;
+- an error class defined in this project (ManifestError, ConfigError, KMeansError, CheckpointError, ...): those are
+  raised on purpose with a message that names the file, key or value, so the message is all the user needs;
+- torch's RuntimeError for a write that failed part-way (torch.save on a full disk), which names no path: every
+  writer goes through `common.io.atomic_write`, which turns it into an OSError naming the path first.
+Anything else (KeyError, TypeError, an assertion, ...) is a bug: its traceback is kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.io import TORCH_WRITE_FAILURE
+
+# Top-level packages of this repository: an exception class defined in one of them is a deliberate, named error.
+PROJECT_PACKAGES = frozenset({"common", "data", "units", "spidr", "lm", "eval", "benchmarks"})
+EXIT_ERROR = 1
+
+# Causes worded for the user; other errnos use the system's own text (os.strerror).
+CAUSES = {
+    errno.ENOSPC: "no space left on device (the disk is full): free some space, then rerun",
+    errno.EDQUOT: "disk quota exceeded: free some space, then rerun",
+    errno.EFBIG: "file too large (a file size limit was reached)",
+    errno.EROFS: "read-only file system: choose a writable output location",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def is_named_error(err: BaseException) -> bool:
+    """True for an exception whose class (or a base of it) is defined in this project."""
+    return any(cls.__module__.split(".")[0] in PROJECT_PACKAGES for cls in type(err).__mro__)
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """The first existing ancestor of `path` (or `path` itself) that is not a directory, if any."""
+    for part in [Path(path), *Path(path).parents]:
+        if part.exists() or part.is_symlink():
+            return None if part.is_dir() or part == Path(path) else str(part)
+    return None
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: the path(s) and the cause, e.g. `results/x.pt: no space left on device (the disk is full) ...`."""
+    if err.filename is None:
+        return " ".join(str(err).split())
+    where = str(err.filename) + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(str(err.filename))
+        if blocker is not None or err.errno == errno.ENOTDIR:
+            return f"{where}: {blocker or 'a parent of this path'} is a file, not a directory"
+        if Path(err.filename).exists() and not Path(err.filename).is_dir():
+            return f"{where}: is a file, not a directory"
+    cause = CAUSES.get(err.errno) if err.errno is not None else None
+    if cause is None:
+        cause = err.strerror or (os.strerror(err.errno) if err.errno is not None else str(err))
+    elif err.strerror and err.strerror.lower() not in cause.lower() and err.strerror != os.strerror(err.errno):
+        cause = f"{err.strerror}; {cause}"  # keep a specific message (e.g. torch's) next to the generic cause
+    return " ".join(f"{where}: {cause}".split())
+
+
+def error_message(err: BaseException) -> str | None:
+    """The user-facing message for an expected failure, or None for a bug (whose traceback must be kept)."""
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, RuntimeError) and TORCH_WRITE_FAILURE.search(str(err)):
+        return f"a torch.save write failed part-way ({str(err).splitlines()[0]}): the disk is probably full"
+    if isinstance(err, Exception) and is_named_error(err):
+        return str(err)
+    return None
+
+
+def run(main: Callable[[], Any]) -> Any:
+    """Call `main()`; an expected failure exits with `error: <message>` on stderr and status EXIT_ERROR."""
+    try:
+        return main()
+    except Exception as err:
+        message = error_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
