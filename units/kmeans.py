@@ -239,4 +239,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import run
+
+    run(main)
