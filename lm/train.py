@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,10 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.io import atomic_write_json, check_keys, provenance
+from common.io import atomic_write_json, provenance
+from lm.config import TrainConfig
 from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
-from lm.model import PRESETS, UnitVocab, build_config, build_model, count_parameters, document_causal_mask
+from lm.model import UnitVocab, build_config, build_model, count_parameters, document_causal_mask
 from units.format import read_units_meta
 
 CHECKPOINT = "checkpoint.pt"
@@ -38,76 +38,6 @@ METRICS = "metrics.jsonl"
 # Keys that change neither the maths nor the data order: a run may resume after they change.
 RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_blocks", "checkpoint_interval", "log_interval",
                   "compile", "max_time_s")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.5M tokens, 1-2 minutes on one CPU core).
-    preset: str = "tiny"
-    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's HF config fields
-    context_length: int = 256  # tokens per packed block
-    batch_size: int = 16  # sequences per optimizer step, over all GPUs and accumulation steps
-    micro_batch_size: int = 16  # sequences per forward pass on one device (accumulation = the ratio)
-    lr: float = 2e-3
-    min_lr: float = 2e-4  # cosine floor
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    max_steps: int | None = 120
-    max_tokens: int | None = None  # token budget (block tokens processed); with max_steps the smaller one counts
-    max_time_s: float | None = None  # wall-clock budget of the training loop, summed over resumed runs
-    valid_fraction: float = 0.05
-    eval_interval: int = 40
-    eval_blocks: int = 512  # at most this many validation blocks per evaluation
-    checkpoint_interval: int = 40
-    log_interval: int = 10
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
-    compile: bool = False
-    attn_implementation: str = "sdpa"
-    cross_document_attention: bool = False  # True: separators only, plain causal attention (faster on GPU)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        check_keys(cls, raw, "LM training config")
-        if "max_tokens" in raw and "max_steps" not in raw:
-            raise ValueError("config sets 'max_tokens' but not 'max_steps', whose demo default (120) would cap it; "
-                             "set 'max_steps' too (null: no step limit)")
-        return cls(**raw)
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"config 'preset': unknown LM preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        for name in ("context_length", "batch_size", "micro_batch_size", "eval_interval", "checkpoint_interval",
-                     "log_interval"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"config {name!r} must be a positive integer, got {getattr(self, name)!r}")
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"config 'batch_size' ({self.batch_size}) must be a multiple of 'micro_batch_size' "
-                             f"({self.micro_batch_size})")
-        if self.max_steps is None and self.max_tokens is None:
-            raise ValueError("config needs 'max_steps' or 'max_tokens' (they set the cosine schedule's length); "
-                             "'max_time_s' may be added as a further stop")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"config 'precision' must be auto, fp32 or bf16, got {self.precision!r}")
-        if not self.cross_document_attention and self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"config 'attn_implementation' {self.attn_implementation!r}: per-utterance attention "
-                             "masks are built for 'sdpa' and 'eager'; set cross_document_attention for others")
-        if not 0.0 <= self.min_lr <= self.lr:
-            raise ValueError(f"config 'min_lr' ({self.min_lr}) must be in [0, lr={self.lr}]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def total_steps(self) -> int:
-        tokens_per_step = self.batch_size * self.context_length
-        limits = [self.max_steps] if self.max_steps is not None else []
-        if self.max_tokens is not None:
-            limits.append(math.ceil(self.max_tokens / tokens_per_step))
-        return min(limits)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-SAMPLE_RATE = 16_000
+from common.config import ConfigError, field, load, to_jsonable
+from data.audio import SAMPLE_RATE
+
+__all__ = ["ConfigError", "to_jsonable"]  # re-exported: checkpoints and the trainer import them from here
+
 KINDS = ("spidr", "dinosr")
 # (channels, kernel, stride) of the 7 conv layers: 320-sample hop (50 Hz), 400-sample receptive field.
 PAPER_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -37,26 +35,27 @@ class ModelConfig:
     # extractor_mode: "layer_norm" (SpidR: LayerNorm after every conv) or "group_norm" (wav2vec 2.0 / HuBERT base:
     # GroupNorm on the first conv only, so loudness survives the front end)
     extractor_mode: Literal["layer_norm", "group_norm"] = "layer_norm"
-    embed_dim: int = 768  # encoder_embed_dim
-    num_layers: int = 12  # encoder_layers
-    num_heads: int = 12  # encoder_attention_heads
-    ffn_dim: int = 3072  # encoder_ffn_embed_dim
+    embed_dim: int = field(768, ge=1)  # encoder_embed_dim
+    num_layers: int = field(12, ge=1)  # encoder_layers
+    num_heads: int = field(12, ge=1)  # encoder_attention_heads
+    ffn_dim: int = field(3072, ge=1)  # encoder_ffn_embed_dim
     qkv_bias: bool = False  # encoder_qkv_bias (fairseq always had a bias; DinoSR original: True)
-    pos_conv_kernel: int = 95  # conv_pos: total span, split over pos_conv_depth convs of max(3, k // depth)
-    pos_conv_groups: int = 16  # conv_pos_groups
-    pos_conv_depth: int = 5  # pos_conv_depth
-    dropout: float = 0.1  # dropout (after attention, after FFN, after the pos-conv sum)
-    attention_dropout: float = 0.1  # attention_dropout
-    ffn_dropout: float = 0.0  # activation_dropout
-    projection_dropout: float = 0.0  # dropout_input
-    layer_drop: float = 0.0  # encoder_layerdrop (SpidR 0, DinoSR 0.05)
-    num_codebooks: int = 8  # average_top_k_layers: codebooks on the last K layers
-    codebook_size: int = 256  # codebook_size
-    codebook_decay: float = 0.9  # codebook_decay
+    # conv_pos: total span, split over pos_conv_depth convs of max(3, k // depth)
+    pos_conv_kernel: int = field(95, ge=1)
+    pos_conv_groups: int = field(16, ge=1)  # conv_pos_groups
+    pos_conv_depth: int = field(5, ge=1)  # pos_conv_depth
+    dropout: float = field(0.1, ge=0, lt=1)  # dropout (after attention, after FFN, after the pos-conv sum)
+    attention_dropout: float = field(0.1, ge=0, lt=1)  # attention_dropout
+    ffn_dropout: float = field(0.0, ge=0, lt=1)  # activation_dropout
+    projection_dropout: float = field(0.0, ge=0, lt=1)  # dropout_input
+    layer_drop: float = field(0.0, ge=0, lt=1)  # encoder_layerdrop (SpidR 0, DinoSR 0.05)
+    num_codebooks: int = field(8, ge=1)  # average_top_k_layers: codebooks on the last K layers
+    codebook_size: int = field(256, ge=2)  # codebook_size
+    codebook_decay: float = field(0.9, ge=0, le=1)  # codebook_decay
     # Training steps whose codebook statistics are summed before one EMA update (1 = every step, the paper).
     # Online k-means needs many targets per update: the paper's ~100k masked frames per step keep ~200 of 256
     # codewords alive, while a CPU batch of ~160 frames collapses the codebooks to a handful within 50 steps.
-    codebook_update_interval: int = 1
+    codebook_update_interval: int = field(1, ge=1)
     # The official code re-draws the teacher's Linear weights at init ("reinit"); DinoSR/fairseq copy the student.
     teacher_init: Literal["reinit", "copy"] = "reinit"
 
@@ -71,24 +70,11 @@ class ModelConfig:
             raise ConfigError(f"model.num_codebooks={self.num_codebooks} must be in 1..num_layers={self.num_layers}")
         if not self.conv_layers or any(len(c) != 3 for c in self.conv_layers):
             raise ConfigError("model.conv_layers must be a non-empty list of [channels, kernel, stride]")
-        if self.extractor_mode not in ("layer_norm", "group_norm"):
-            raise ConfigError(f"model.extractor_mode={self.extractor_mode!r}; expected 'layer_norm' or 'group_norm'")
-        if self.codebook_update_interval < 1:
-            raise ConfigError(f"model.codebook_update_interval={self.codebook_update_interval} must be >= 1")
-        if self.teacher_init not in ("reinit", "copy"):
-            raise ConfigError(f"model.teacher_init={self.teacher_init!r}; expected 'reinit' or 'copy'")
 
     @property
     def codebook_layers(self) -> list[int]:
         """1-based transformer layers whose teacher outputs are clustered (the last `num_codebooks`)."""
         return list(range(self.num_layers - self.num_codebooks + 1, self.num_layers + 1))
-
-    @property
-    def hop(self) -> int:
-        hop = 1
-        for _, _, stride in self.conv_layers:
-            hop *= stride
-        return hop
 
 
 @dataclass(frozen=True)
@@ -96,47 +82,47 @@ class EmaConfig:
     """Teacher EMA schedule. SpidR: exponential; DinoSR: linear then constant, frozen at the freeze step."""
 
     schedule: Literal["exponential", "linear"] = "exponential"
-    start_decay: float = 0.999  # ema_decay
-    timescale: float | None = None  # exponential: None = 0.05 * max_steps (20k at 400k)
-    threshold: float = 1e-7  # exponential: decay becomes 1 (teacher frozen) once 1 - decay <= threshold
-    final_decay: float = 0.9999  # linear: ema_end_decay
-    final_step: int | None = None  # linear: ema_anneal_end_step; None = 0.075 * max_steps (30k at 400k)
+    start_decay: float = field(0.999, ge=0, le=1)  # ema_decay
+    timescale: float | None = field(None, gt=0)  # exponential: None = 0.05 * max_steps (20k at 400k)
+    threshold: float = field(1e-7, ge=0)  # exponential: decay becomes 1 (teacher frozen) once 1 - decay <= threshold
+    final_decay: float = field(0.9999, ge=0, le=1)  # linear: ema_end_decay
+    final_step: int | None = field(None, ge=0)  # linear: ema_anneal_end_step; None = 0.075 * max_steps (30k at 400k)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW + tri-stage learning rate (fairseq tri_stage, phase ratios 0.03 / 0.47 / 0.50)."""
 
-    lr: float = 5e-4
+    lr: float = field(5e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-6
-    weight_decay: float = 0.01
-    clip_norm: float = 10.0  # 0 disables clipping
-    warmup_steps: int | None = None  # None = 0.03 * max_steps
-    hold_steps: int | None = None  # None = 0.47 * max_steps
-    decay_steps: int | None = None  # None = 0.50 * max_steps
-    init_lr_scale: float = 0.01
-    final_lr_scale: float = 0.01
+    eps: float = field(1e-6, gt=0)
+    weight_decay: float = field(0.01, ge=0)
+    clip_norm: float = field(10.0, ge=0)  # 0 disables clipping
+    warmup_steps: int | None = field(None, ge=0)  # None = 0.03 * max_steps
+    hold_steps: int | None = field(None, ge=0)  # None = 0.47 * max_steps
+    decay_steps: int | None = field(None, ge=0)  # None = 0.50 * max_steps
+    init_lr_scale: float = field(0.01, ge=0)
+    final_lr_scale: float = field(0.01, ge=0)
 
 
 @dataclass(frozen=True)
 class MaskConfig:
     """Span masking of the student input (fairseq mask_prob / mask_length / static / overlap allowed)."""
 
-    prob: float = 0.8
-    length: int = 10
-    min_masks: int = 2
+    prob: float = field(0.8, ge=0, le=1)
+    length: int = field(10, ge=1)
+    min_masks: int = field(2, ge=0)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Length-bucketed batches, every item randomly cropped to the batch's shortest one (no padding)."""
 
-    batch_samples: int = 3_800_000  # per process (GPU); 16 x 3.8M in the paper
-    min_samples: int = 2_000  # shorter utterances are dropped
-    max_samples: int = 320_000  # longer ones are randomly cropped to this
-    num_buckets: int = 1000
-    num_workers: int = 8
+    batch_samples: int = field(3_800_000, ge=1)  # per process (GPU); 16 x 3.8M in the paper
+    min_samples: int = field(2_000, ge=1)  # shorter utterances are dropped
+    max_samples: int = field(320_000, ge=1)  # longer ones are randomly cropped to this
+    num_buckets: int = field(1000, ge=1)
+    num_workers: int = field(8, ge=0)
     standardize: bool = True  # per-utterance zero mean / unit variance (always on in the paper)
 
 
@@ -146,31 +132,24 @@ class TrainConfig:
 
     kind: Literal["spidr", "dinosr"] = "spidr"
     preset: str = "base"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    max_steps: int = 400_000
-    freeze_step: int | None = None  # CNN + projection frozen after this many updates; None = 0.5 * max_steps
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    ema: EmaConfig = dataclasses.field(default_factory=EmaConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    max_steps: int = field(400_000, ge=1)
+    # CNN + projection frozen after this many updates; None = 0.5 * max_steps
+    freeze_step: int | None = field(None, ge=0)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
-    log_interval: int = 200
-    checkpoint_interval: int = 2_500
-    keep_checkpoints: int = 2
-    valid_interval: int | None = None  # None: validate at every checkpoint (when a valid manifest is given)
+    log_interval: int = field(200, ge=1)
+    checkpoint_interval: int = field(2_500, ge=1)
+    keep_checkpoints: int = field(2, ge=1)
+    valid_interval: int | None = field(None, ge=1)  # None: validate at every checkpoint (with a valid manifest)
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"kind={self.kind!r}; expected one of {KINDS}")
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps={self.max_steps} must be >= 1")
-        for name in ("log_interval", "checkpoint_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
 
     # Resolved step counts (explicit values win, otherwise the paper's proportions of max_steps).
     @property
@@ -213,15 +192,6 @@ def _steps(value: int | None, ratio: float, max_steps: int) -> int:
     return int(value) if value is not None else round(ratio * max_steps)
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Tuples (config fields) as lists, recursively, so a config dict round-trips through JSON unchanged."""
-    if isinstance(obj, dict):
-        return {k: to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Presets
 
@@ -254,7 +224,7 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
             dropout=0.0, attention_dropout=0.0,
         )
         return dataclasses.replace(
-            cfg, model=model, data=dataclasses.replace(cfg.data, batch_samples=16_000 * 8, num_workers=0),
+            cfg, model=model, data=dataclasses.replace(cfg.data, batch_samples=SAMPLE_RATE * 8, num_workers=0),
             log_interval=25, checkpoint_interval=100,
         )
     # tiny: unit tests (a few steps in well under a second each).
@@ -265,99 +235,27 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
     )
     return dataclasses.replace(
         cfg, model=model, ema=dataclasses.replace(ema, start_decay=0.9),
-        data=dataclasses.replace(cfg.data, batch_samples=16_000 * 4, num_workers=0),
+        data=dataclasses.replace(cfg.data, batch_samples=SAMPLE_RATE * 4, num_workers=0),
         log_interval=1, checkpoint_interval=2, progress=False,
     )
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# JSON overrides
+# JSON overrides (through the one typed loader, common.config)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Turn a JSON value into the field's type (lists -> tuples), checking the obvious mismatches."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit type {hint}")
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(f"{where}: {value!r}; expected one of {list(typing.get_args(hint))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        if isinstance(value, bool) or not integral:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _override(obj: Any, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'}: expected a JSON object, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; known keys{' in ' + where if where else ''}: "
-            f"{sorted(names)}"
-        )
-    changes = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _override(current, value, path)
-        else:
-            changes[key] = _coerce(value, hints[key], path)
-    try:
-        return dataclasses.replace(obj, **changes)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where or 'config'}: {err}") from err
-
-
-def from_dict(values: dict[str, Any] | None = None) -> TrainConfig:
-    """Resolve a JSON config: preset(kind) defaults, then every override; unknown keys raise ConfigError."""
+def from_dict(values: dict[str, Any] | None = None, where: str = "") -> TrainConfig:
+    """Resolve a JSON config: preset(kind) defaults, then every override; `where` prefixes key paths in errors."""
     values = dict(values or {})
     kind = values.get("kind", "spidr")
     name = values.get("preset", "base")
     if not isinstance(kind, str) or not isinstance(name, str):
-        raise ConfigError("'kind' and 'preset' must be strings")
-    return _override(preset(name, kind), values, "")
+        raise ConfigError(f"{where or 'config'}: 'kind' and 'preset' must be strings")
+    try:
+        base = preset(name, kind)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+    return load(TrainConfig, values, where, base=base)
 
 
 def from_json(text: str | None) -> TrainConfig:
@@ -372,4 +270,4 @@ def from_json(text: str | None) -> TrainConfig:
 
 def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     """A ModelConfig from its recorded dict (checkpoints), unknown keys rejected."""
-    return _override(ModelConfig(), values, "model")
+    return load(ModelConfig, values, "model")

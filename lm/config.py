@@ -1,0 +1,85 @@
+"""Unit-LM settings, checked without torch: training hyperparameters (`lm.train --config`) and scoring (`lm.score`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.config import ConfigError, field, load
+
+# The architecture presets of lm/model.py (tests/test_lm_config.py checks that the two lists agree); named here so
+# that the workflow checks a preset without importing transformers.
+PRESET_NAMES = ("opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny")
+NORMALISATIONS = ("mean", "sum")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.5M tokens, 1-2 minutes on one CPU core).
+    preset: Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"] = "tiny"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the preset's HF config fields
+    context_length: int = field(256, ge=1)  # tokens per packed block
+    batch_size: int = field(16, ge=1)  # sequences per optimizer step, over all GPUs and accumulation steps
+    micro_batch_size: int = field(16, ge=1)  # sequences per forward pass on one device (accumulation = the ratio)
+    lr: float = field(2e-3, gt=0)
+    min_lr: float = field(2e-4, ge=0)  # cosine floor
+    warmup_steps: int = field(10, ge=0)
+    weight_decay: float = field(0.1, ge=0)
+    beta1: float = field(0.9, ge=0, lt=1)
+    beta2: float = field(0.95, ge=0, lt=1)
+    eps: float = field(1e-8, gt=0)
+    grad_clip: float = field(1.0, ge=0)
+    max_steps: int | None = field(120, ge=1)
+    max_tokens: int | None = field(None, ge=1)  # token budget (block tokens processed); with max_steps the smaller
+    max_time_s: float | None = field(None, gt=0)  # wall-clock budget of the training loop, summed over resumed runs
+    valid_fraction: float = field(0.05, ge=0, lt=1)
+    eval_interval: int = field(40, ge=1)
+    eval_blocks: int = field(512, ge=1)  # at most this many validation blocks per evaluation
+    checkpoint_interval: int = field(40, ge=1)
+    log_interval: int = field(10, ge=1)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a bf16-capable GPU, else fp32
+    compile: bool = False
+    attn_implementation: str = "sdpa"
+    cross_document_attention: bool = False  # True: separators only, plain causal attention (faster on GPU)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "") -> TrainConfig:
+        """Through the typed loader; `where` is the key path of `raw` in error messages (e.g. lms.tiny.train)."""
+        if isinstance(raw, dict) and "max_tokens" in raw and "max_steps" not in raw:
+            raise ConfigError(f"{where or 'config'}: sets 'max_tokens' but not 'max_steps', whose demo default "
+                              "(120) would cap it; set 'max_steps' too (null: no step limit)")
+        return load(cls, raw, where)
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"'batch_size' ({self.batch_size}) must be a multiple of 'micro_batch_size' "
+                              f"({self.micro_batch_size})")
+        if self.max_steps is None and self.max_tokens is None:
+            raise ConfigError("needs 'max_steps' or 'max_tokens' (they set the cosine schedule's length); "
+                              "'max_time_s' may be added as a further stop")
+        if not self.cross_document_attention and self.attn_implementation not in ("sdpa", "eager"):
+            raise ConfigError(f"'attn_implementation' {self.attn_implementation!r}: per-utterance attention "
+                              "masks are built for 'sdpa' and 'eager'; set cross_document_attention for others")
+        if not self.min_lr <= self.lr:
+            raise ConfigError(f"'min_lr' ({self.min_lr}) must be in [0, lr={self.lr}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def total_steps(self) -> int:
+        tokens_per_step = self.batch_size * self.context_length
+        limits = [self.max_steps] if self.max_steps is not None else []
+        if self.max_tokens is not None:
+            limits.append(math.ceil(self.max_tokens / tokens_per_step))
+        return min(limits)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How `lm.score` turns a unit sequence into one number (the `--config` JSON); recorded beside the scores."""
+
+    normalisation: Literal["mean", "sum"] = "mean"  # log-likelihood per scored token, or the total
+    eos: bool = True  # append <eos> and score it
