@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from data.audio import AUDIO_EXTENSIONS, check_audio
+from common.io import atomic_write
+from data.audio import AUDIO_EXTENSIONS, AudioCheck, check_audio
 
 MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
 BAD_AUDIO_POLICIES = ("fail", "skip")
@@ -43,13 +46,35 @@ def speaker_of(relpath: Path, how: str) -> str:
 
 
 def find_audio(root: Path, exts: tuple[str, ...]) -> list[Path]:
-    """All audio files below root, sorted, so that manifests are identical across runs and machines."""
+    """Every path below root with an audio extension that is not a directory, sorted (identical across runs).
+
+    Symlinks that cannot be followed (a loop, a missing target) and other non-files are kept: they are bad files
+    to report like any other (`not_a_file`), never silently left out.
+    """
     if not root.is_dir():
         raise ManifestError(f"{root}: not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir())
     if not files:
         raise ManifestError(f"{root}: no audio files with extension {', '.join(exts)}")
     return files
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as an audio file before opening it (a broken symlink, a FIFO ...), or None."""
+    try:
+        mode = path.stat().st_mode  # follows symlinks: a loop or a missing target raises here
+    except OSError as err:
+        what = "symlink that cannot be followed" if path.is_symlink() else "unreadable"
+        return f"{what} ({err.strerror})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"  # reading a FIFO or a device would block or never end
+    return None
+
+
+def check_file(path: Path, convert: bool) -> AudioCheck:
+    """`check_audio`, after making sure the path is a readable regular file."""
+    problem = not_a_file(path)
+    return AudioCheck(str(path), 0, 0, 0, problem) if problem else check_audio(path, convert=convert)
 
 
 def build_manifest(
@@ -69,7 +94,7 @@ def build_manifest(
     root, out = Path(root).resolve(), Path(out)
     files = find_audio(root, tuple(e if e.startswith(".") else f".{e}" for e in exts))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        checks = list(pool.map(lambda p: check_audio(p, convert=convert), files))
+        checks = list(pool.map(lambda p: check_file(p, convert), files))
 
     rows, bad = [], []
     for path, check in zip(files, checks, strict=True):
@@ -99,10 +124,8 @@ def build_manifest(
 
 def write_table(table: pd.DataFrame, out: Path) -> None:
     """Write a TSV atomically: a reader never sees a half-written table."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
 
 
 def write_manifest(table: pd.DataFrame, out: str | Path) -> None:
@@ -125,12 +148,23 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        table = pd.read_csv(path, sep="\t", dtype={"id": str, "speaker": str, "path": str})
+        table = pd.read_csv(path, sep="\t", dtype={"id": str, "speaker": str, "path": str},
+                            keep_default_na=False, na_values=[""])  # a speaker named "NA" is not missing
     except Exception as err:
         raise ManifestError(f"{path}: not a readable TSV manifest ({err})") from err
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     if missing:
         raise ManifestError(f"{path}: manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
+    # A truncated file parses as a table whose last row has empty cells: refuse it instead of reading NaNs.
+    empty = table[list(MANIFEST_COLUMNS)].isna().any(axis=1)
+    num_samples = pd.to_numeric(table["num_samples"], errors="coerce")
+    bad = empty | ~(num_samples > 0) | (num_samples != num_samples.round())
+    if bad.any():
+        lines = [int(i) + 2 for i in np.flatnonzero(bad.to_numpy())[:5]]  # +2: 1-based, after the header
+        raise ManifestError(f"{path}: empty cells or a num_samples that is not a positive integer on line(s) "
+                            f"{lines}: the manifest is truncated or corrupt; delete it and rerun the rule (or "
+                            "`python -m data.manifest`) that builds it")
+    table["num_samples"] = num_samples.astype(np.int64)
     base = path.parent.resolve()
     table["path"] = [str(p) if os.path.isabs(p) else str(base / p) for p in table["path"]]
     return table
@@ -146,13 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--convert", action="store_true", help="accept other sample rates / multi-channel audio")
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
-    try:
-        build_manifest(
-            args.root, args.out, exts=tuple(args.ext), speaker=args.speaker,
-            bad_audio=args.bad_audio, convert=args.convert, threads=args.threads,
-        )
-    except ManifestError as err:
-        sys.exit(f"error: {err}")
+    build_manifest(
+        args.root, args.out, exts=tuple(args.ext), speaker=args.speaker,
+        bad_audio=args.bad_audio, convert=args.convert, threads=args.threads,
+    )
 
 
 if __name__ == "__main__":

@@ -215,8 +215,11 @@ def make_bad_files(root: Path) -> dict[str, str]:
     nan = np.zeros(16000, np.float32)
     nan[5] = np.nan
     sf.write(root / "9-0-nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
+    (root / "9-0-loop.wav").symlink_to("9-0-loop.wav")  # a symlink loop: once silently left out
+    (root / "9-0-dangling.wav").symlink_to("nowhere.wav")
     return {"notaudio": "unreadable", "empty": "empty", "short": "too short", "rate": "sample rate 8000",
-            "stereo": "2 channels", "nan": "NaN"}
+            "stereo": "2 channels", "nan": "NaN", "loop": "symlink that cannot be followed (Too many levels",
+            "dangling": "symlink that cannot be followed (No such file"}
 
 
 def test_manifest_from_librispeech_layout(tmp_path: Path) -> None:
@@ -235,7 +238,7 @@ def test_bad_audio_fail_policy_names_every_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as err:
         build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir")
     message = str(err.value)
-    assert "6 bad audio file(s)" in message
+    assert "8 bad audio file(s)" in message
     for stem, phrase in expected.items():
         line = next(x for x in message.splitlines() if f"9-0-{stem}." in x)
         assert phrase in line, line
@@ -250,9 +253,10 @@ def test_bad_audio_skip_policy_counts_and_logs(tmp_path: Path) -> None:
         table = build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir", bad_audio="skip", log=handle)
     assert len(table) == 4
     skipped = pd.read_csv(tmp_path / "manifest.skipped.tsv", sep="\t")
-    assert len(skipped) == len(expected)
+    assert sorted(Path(p).name for p in skipped["path"]) == sorted(f"9-0-{stem}.wav" for stem in expected)
     text = log.read_text()
-    assert "4 files, 6 skipped" in text and text.count("bad audio:") == 6
+    assert "4 files, 8 skipped" in text and text.count("bad audio:") == 8
+    assert "9-0-loop.wav: symlink that cannot be followed" in text
 
 
 def test_convert_accepts_other_rates_and_channels(tmp_path: Path) -> None:
@@ -277,4 +281,14 @@ def test_manifest_cli_reports_the_error(tmp_path: Path) -> None:
 def test_read_manifest_rejects_missing_columns(tmp_path: Path) -> None:
     (tmp_path / "m.tsv").write_text("id\tpath\nx\ty.wav\n")
     with pytest.raises(ManifestError, match=r"m\.tsv.*num_samples"):
+        read_manifest(tmp_path / "m.tsv")
+
+
+def test_read_manifest_rejects_a_truncated_file_and_keeps_speaker_na(tmp_path: Path) -> None:
+    good = "id\tpath\tnum_samples\tspeaker\na\ta.wav\t16000\tNA\nb\tb.wav\t16000\ts2\n"
+    (tmp_path / "m.tsv").write_text(good)
+    table = read_manifest(tmp_path / "m.tsv")
+    assert table["speaker"].tolist() == ["NA", "s2"] and table["num_samples"].dtype == np.int64
+    (tmp_path / "m.tsv").write_text(good[: good.index("\t16000\ts2")])  # cut inside the last row
+    with pytest.raises(ManifestError, match=r"m\.tsv: .*line\(s\) \[3\].*truncated or corrupt; delete it"):
         read_manifest(tmp_path / "m.tsv")
