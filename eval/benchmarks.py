@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "length", "correct")
@@ -91,7 +92,36 @@ def read_lexical_gold(path: str | Path, *, check_wavs: bool = True) -> pd.DataFr
         gold["frequency"] = gold["frequency"].astype(pd.Int64Dtype())
     except (TypeError, ValueError) as err:
         raise BenchmarkLayoutError(path, f"'frequency' must hold integer counts ({err})", "lexical") from err
+    check_lexical_pairs(gold, path)
     return gold
+
+
+def check_lexical_pairs(gold: pd.DataFrame, path: str | Path) -> None:
+    """Refuse a sWUGGY gold file whose rows do not pair up one to one on (id, voice).
+
+    The official scorer inner-joins words (correct=1) with non-words (correct=0) on (id, voice): a row without a
+    partner silently drops out, and two words or non-words in one (id, voice) silently count twice. In the real
+    sLM21 files every (id, voice) holds exactly one word and one non-word (so words and non-words of an id share
+    their voices); anything else (a non-word moved to another id, a non-word marked correct) would change the
+    score without an error.
+    """
+    empty = gold[["id", "voice"]].isna().any(axis=1)
+    if empty.any():
+        lines = (np.flatnonzero(empty.to_numpy())[:5] + 2).tolist()
+        raise BenchmarkLayoutError(path, f"empty 'id' or 'voice' cell(s) on line(s) {lines}", "lexical")
+    counts = (gold.groupby(["id", "voice"], sort=True)["correct"]
+              .agg(words=lambda c: int((c == 1).sum()), non_words=lambda c: int((c == 0).sum())))
+    bad = counts[(counts["words"] != 1) | (counts["non_words"] != 1)]
+    if bad.empty:
+        return
+    line = pd.Series(np.arange(len(gold)) + 2, index=pd.MultiIndex.from_frame(gold[["id", "voice"]]))
+    shown = [f"id {i} voice {voice}: {row.words} word(s) and {row.non_words} non-word(s) on line(s) "
+             f"{sorted(line.loc[[(i, voice)]].tolist())}" for (i, voice), row in bad.head(5).iterrows()]
+    more = f"; ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise BenchmarkLayoutError(
+        path, f"{len(bad)} (id, voice) group(s) break the sWUGGY pairing rule (exactly one word, correct=1, and one "
+        "non-word, correct=0, per (id, voice), as the official scorer's join on (id, voice) assumes): "
+        + "; ".join(shown) + more, "lexical")
 
 
 def read_syntactic_gold(path: str | Path, *, check_wavs: bool = True) -> pd.DataFrame:

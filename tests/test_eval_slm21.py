@@ -191,3 +191,25 @@ def test_demo_gold_files_read(demo_corpus: Path) -> None:
     assert res.n_unpaired == 0 and res.n_pairs == len(lex) // 2
     fake = pd.Series(range(len(syn)), index=syn["filename"], dtype=float)
     assert score_syntactic(syn, fake).n_pairs == len(syn) // 2
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # a non-word moved to another id: id 0 v1 loses its non-word, id 2 v1 gets two
+    (lambda g: g.assign(id=g["id"].where(g["filename"] != "n0", 2)),
+     r"2 \(id, voice\) group\(s\) break the sWUGGY pairing rule.*id 0 voice v1: 1 word\(s\) and 0 non-word\(s\)"),
+    # a non-word marked correct: id 1 v2 has two words and no non-word
+    (lambda g: g.assign(correct=g["correct"].where(g["filename"] != "n3", 1)),
+     r"1 \(id, voice\) group\(s\).*id 1 voice v2: 2 word\(s\) and 0 non-word\(s\) on line\(s\) \[\d+, \d+\]"),
+    # a non-word with a voice its word does not have
+    (lambda g: g.assign(voice=g["voice"].where(g["filename"] != "n6", "v9")),
+     r"id 3 voice v1: 1 word\(s\) and 0 non-word\(s\).*id 3 voice v9: 0 word\(s\) and 1 non-word\(s\)"),
+])
+def test_unpaired_lexical_gold_is_refused(tmp_path: Path, change, message: str) -> None:
+    gold, tsv = lexical_case(tmp_path)
+    change(pd.read_csv(gold)).to_csv(gold, index=False)
+    with pytest.raises(BenchmarkLayoutError, match=r"gold\.csv: .*" + message):
+        read_lexical_gold(gold)
+    # the entry point exits with the error instead of a silently different score
+    with pytest.raises(SystemExit, match=r"error: .*gold\.csv: .*pairing rule"):
+        main(["lexical", "--gold", str(gold), "--scores", str(tsv), "--out", str(tmp_path / "m.json")])
+    assert not (tmp_path / "m.json").exists()
