@@ -36,12 +36,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from common.io import atomic_write_json, atomic_write_text, flat_config, provenance
+from common.config import loads
+from common.io import atomic_write_json, atomic_write_text, provenance
 from data.audio import SAMPLE_RATE, write_wav
+from data.config import DemoConfig
 from data.manifest import write_manifest, write_table
 
 ALICE = Path("/usr/share/doc/flite/examples/alice")
-VOICES = ("slt", "awb", "rms", "kal16")
 # Median F0 of each voice (Hz); pitch jitter scales it. rms ignores the setting (documented flite behaviour).
 BASE_F0 = {"slt": 165.0, "awb": 126.0, "rms": 105.0, "kal16": 89.0}
 
@@ -54,34 +55,6 @@ PHONE_CLASSES = {
     "vowel": ["aa", "ae", "ah", "ao", "aw", "ay", "eh", "er", "ey", "ih", "iy", "ow", "oy", "uh", "uw"],
 }
 PHONE_CLASS = {p: c for c, ps in PHONE_CLASSES.items() for p in ps}
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Size knobs and jitter ranges of the generated corpus (all keys of config.yaml's `demo` block)."""
-
-    seed: int = 0
-    voices: tuple[str, ...] = VOICES
-    train_sentences: int = 200  # Alice sentences in the training corpus
-    train_voices_per_sentence: int = 2  # each training sentence is read by this many (random) voices
-    # Held-out sentences per voice for ABX / PNMI. Each voice reads its own: were one sentence read by several
-    # voices, across-speaker ABX could match X to A by sentence context instead of by phone.
-    dev_sentences: int = 16
-    lexical_pairs: int = 32  # sWUGGY word / nonword pairs, each read by every voice
-    syntactic_pairs: int = 32  # sBLIMP sentence pairs, each read by every voice
-    storycloze_stories: int = 16  # stories per StoryCloze task (sSC and tSC)
-    max_words: int = 18  # longer Alice sentences are split at commas
-    tempo: tuple[float, float] = (0.85, 1.2)  # flite duration_stretch range
-    pitch: tuple[float, float] = (0.85, 1.15)  # factor on the voice's median F0
-    snr_db: tuple[float, float] = (15.0, 30.0)  # white noise level
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DemoConfig:
-        cfg = flat_config(cls, values, "demo config")
-        bad_voices = [v for v in cfg.voices if v not in BASE_F0]
-        if bad_voices:
-            raise ValueError(f"demo config: unknown flite voice(s) {bad_voices}; available: {list(BASE_F0)}")
-        return cfg
 
 
 @dataclass
@@ -453,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="parallel flite processes")
     args = parser.parse_args(argv)
     try:
-        cfg = DemoConfig.from_dict(json.loads(args.config))
+        cfg = loads(DemoConfig, args.config)
         info = generate(args.out, cfg, args.threads)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -21,10 +21,11 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from common.config import field as cfg_field
 from data.audio import SAMPLE_RATE
 
 ENCODER_KINDS = ("spidr", "dinosr", "hf", "mfcc")
@@ -246,3 +247,54 @@ def run_options_from_args(args) -> RunOptions:
         chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds, shard_hours=args.shard_hours,
         workers=args.workers, bad_audio=args.bad_audio, progress=not args.no_progress,
     )
+
+# ---------------------------------------------------------------------------------------------------------------
+# The units job configs: what `units.kmeans fit`, `units.extract` and `units.dedup` take as `--config` JSON, and
+# what the workflow checks for every `units.<name>` entry (through common.config.load).
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """Settings of extraction that change its result (compute layout stays in RunOptions' flags)."""
+
+    bad_audio: Literal["fail", "skip"] = "fail"  # skip: logged, counted and recorded in the output
+
+
+@dataclass(frozen=True)
+class KMeansFitConfig:
+    """How k-means is fit: a seeded sample of at most `max_frames` frames of `corpus`, `niter` Lloyd iterations."""
+
+    corpus: str | None = None  # the workflow's corpus name (the manifest itself is a path argument)
+    seed: int = 0
+    max_frames: int = cfg_field(200_000, ge=1)
+    niter: int = cfg_field(50, ge=1)
+
+
+@dataclass(frozen=True)
+class UnitsConfig:
+    """One units config: an encoder, a layer, a quantizer (None: continuous features) and how it is fit.
+
+    The same JSON goes to every job of the units config (k-means fit, extraction, dedup, its evaluations), so
+    `name` and `encoder_name` (the workflow's names) label every metric without a separate labels argument.
+    """
+
+    encoder: EncoderSpec
+    layer: int = cfg_field(0, ge=0)
+    quantizer: Literal["codebook", "kmeans"] | None = None
+    k: int | None = cfg_field(None, ge=2)
+    fit: KMeansFitConfig | None = None
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    name: str | None = None
+    encoder_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantizer == "kmeans" and (self.k is None or self.fit is None):
+            raise EncoderConfigError("quantizer='kmeans' needs 'k' and 'fit'")
+        if self.quantizer != "kmeans" and (self.k is not None or self.fit is not None):
+            raise EncoderConfigError(f"'k' and 'fit' are only for quantizer='kmeans' (quantizer={self.quantizer!r})")
+        validate_units_request(self.encoder.kind, self.layer, self.quantizer)
+
+    def labels(self) -> dict[str, Any]:
+        """What these units are, for metrics files and the report (eval.results.LABEL_KEYS)."""
+        return {"units": self.name, "encoder": self.encoder_name, "encoder_kind": self.encoder.kind,
+                "layer": self.layer, "quantizer": self.quantizer or "continuous", "k": self.k}

@@ -1,0 +1,54 @@
+"""Data-stage settings, checked without torch or audio libraries: the demo corpus (`data.demo`) and manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.config import ConfigError, field, load
+
+VOICES = ("slt", "awb", "rms", "kal16")  # flite's 16 kHz voices (CMU ARCTIC recordings)
+Voice = Literal["slt", "awb", "rms", "kal16"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Size knobs and jitter ranges of the generated corpus (all keys of config.yaml's `demo` block)."""
+
+    seed: int = 0
+    voices: tuple[Voice, ...] = VOICES
+    train_sentences: int = field(200, ge=1)  # Alice sentences in the training corpus
+    train_voices_per_sentence: int = field(2, ge=1)  # each training sentence is read by this many (random) voices
+    # Held-out sentences per voice for ABX / PNMI. Each voice reads its own: were one sentence read by several
+    # voices, across-speaker ABX could match X to A by sentence context instead of by phone.
+    dev_sentences: int = field(16, ge=1)
+    lexical_pairs: int = field(32, ge=1)  # sWUGGY word / nonword pairs, each read by every voice
+    syntactic_pairs: int = field(32, ge=1)  # sBLIMP sentence pairs, each read by every voice
+    storycloze_stories: int = field(16, ge=1)  # stories per StoryCloze task (sSC and tSC)
+    max_words: int = field(18, ge=3)  # longer Alice sentences are split at commas
+    tempo: tuple[float, float] = (0.85, 1.2)  # flite duration_stretch range
+    pitch: tuple[float, float] = (0.85, 1.15)  # factor on the voice's median F0
+    snr_db: tuple[float, float] = (15.0, 30.0)  # white noise level
+
+    def __post_init__(self) -> None:
+        if not self.voices or len(set(self.voices)) != len(self.voices):
+            raise ConfigError(f"'voices' must be a non-empty list without repeats, got {list(self.voices)}")
+        for name in ("tempo", "pitch", "snr_db"):
+            low, high = getattr(self, name)
+            if low > high or (name != "snr_db" and low <= 0):
+                raise ConfigError(f"{name!r} must be a [low, high] range with low <= high (> 0 for factors), got "
+                                  f"{list(getattr(self, name))}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> DemoConfig:
+        return load(cls, values, where)
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    """How `data.manifest` builds a manifest from a directory of audio (the `--config` JSON)."""
+
+    ext: tuple[str, ...] = ("wav", "flac")  # file extensions, without the dot
+    speaker: Literal["dir", "prefix"] = "dir"  # the first folder below the root (LibriSpeech) or the stem prefix
+    bad_audio: Literal["fail", "skip"] = "fail"  # skip: reported by name and counted
+    convert: bool = False  # resample / downmix instead of rejecting other rates and multi-channel audio

@@ -1,0 +1,127 @@
+"""`validate(config)`: every section of the workflow's config through its stage's dataclass, plus cross-references.
+
+The JSON schema (workflow/schemas/config.schema.yaml) fixes the structure (sections, named entries, sources);
+the stage dataclasses own every default and range (common.config.load names the key and what was expected);
+this module checks what neither can: names that must be defined, layers the encoder has, codebook heads. It
+also builds the one `--config` JSON of each units and eval job, so the rules only plumb it through. No torch:
+Snakemake imports this while it parses the workflow, and `snakemake -n` must stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.config import ConfigError, load
+from data.config import DemoConfig, ManifestConfig
+from eval.config import EvalConfig, Experiment
+from lm.config import TrainConfig as LMTrainConfig
+from spidr.config import from_dict as spidr_train_config
+from units.config import EncoderConfigError, ExtractionConfig, UnitsConfig, validate_units_request
+
+# Keys that moved: the old place is an error that says where the key lives now.
+MOVED = {("eval", "bad_audio"): "extraction.bad_audio (it controls unit and feature extraction)"}
+
+
+def encoder_checkpoint(config: dict[str, Any], name: str) -> str | None:
+    """The checkpoint an encoder reads: pretrained by this workflow, or given (official release file)."""
+    enc = config["encoders"][name]
+    return f"results/encoders/{name}/checkpoint.pt" if "train" in enc else enc.get("checkpoint")
+
+
+def encoder_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The units.config.EncoderSpec of a named encoder."""
+    enc = config["encoders"][name]
+    spec = {"kind": enc["kind"]}
+    if enc["kind"] in ("spidr", "dinosr"):
+        spec["checkpoint"] = encoder_checkpoint(config, name)
+    if enc["kind"] == "hf":
+        spec["model"] = enc["model"]
+    return spec
+
+
+def extraction(config: dict[str, Any]) -> ExtractionConfig:
+    return load(ExtractionConfig, config.get("extraction"), "extraction")
+
+
+def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
+    """The `--config` of every job of units entry `name` (k-means fit, extraction, dedup, its evaluations)."""
+    entry = dict(config["units"][name])
+    entry["encoder"] = encoder_spec(config, entry["encoder"])
+    values = {**entry, "name": name, "encoder_name": config["units"][name]["encoder"],
+              "extraction": config.get("extraction") or {}}
+    return load(UnitsConfig, values, f"units.{name}")
+
+
+def features_config(config: dict[str, Any], encoder: str, layer: int) -> UnitsConfig:
+    """The `--config` of continuous-feature extraction (and its ABX) of one encoder layer."""
+    values = {"encoder": encoder_spec(config, encoder), "encoder_name": encoder, "layer": layer,
+              "extraction": config.get("extraction") or {}}
+    return load(UnitsConfig, values, f"encoders.{encoder}")
+
+
+def experiment(config: dict[str, Any], name: str) -> Experiment:
+    exp = config["experiments"][name]
+    return Experiment(units=units_config(config, exp["units"]), name=name, lm=exp.get("lm"))
+
+
+def eval_config(config: dict[str, Any]) -> EvalConfig:
+    return load(EvalConfig, {k: v for k, v in (config.get("eval") or {}).items() if k != "bad_audio"}, "eval")
+
+
+def demo_config(config: dict[str, Any]) -> DemoConfig:
+    return load(DemoConfig, config.get("demo"), "demo")
+
+
+def manifest_config(config: dict[str, Any], corpus: str) -> ManifestConfig:
+    """How a `source: directory` corpus is turned into a manifest."""
+    entry = config["corpora"][corpus]
+    return load(ManifestConfig, {k: v for k, v in entry.items() if k not in ("source", "root")}, f"corpora.{corpus}")
+
+
+def encoder_geometry(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Depth and codebook layers of an encoder this workflow pretrains (from its training config); {} otherwise."""
+    enc = config["encoders"][name]
+    if "train" not in enc:
+        return {}
+    model = spidr_train_config({"kind": enc["kind"], **enc["train"]}, f"encoders.{name}.train").model
+    return {"num_layers": model.num_layers, "codebook_layers": model.codebook_layers}
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Raise ConfigError naming the key path of the first problem in the workflow's config (after the schema)."""
+
+    def need(kind: str, name: Any, where: str, known: dict) -> None:
+        if name not in known:
+            raise ConfigError(f"{where!r} refers to {kind} {name!r}, which is not defined ({sorted(known)})")
+
+    for (section, key), new in MOVED.items():
+        if key in (config.get(section) or {}):
+            raise ConfigError(f"'{section}.{key}' has moved to {new}")
+    demo_config(config)
+    extraction(config)
+    for name, corpus in config["corpora"].items():
+        if corpus["source"] == "directory":
+            manifest_config(config, name)
+    evaluation = eval_config(config)
+    need("benchmark", evaluation.benchmark, "eval.benchmark", config.get("benchmarks") or {})
+    for name, enc in config["encoders"].items():
+        if "train" in enc:
+            need("corpus", enc["corpus"], f"encoders.{name}.corpus", config["corpora"])
+            encoder_geometry(config, name)
+    for name, unit in config["units"].items():
+        need("encoder", unit["encoder"], f"units.{name}.encoder", config["encoders"])
+        units = units_config(config, name)
+        if units.fit is not None:
+            need("corpus", units.fit.corpus, f"units.{name}.fit.corpus", config["corpora"])
+        try:
+            validate_units_request(units.encoder.kind, units.layer, units.quantizer,
+                                   **encoder_geometry(config, unit["encoder"]))
+        except EncoderConfigError as err:
+            raise ConfigError(f"'units.{name}': {err}") from None
+    for name, lm in config["lms"].items():
+        need("corpus", lm["corpus"], f"lms.{name}.corpus", config["corpora"])
+        LMTrainConfig.from_dict(lm["train"], f"lms.{name}.train")
+    for name, exp in config["experiments"].items():
+        need("units", exp["units"], f"experiments.{name}.units", config["units"])
+        if exp.get("lm") is not None:
+            need("lm", exp["lm"], f"experiments.{name}.lm", config["lms"])
