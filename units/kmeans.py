@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.io import file_sha256, provenance
+from common.io import atomic_write, file_sha256, provenance
 from data.manifest import read_manifest
 from units.encoders import (
     EncoderConfigError,
@@ -60,13 +61,9 @@ class KMeansModel:
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, centroids=self.centroids.astype(np.float32),
                      meta=np.array(json.dumps(self.meta, sort_keys=True, default=str)))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> KMeansModel:
@@ -77,8 +74,11 @@ class KMeansModel:
             with np.load(path, allow_pickle=False) as data:
                 centroids = np.asarray(data["centroids"], dtype=np.float32)
                 meta = json.loads(str(data["meta"]))
-        except (OSError, KeyError, ValueError) as err:
-            raise KMeansError(f"{path}: not a k-means file written by units.kmeans ({err})") from err
+        except KeyError as err:
+            raise KMeansError(f"{path}: not a k-means file written by units.kmeans (no {err} array)") from err
+        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as err:  # e.g. cut short by a killed job
+            raise KMeansError(f"{path}: k-means file is truncated or corrupt ({type(err).__name__}: {err}); delete "
+                              "it and rerun the rule that fits it (fit_kmeans, `python -m units.kmeans fit`)") from err
         if centroids.ndim != 2 or centroids.shape[0] < 1:
             raise KMeansError(f"{path}: centroids of shape {centroids.shape}, expected (K, D)")
         return cls(centroids, meta)
