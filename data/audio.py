@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,9 +10,29 @@ import numpy as np
 import soundfile as sf
 
 SAMPLE_RATE = 16_000
-# The SpidR/HuBERT conv front end has a 400-sample receptive field: anything shorter yields zero frames.
-MIN_SAMPLES = 400
+# The SpidR/HuBERT conv front end: a 320-sample hop (50 Hz frames) and a 400-sample receptive field, so anything
+# shorter than a window yields zero frames.
+HOP = 320
+WINDOW = 400
+MIN_SAMPLES = WINDOW
 AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+def frame_count(num_samples: int, hop: int = HOP, window: int = WINDOW) -> int:
+    """Frames of a strided conv stack with this total hop and receptive field (0 for audio shorter than a window).
+
+    Equal to applying (n - kernel) // stride + 1 layer by layer: floor((floor(a / s) - b) / t) = floor((a - bs) / st).
+    """
+    return max(0, (int(num_samples) - window) // hop + 1)
+
+
+def conv_geometry(layers: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """(hop, window) in samples of a stack of (kernel, stride) convs: total stride and receptive field."""
+    hop, window = 1, 1
+    for kernel, stride in layers:
+        window += (kernel - 1) * hop
+        hop *= stride
+    return hop, window
 
 
 class BadAudioError(ValueError):

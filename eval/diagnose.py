@@ -76,7 +76,7 @@ def diagnose(model: DinoSR, wavs: list[torch.Tensor], ids: list[str],
         feats = model.features(standardize(wav)[None])
         every_frame = torch.arange(feats.shape[1]).unsqueeze(0)
         teacher = model.teacher_targets(feats, every_frame)  # exactly what training assigns, for every frame
-        probs = model.codebook_predictions([wav], layers)[0]
+        probs = {lay: p[0] for lay, p in model.head_probs(standardize(wav)[None], layers).items()}
         for k, lay in enumerate(layers):
             targets[lay].append(teacher[k].numpy())
             assigned[lay].append(model.codebooks[k].assign(teacher[k]).numpy())

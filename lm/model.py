@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig, PretrainedConfig, Qwen2Config
 
+from common.artefacts import corrupt
+
 VOCAB_FILE = "unit_vocab.json"
 
 
@@ -52,8 +54,12 @@ class UnitVocab:
         path = Path(model_dir) / VOCAB_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing unit vocabulary (is {model_dir} a unit-LM directory?)")
-        data = json.loads(path.read_text())
-        vocab = cls(int(data["num_units"]))
+        try:
+            data = json.loads(path.read_text())
+            vocab = cls(int(data["num_units"]))
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError: a file cut short
+            raise corrupt(path, "unit vocabulary", err, f"delete {model_dir} and rerun the rule that trains it "
+                          "(train_lm, `python -m lm.train`)") from err
         if data.get("specials") != vocab.to_json()["specials"]:
             raise ValueError(f"{path}: special token ids {data.get('specials')} differ from this code's layout")
         return vocab

@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from data.audio import load_audio
+from data.audio import SAMPLE_RATE, conv_geometry, frame_count, load_audio
 from data.manifest import read_manifest
 from spidr.config import DataConfig, MaskConfig
 from spidr.masking import mask_indices
-from spidr.model import frame_count
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -87,6 +86,7 @@ class PretrainBatches(Dataset):
         self.paths = list(table["path"])
         self.lengths = [int(n) for n in table["num_samples"]]
         self.data, self.mask_cfg, self.conv_layers = data, mask, tuple(conv_layers)
+        self.hop, self.window = conv_geometry((k, s) for _, k, s in self.conv_layers)
         self.seed, self.rank, self.world = seed, rank, world
         self.shuffle, self.drop_remainder = shuffle, drop_remainder
         self.num_dropped = sum(n < data.min_samples for n in self.lengths)
@@ -98,7 +98,7 @@ class PretrainBatches(Dataset):
 
     @property
     def audio_seconds(self) -> float:
-        return sum(min(n, self.data.max_samples) for n in self.lengths if n >= self.data.min_samples) / 16_000
+        return sum(min(n, self.data.max_samples) for n in self.lengths if n >= self.data.min_samples) / SAMPLE_RATE
 
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
@@ -134,7 +134,7 @@ class PretrainBatches(Dataset):
         for w in wavs:
             offset = int(torch.randint(w.numel() - n + 1, (), generator=gen)) if w.numel() > n else 0
             cropped.append(w[offset : offset + n])
-        frames = frame_count(self.conv_layers, n)
+        frames = frame_count(n, self.hop, self.window)
         m = self.mask_cfg
         mask = mask_indices(len(cropped), frames, prob=m.prob, length=m.length, min_masks=m.min_masks, generator=gen)
         return {"wavs": torch.stack(cropped), "mask": mask, "epoch": self.epoch, "index": j}

@@ -37,8 +37,3 @@ def mask_indices(
             r = r[torch.randperm(r.numel(), generator=generator)[:keep]].sort().values
         out[i] = r
     return out
-
-
-def mask_from_indices(index: Tensor, frames: int) -> Tensor:
-    """Boolean (B, T) mask with True at the given frame indices."""
-    return torch.zeros(index.shape[0], frames, dtype=torch.bool).scatter_(1, index, True)

@@ -12,20 +12,17 @@ from its own FFN output (before the residual). DinoSR: the last student layer pr
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from data.audio import conv_geometry, frame_count
 from spidr.config import ModelConfig
-
-INFERENCE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -337,16 +334,6 @@ class Codebooks(nn.ModuleList):
         self.pending_steps = int(state["steps"])
 
 
-def frame_count(conv_layers: Sequence[tuple[int, int, int]], num_samples: int) -> int:
-    """Number of output frames of the conv front end for `num_samples` input samples (0 when too short)."""
-    n = int(num_samples)
-    for _, kernel, stride in conv_layers:
-        n = (n - kernel) // stride + 1
-        if n <= 0:
-            return 0
-    return n
-
-
 def standardize(wav: Tensor) -> Tensor:
     """Zero mean, unit variance over the whole utterance (the paper's input normalisation), in fp32."""
     wav = wav.float()
@@ -376,15 +363,15 @@ class DinoSR(nn.Module):
         self.projection_dropout = nn.Dropout(cfg.projection_dropout)
         self.mask_embedding = nn.Parameter(torch.empty(d).uniform_())
         self.student = Transformer(cfg)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, cfg.codebook_size), nn.LogSoftmax(dim=-1)) for _ in range(cfg.num_codebooks)
-        )
+        # A Sequential of one Linear keeps the official key layout (`heads.k.0.weight`).
+        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(d, cfg.codebook_size)) for _ in range(cfg.num_codebooks))
         self.codebooks = Codebooks(
             (Codebook(d, cfg.codebook_size, cfg.codebook_decay) for _ in range(cfg.num_codebooks)),
             cfg.codebook_update_interval,
         )
         self.teacher: Transformer | None = self._make_teacher() if teacher else None
         self.register_buffer("current_step", torch.zeros(1, dtype=torch.int64))
+        self.hop, self.window = conv_geometry((k, s) for _, k, s in cfg.conv_layers)
         self.extractor_frozen = False
         self._ema_pairs: tuple[list[Tensor], ...] | None = None
 
@@ -420,7 +407,7 @@ class DinoSR(nn.Module):
         return self.cfg.codebook_layers
 
     def frame_count(self, num_samples: int) -> int:
-        return frame_count(self.cfg.conv_layers, num_samples)
+        return frame_count(num_samples, self.hop, self.window)
 
     def extractor_parameters(self) -> list[nn.Parameter]:
         return [*self.feature_extractor.parameters(), *self.feature_projection.parameters()]
@@ -474,12 +461,16 @@ class DinoSR(nn.Module):
                 for r in outs[-self.cfg.num_codebooks :]
             ]
 
-    def forward(self, wavs: Tensor, mask_index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, wavs: Tensor, mask_index: Tensor, frames: Tensor | float | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training forward on standardised, unpadded (B, L) waveforms with (B, M) masked frame indices.
 
-        Returns the sum over masked frames of the per-frame loss (cross-entropy averaged over the K codebooks)
-        and detached statistics: the number of masked frames, per-codebook target counts and summed
-        predicted probabilities (for perplexities and active codewords).
+        Returns the loss, the only place it is normalised: the per-frame cross-entropy (averaged over the K
+        codebooks) summed over the masked frames and divided by `frames` (default: this batch's masked frames, a
+        per-frame mean; the trainer passes the global count over ranks and micro-batches divided by the number of
+        gradient averages DDP makes). Also detached statistics: `loss_sum` (the undivided sum), `frames` (this
+        batch's masked frames), per-codebook target counts and summed predicted probabilities (perplexities and
+        active codewords).
         """
         feats = self.features(wavs)
         x = self.projection_dropout(feats)
@@ -488,21 +479,24 @@ class DinoSR(nn.Module):
         hidden = self.student_predictions(x, mask_index)
         targets = self.teacher_targets(feats, mask_index)
         labels = self.codebooks.quantize(targets, update=self.training)
-        logits = [hd[0](h) for hd, h in zip(self.heads, hidden, strict=True)]  # bf16 under autocast
+        logits = [head(h) for head, h in zip(self.heads, hidden, strict=True)]  # bf16 under autocast
         with torch.autocast(wavs.device.type, enabled=False):  # log-softmax and loss in fp32
             log_probs = [F.log_softmax(z.float(), dim=-1) for z in logits]
-            loss = torch.stack([F.nll_loss(lp, y, reduction="none") for lp, y in zip(log_probs, labels, strict=True)])
+            loss_sum = sum(F.nll_loss(lp, y, reduction="sum") for lp, y in zip(log_probs, labels, strict=True))
+            loss_sum = loss_sum / len(log_probs)
+            loss = loss_sum / (float(mask_index.numel()) if frames is None else frames)
             with torch.no_grad():
                 stats = {
+                    "loss_sum": loss_sum.detach(),
                     "frames": torch.tensor(float(mask_index.numel()), device=wavs.device),
                     "target_counts": torch.stack(
                         [torch.bincount(lab, minlength=self.cfg.codebook_size).float() for lab in labels]
                     ),
                     "pred_probs": torch.stack([lp.exp().sum(0) for lp in log_probs]),
                 }
-        return loss.mean(0).sum(), stats
+        return loss, stats
 
-    # -- inference --------------------------------------------------------------------------------------------
+    # -- inference on one zero-padded batch (units.batching plans the batches) -------------------------------
 
     def _check_layers(self, layers: Sequence[int], allowed: Sequence[int], what: str) -> list[int]:
         layers = [int(lay) for lay in layers]
@@ -511,113 +505,47 @@ class DinoSR(nn.Module):
                 raise ValueError(f"layer {lay} has no {what}; available layers: {list(allowed)}")
         return layers
 
-    def _head_probs(self, layer: int, hidden: Tensor) -> Tensor:
-        head = self.heads[layer - self.codebook_layers[0]]
-        return F.softmax(head[0](hidden).float(), dim=-1)
+    def _padded_input(self, wavs: Tensor, lengths: Sequence[int] | None) -> tuple[Tensor, Tensor | None]:
+        """Projected features of (B, L) standardised waveforms zero-padded past `lengths`, and the (B, T) mask of
+        real frames (None when every item is full length). Padding never changes the frames of the real audio."""
+        if lengths is None or min(lengths) == wavs.shape[1]:
+            return self.features(wavs), None
+        if self.cfg.extractor_mode == "layer_norm":
+            feats = self.features(wavs)
+        else:  # GroupNorm normalises each channel over time, padding included: each utterance alone
+            alone = [self.features(wavs[b : b + 1, :n])[0] for b, n in enumerate(lengths)]
+            feats = nn.utils.rnn.pad_sequence(alone, batch_first=True)
+        frames = torch.tensor([self.frame_count(n) for n in lengths])  # on the host: no device sync
+        valid = torch.arange(feats.shape[1]).unsqueeze(0) < frames.unsqueeze(1)
+        return feats, valid.to(feats.device, non_blocking=True)
 
-    def _codebook_outputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
+    def _head_inputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
         final, _ = self.student(x, valid, results=False)
-        return {lay: self._head_probs(lay, final) for lay in layers}
+        return dict.fromkeys(layers, final)
 
     @torch.no_grad()
-    def encode(self, wavs: Sequence[Tensor], layers: Sequence[int], **kw) -> list[dict[int, Tensor]]:
-        """Per-utterance pre-residual FFN outputs (T, D) of the given 1-based layers, float32 on CPU.
+    def layer_outputs(self, wavs: Tensor, layers: Sequence[int], lengths: Sequence[int] | None = None
+                      ) -> dict[int, Tensor]:
+        """(B, T, D) pre-residual FFN outputs of the given 1-based layers, in eval mode.
 
-        `wavs` are raw 1-D 16 kHz waveforms; each is standardised here. Keywords: `batch_samples` (padded
-        samples per forward), `autocast` (bf16 on CUDA, default on). Batched results equal one-at-a-time ones.
+        `wavs` (B, L) are standardised waveforms (`standardize`), zero-padded past `lengths` (samples; None: all
+        full length). Item b's real frames are the first frame_count(lengths[b]); the rest is padding.
         """
         layers = self._check_layers(layers, range(1, self.num_layers + 1), "transformer output")
-
-        def run(x: Tensor, valid: Tensor | None) -> dict[int, Tensor]:
-            _, outs = self.student(x, valid, num_layers=max(layers))
-            return {lay: outs[lay - 1] for lay in layers}
-
-        return self._batched(wavs, run, self.embed_dim, layers, **kw)
+        x, valid = self._padded_input(wavs, lengths)
+        _, outs = self.student(x, valid, num_layers=max(layers))
+        return {lay: outs[lay - 1] for lay in layers}
 
     @torch.no_grad()
-    def codebook_predictions(self, wavs: Sequence[Tensor], layers: Sequence[int], **kw) -> list[dict[int, Tensor]]:
-        """Per-utterance (T, V) probabilities of the student head of each given layer (see `codebook_layers`)."""
+    def head_probs(self, wavs: Tensor, layers: Sequence[int], lengths: Sequence[int] | None = None
+                   ) -> dict[int, Tensor]:
+        """(B, T, V) fp32 probabilities of the student head of each given layer (see `codebook_layers`); inputs
+        as in `layer_outputs`. Their argmax are the paper's "codebook" units."""
         layers = self._check_layers(layers, self.codebook_layers, "codebook head")
-        return self._batched(
-            wavs, lambda x, valid: self._codebook_outputs(x, valid, layers), self.codebook_size, layers, **kw
-        )
-
-    @torch.no_grad()
-    def codebook_units(self, wavs: Sequence[Tensor], layer: int, **kw) -> list[Tensor]:
-        """Per-utterance (T,) int64 argmax units of the head of `layer` (the paper's "codebook" units)."""
-        return [p[layer].argmax(-1) for p in self.codebook_predictions(wavs, [layer], **kw)]
-
-    def _batched(
-        self,
-        wavs: Sequence[Tensor],
-        run: Callable[[Tensor, Tensor | None], dict[int, Tensor]],
-        width: int,
-        layers: list[int],
-        *,
-        batch_samples: int = 16_000 * 240,
-        autocast: bool = True,
-    ) -> list[dict[int, Tensor]]:
-        """Sort by length, pad within batches of at most `batch_samples` padded samples, mask the padding."""
-        device = next(self.parameters()).device
-        wavs = [torch.as_tensor(w) for w in wavs]
-        for i, w in enumerate(wavs):
-            if w.dim() != 1:
-                raise ValueError(f"waveform {i} has shape {tuple(w.shape)}; expected a 1-D 16 kHz mono waveform")
-        frames = [self.frame_count(w.numel()) for w in wavs]
-        results: list[dict[int, Tensor] | None] = [None] * len(wavs)
-        for i, n in enumerate(frames):
-            if n == 0:  # shorter than the receptive field: no frame
-                results[i] = {lay: torch.zeros(0, width) for lay in layers}
-        order = sorted((i for i, n in enumerate(frames) if n > 0), key=lambda i: -wavs[i].numel())
-        # GroupNorm normalises each channel over time, padding included: batch equal lengths only
-        exact = self.cfg.extractor_mode != "layer_norm"
-        # On CUDA, a batch's outputs are copied to the host on a side stream while the next batch computes.
-        copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        pending: tuple[list[int], dict[int, Tensor], torch.cuda.Event | None] | None = None
-
-        def collect(batch: list[int], out: dict[int, Tensor], ready: torch.cuda.Event | None) -> None:
-            with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
-                if ready is not None:
-                    copy_stream.wait_event(ready)
-                for row, i in enumerate(batch):  # per item: small host buffers are reused, big ones page-fault
-                    results[i] = {lay: out[lay][row, : frames[i]].float().cpu() for lay in layers}
-
-        was_training = self.training
-        self.eval()
-        try:
-            start = 0
-            while start < len(order):
-                longest = wavs[order[start]].numel()
-                size = max(1, min(len(order) - start, batch_samples // longest))
-                batch = order[start : start + size]
-                if exact:
-                    batch = [i for i in batch if wavs[i].numel() == longest]
-                    size = len(batch)
-                start += size
-                x = torch.zeros(len(batch), longest, device=device)
-                for row, i in enumerate(batch):
-                    w = wavs[i].to(device)
-                    x[row, : w.numel()] = standardize(w)
-                t = self.frame_count(longest)
-                valid = None
-                if min(frames[i] for i in batch) < t:  # decided on the host: no device sync
-                    lengths = torch.tensor([frames[i] for i in batch]).to(device)
-                    valid = torch.arange(t, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-                use_amp = autocast and device.type == "cuda"
-                # Not cuDNN attention: it builds a new plan (~10 ms of CPU per layer) for every new length
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), sdpa_kernel(INFERENCE_SDPA):
-                    out = run(self.features(x), valid)
-                ready = torch.cuda.Event() if copy_stream is not None else None
-                if ready is not None:
-                    ready.record()
-                if pending is not None:
-                    collect(*pending)
-                pending = (batch, out, ready)
-            if pending is not None:
-                collect(*pending)
-        finally:
-            self.train(was_training)
-        return results  # type: ignore[return-value]
+        x, valid = self._padded_input(wavs, lengths)
+        hidden = self._head_inputs(x, valid, layers)
+        first = self.codebook_layers[0]
+        return {lay: F.softmax(self.heads[lay - first](hidden[lay]).float(), dim=-1) for lay in layers}
 
 
 class SpidR(DinoSR):
@@ -634,9 +562,9 @@ class SpidR(DinoSR):
         _, outs = self.student(x)
         return [select(r, index) for r in outs[-self.cfg.num_codebooks :]]
 
-    def _codebook_outputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
+    def _head_inputs(self, x: Tensor, valid: Tensor | None, layers: list[int]) -> dict[int, Tensor]:
         _, outs = self.student(x, valid, num_layers=max(layers))
-        return {lay: self._head_probs(lay, outs[lay - 1]) for lay in layers}
+        return {lay: outs[lay - 1] for lay in layers}
 
 
 MODELS: dict[str, type[DinoSR]] = {"spidr": SpidR, "dinosr": DinoSR}

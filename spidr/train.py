@@ -30,13 +30,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.io import atomic_write_json, file_sha256, provenance
+from data.audio import SAMPLE_RATE
 from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
 from spidr.config import ConfigError, TrainConfig, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
 from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
-
-SAMPLE_RATE = 16_000
 
 
 class TrainingDiverged(RuntimeError):
@@ -274,10 +273,10 @@ class Trainer:
         wavs = batch["wavs"].to(self.device, non_blocking=True)
         mask = batch["mask"].to(self.device, non_blocking=True)
         self.model.train()
+        # DDP averages gradients over ranks: normalised by global frames / world, the loss is the global per-frame mean
+        frames = all_reduce(torch.tensor(float(mask.numel()), device=self.device)) / self.world
         with self._autocast():
-            loss_sum, stats = self.ddp(wavs, mask)
-        frames = all_reduce(stats["frames"].clone())
-        loss = loss_sum * self.world / frames  # DDP averages gradients: this makes it the global per-frame mean
+            loss, stats = self.ddp(wavs, mask, frames)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
@@ -291,9 +290,9 @@ class Trainer:
         self.model.current_step.fill_(self.step)
         self.lr = lr
         with torch.no_grad():
-            self.m_loss += loss_sum.detach().double()
+            self.m_loss += stats["loss_sum"].double()
             self.m_frames += stats["frames"].double()
-            self.m_bad += (~torch.isfinite(loss_sum.detach())).double()
+            self.m_bad += (~torch.isfinite(stats["loss_sum"])).double()
             self.m_targets += stats["target_counts"].double()
             self.m_preds += stats["pred_probs"].double()
             self.m_gnorm += gnorm.detach().double()
@@ -383,8 +382,8 @@ class Trainer:
         acc = torch.zeros(2 + 2 * k * v, device=self.device, dtype=torch.float64)
         for batch in make_loader(self.valid):
             with self._autocast():
-                loss_sum, stats = self.model(batch["wavs"].to(self.device), batch["mask"].to(self.device))
-            acc += torch.cat([torch.stack([loss_sum.float(), stats["frames"]]).double(),
+                _, stats = self.model(batch["wavs"].to(self.device), batch["mask"].to(self.device))
+            acc += torch.cat([torch.stack([stats["loss_sum"].float(), stats["frames"]]).double(),
                               stats["target_counts"].flatten().double(), stats["pred_probs"].flatten().double()])
         all_reduce(acc)
         targets, preds = acc[2 : 2 + k * v].view(k, v), acc[2 + k * v :].view(k, v)

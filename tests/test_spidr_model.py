@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
 from spidr.config import ConfigError, ModelConfig, from_dict, preset
 from spidr.masking import mask_indices
-from spidr.model import Codebook, Codebooks, build_model, compile_model, layer_norm_gelu
+from spidr.model import Codebook, Codebooks, build_model, compile_model, layer_norm_gelu, standardize
 from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
 
 
@@ -164,25 +164,27 @@ def test_masking_statistics():
 @pytest.mark.parametrize(
     ("kind", "mode"), [("spidr", "layer_norm"), ("dinosr", "layer_norm"), ("spidr", "group_norm")]
 )
-def test_batched_inference_equals_one_at_a_time(kind, mode):
+def test_padded_batch_inference_equals_one_at_a_time(kind, mode):
+    """The padded frames never change the real ones: the valid mask, and GroupNorm front ends run alone."""
     torch.manual_seed(0)
     cfg = from_dict({"kind": kind, "preset": "tiny", "model": {"extractor_mode": mode}}).model
     model = build_model(cfg, kind=kind, seed=0).eval()
-    wavs = [torch.randn(n) * s for n, s in ((16_000, 1.0), (9_123, 0.1), (300, 1.0), (23_456, 3.0), (16_000, 0.5))]
-    batched = model.encode(wavs, [1, 3, 4], batch_samples=10**9)
-    probs = model.codebook_predictions(wavs, model.codebook_layers, batch_samples=10**9)
-    for w, feats, p in zip(wavs, batched, probs, strict=True):
-        alone = model.encode([w], [1, 3, 4])[0]
-        alone_p = model.codebook_predictions([w], model.codebook_layers)[0]
+    wavs = [standardize(torch.randn(n)) for n in (16_000, 9_123, 700, 23_456, 16_000)]
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    lengths = [w.numel() for w in wavs]
+    feats = model.layer_outputs(batch, [1, 3, 4], lengths)
+    probs = model.head_probs(batch, model.codebook_layers, lengths)
+    for b, w in enumerate(wavs):
         n = model.frame_count(w.numel())
+        alone = model.layer_outputs(w[None], [1, 3, 4])
+        alone_p = model.head_probs(w[None], model.codebook_layers)
         for layer in (1, 3, 4):
-            assert feats[layer].shape == (n, model.embed_dim) and feats[layer].dtype == torch.float32
-            torch.testing.assert_close(feats[layer], alone[layer], rtol=1e-5, atol=1e-5)
+            assert alone[layer].shape == (1, n, model.embed_dim) and alone[layer].dtype == torch.float32
+            torch.testing.assert_close(feats[layer][b, :n], alone[layer][0], rtol=1e-5, atol=1e-5)
         for layer in model.codebook_layers:
-            assert p[layer].shape == (n, model.codebook_size)
-            torch.testing.assert_close(p[layer], alone_p[layer], rtol=1e-5, atol=1e-6)
-            if n:
-                torch.testing.assert_close(p[layer].sum(-1), torch.ones(n))
+            assert alone_p[layer].shape == (1, n, model.codebook_size)
+            torch.testing.assert_close(probs[layer][b, :n], alone_p[layer][0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(alone_p[layer].sum(-1), torch.ones(1, n))
 
 
 @pytest.mark.parametrize("mode", ["layer_norm", "group_norm"])
@@ -243,18 +245,10 @@ def test_compiled_model_matches_eager():
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_encode_standardises_each_utterance():
-    model = build_model("tiny", seed=0).eval()
-    w = torch.randn(16_000)
-    a = model.encode([w], [2])[0][2]
-    b = model.encode([w * 7.0 + 0.3], [2])[0][2]
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
 def test_features_are_pre_residual_ffn_outputs():
     model = build_model("tiny", seed=0).eval()
     w = torch.randn(16_000)
-    got = model.encode([w], [2])[0][2]
+    got = model.layer_outputs(standardize(w)[None], [2])[2][0]
     x = model.features(F.layer_norm(w, w.shape)[None])
     x = x + model.student.pos_conv_embed(x)
     x = model.student.layer_norm(x)
@@ -271,21 +265,20 @@ def test_heads_per_kind():
     w = torch.randn(16_000)
     layers = spidr.codebook_layers
     assert layers == [2, 3, 4]
-    feats = spidr.encode([w], layers)[0]
-    sp = spidr.codebook_predictions([w], layers)[0]
+    x = standardize(w)[None]
+    feats = spidr.layer_outputs(x, layers)
+    sp = spidr.head_probs(x, layers)
     for k, layer in enumerate(layers):  # SpidR: head k reads its own layer's FFN output
         torch.testing.assert_close(sp[layer], F.softmax(spidr.heads[k][0](feats[layer]), -1), rtol=1e-5, atol=1e-6)
-    x = dinosr.features(F.layer_norm(w, w.shape)[None])
-    final, _ = dinosr.student(x)
-    dp = dinosr.codebook_predictions([w], layers)[0]
+    final, _ = dinosr.student(dinosr.features(x))
+    dp = dinosr.head_probs(x, layers)
     for k, layer in enumerate(layers):  # DinoSR: every head reads the last layer
-        torch.testing.assert_close(dp[layer], F.softmax(dinosr.heads[k][0](final[0]), -1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dp[layer], F.softmax(dinosr.heads[k][0](final), -1), rtol=1e-5, atol=1e-6)
+    assert all(len(head) == 1 for head in spidr.heads)  # a Linear only (official key layout heads.k.0)
     with pytest.raises(ValueError, match="layer 1"):
-        spidr.codebook_predictions([w], [1])
+        spidr.head_probs(x, [1])
     with pytest.raises(ValueError, match="layer 5"):
-        spidr.encode([w], [5])
-    units = spidr.codebook_units([w], 3)[0]
-    assert units.dtype == torch.int64 and torch.equal(units, sp[3].argmax(-1))
+        spidr.layer_outputs(x, [5])
 
 
 def test_training_forward_and_ema():
@@ -296,6 +289,9 @@ def test_training_forward_and_ema():
     before = [cb.codebook.clone() for cb in model.codebooks]
     loss, stats = model(wavs, idx)
     assert stats["frames"].item() == idx.numel() and torch.isfinite(loss)
+    # Normalised in the model only: the per-frame mean by default, or by the frame count the trainer passes.
+    torch.testing.assert_close(loss.detach(), stats["loss_sum"] / idx.numel())
+    assert 0.5 * math.log(model.codebook_size) < loss.item() < 2 * math.log(model.codebook_size)
     assert stats["target_counts"].sum().item() == idx.numel() * model.cfg.num_codebooks
     assert all(not torch.equal(b, cb.codebook) for b, cb in zip(before, model.codebooks, strict=True))
     loss.backward()
@@ -396,7 +392,7 @@ def test_official_layout_loads_and_round_trips(tmp_path, wrapped):
     assert set(again) == set(sd) and all(torch.equal(again[k], sd[k]) for k in sd)
     encoder = load_encoder(out)
     assert encoder.teacher is None and not encoder.training
-    assert encoder.encode([torch.randn(8000)], [4])[0][4].shape == (24, cfg.embed_dim)
+    assert encoder.layer_outputs(torch.randn(1, 8000), [4])[4].shape == (1, 24, cfg.embed_dim)
 
 
 @pytest.mark.slow
@@ -443,7 +439,7 @@ def test_random_model_checkpoint_for_other_stages(tmp_path):
     assert loaded.kind == "dinosr" and loaded.codebook_layers == [2, 3, 4]
     assert (loaded.num_layers, loaded.embed_dim, loaded.codebook_size) == (4, 32, 16)
     w = torch.randn(12_000)
-    torch.testing.assert_close(loaded.encode([w], [2])[0][2], model.eval().encode([w], [2])[0][2])
+    torch.testing.assert_close(loaded.layer_outputs(w[None], [2])[2], model.eval().layer_outputs(w[None], [2])[2])
     with pytest.raises(CheckpointError, match="dinosr"):
         load_model(tmp_path / "tiny.pt", kind="spidr")
     ckpt = torch.load(tmp_path / "tiny.pt", weights_only=True)

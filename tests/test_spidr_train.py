@@ -111,7 +111,7 @@ def test_resume_is_bit_identical_across_the_freeze(corpus, tmp_path, codebook_in
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # one line per step, none duplicated by the resumes
     model = load_encoder(tmp_path / "a.pt")
-    assert model.kind == "spidr" and model.encode([torch.randn(8000)], [1])[0][1].shape == (24, 32)
+    assert model.kind == "spidr" and model.layer_outputs(torch.randn(1, 8000), [1])[1].shape == (1, 24, 32)
 
 
 def test_metrics_log(corpus, tmp_path):
@@ -132,9 +132,11 @@ def test_metrics_log(corpus, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     forward = DinoSR.forward
 
-    def poisoned(self, wavs, mask_index):
-        loss, stats = forward(self, wavs, mask_index)
-        return (loss * float("nan") if int(self.current_step) >= 3 else loss), stats
+    def poisoned(self, wavs, mask_index, frames=None):
+        loss, stats = forward(self, wavs, mask_index, frames)
+        if int(self.current_step) >= 3:
+            loss, stats = loss * float("nan"), {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
+        return loss, stats
 
     monkeypatch.setattr(DinoSR, "forward", poisoned)
     cfg = {**TINY, "log_interval": 2}

@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from spidr.model import standardize
 from tests.units_helpers import make_hf_hubert, make_spidr
-from units.encoders import (
-    EncoderConfigError,
-    EncoderSpec,
-    check_units_config,
-    encode_batched,
-    frame_count,
-    get_encoder,
-    plan_pieces,
-    validate_units_request,
-)
+from units.batching import encode_batched, plan_pieces
+from units.config import EncoderConfigError, EncoderSpec, frame_count, validate_units_request
+from units.encoders import check_units_config, get_encoder
 
 LENGTHS = (16000, 9000, 12345, 400, 3000, 719)
 
@@ -67,8 +61,6 @@ def test_hf_layer_L_is_hidden_states_L(hf_dir, wavs):
 
 
 def test_spidr_layers_are_one_based_pre_residual_ffn_outputs(spidr_ckpt, wavs):
-    from spidr.model import standardize
-
     enc = get_encoder({"kind": "spidr", "checkpoint": str(spidr_ckpt)})
     wav = wavs[0]
     with torch.no_grad():
@@ -112,8 +104,15 @@ def test_spidr_batched_equals_one_at_a_time_and_codebook_probs(spidr_ckpt, wavs)
         torch.testing.assert_close(f, enc.features([wav], layer)[0], rtol=0, atol=1e-5)
         assert p.shape == (frame_count(wav.numel()), enc.codebook_size)
         torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[0]), rtol=0, atol=1e-5)
-        reference = enc.model.codebook_predictions([wav], [layer])[0][layer]
+        reference = enc.model.head_probs(standardize(wav)[None], [layer])[layer][0]
         torch.testing.assert_close(p, reference, rtol=0, atol=1e-6)
+
+
+def test_spidr_encoder_standardises_each_utterance(spidr_ckpt, wavs):
+    enc = get_encoder({"kind": "spidr", "checkpoint": str(spidr_ckpt)})
+    a, b = enc.features([wavs[0], wavs[1] * 7.0 + 0.3], 2)
+    torch.testing.assert_close(b, enc.features([wavs[1]], 2)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a, enc.features([wavs[0] * 0.01], 2)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_plan_pieces_cover_every_frame_once():

@@ -11,8 +11,10 @@ import torch
 
 from data.audio import BadAudioError, load_audio
 from data.manifest import read_manifest
+from spidr.model import standardize
 from tests.units_helpers import make_corpus, make_hf_hubert, make_spidr
-from units.encoders import RunOptions, frame_count, get_encoder
+from units.config import RunOptions, frame_count
+from units.encoders import get_encoder
 from units.extract import extract_features, extract_units, main
 from units.format import read_units, read_units_meta
 from units.kmeans import KMeansError, fit_from_corpus
@@ -71,9 +73,9 @@ def test_codebook_units_are_argmax_of_codebook_predictions(tmp_path, corpus, spi
     units = read_units(tmp_path / "u.parquet")
     assert read_units_meta(tmp_path / "u.parquet")["vocab_size"] == enc.codebook_size
     _, wavs = wavs_of(corpus)
-    probs = enc.model.codebook_predictions(wavs, [layer])
+    probs = [enc.model.head_probs(standardize(w)[None], [layer])[layer][0] for w in wavs]
     for got, p in zip(units["units"], probs, strict=True):
-        np.testing.assert_array_equal(got, p[layer].argmax(-1).numpy())
+        np.testing.assert_array_equal(got, p.argmax(-1).numpy())
     with pytest.raises(ValueError, match="codebook heads only on layers"):
         extract_units(spec, 1, "codebook", corpus, tmp_path / "w.parquet", run=RUN)
 

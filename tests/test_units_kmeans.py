@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.units_helpers import make_corpus
-from units.encoders import EncoderSpec, RunOptions
+from units.config import EncoderSpec, RunOptions
 from units.kmeans import (
     KMeansError,
     KMeansModel,

@@ -19,43 +19,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from common.config import field as cfg_field
-from data.audio import SAMPLE_RATE
+from data.audio import HOP, SAMPLE_RATE, WINDOW, conv_geometry, frame_count  # noqa: F401  (re-exported)
 
 ENCODER_KINDS = ("spidr", "dinosr", "hf", "mfcc")
 QUANTIZERS = ("codebook", "kmeans")
 PRECISIONS = ("auto", "fp32", "bf16")
 BAD_AUDIO_POLICIES = ("fail", "skip")
-HOP = 320  # samples per frame (20 ms)
-WINDOW = 400  # samples seen by one frame of the conv front end (25 ms)
 FRAME_RATE = SAMPLE_RATE / HOP  # 50.0 Hz
 
 
 class EncoderConfigError(ValueError):
     """An encoder spec, layer or quantizer that cannot work together; the message names the value."""
-
-
-def frame_count(num_samples: int, hop: int = HOP, window: int = WINDOW) -> int:
-    """Frames of a strided conv stack with this total hop and receptive field (0 for audio shorter than a window).
-
-    Equal to applying (n - kernel) // stride + 1 layer by layer: floor((floor(a / s) - b) / t) = floor((a - bs) / st).
-    """
-    return max(0, (int(num_samples) - window) // hop + 1)
-
-
-def conv_geometry(layers: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """(hop, window) in samples of a stack of (kernel, stride) convs: total stride and receptive field."""
-    hop, window = 1, 1
-    for kernel, stride in layers:
-        window += (kernel - 1) * hop
-        hop *= stride
-    return hop, window
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,6 +228,7 @@ def run_options_from_args(args) -> RunOptions:
         chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds, shard_hours=args.shard_hours,
         workers=args.workers, bad_audio=args.bad_audio, progress=not args.no_progress,
     )
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The units job configs: what `units.kmeans fit`, `units.extract` and `units.dedup` take as `--config` JSON, and

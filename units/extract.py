@@ -16,7 +16,7 @@ Usage:
       --train-config gives the depth and heads of a SpidR / DinoSR that is still to be pretrained.
 
 Encoder JSON: {"kind": "spidr"|"dinosr", "checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} |
-{"kind": "mfcc"}. Layer numbering: see units.encoders. Run options (device, precision, batching, chunking,
+{"kind": "mfcc"}. Layer numbering: see units.config. Run options (device, precision, batching, chunking,
 --bad-audio fail|skip): `--help` of a subcommand.
 """
 
@@ -36,25 +36,21 @@ import torch
 from torch import Tensor
 
 from common.io import atomic_write_json, file_sha256, provenance
-from data.audio import BadAudioError
+from data.audio import SAMPLE_RATE, BadAudioError
 from data.manifest import ManifestError, read_manifest
-from units.encoders import (
+from units.batching import encode_batched
+from units.config import (
     QUANTIZERS,
-    Encoder,
     EncoderConfigError,
     EncoderSpec,
     RunOptions,
     add_run_options,
-    check_units_config,
-    encode_batched,
-    get_encoder,
-    iter_shards,
-    plan_shards,
-    progress_bar,
     run_options_from_args,
 )
+from units.encoders import Encoder, check_units_config, get_encoder
 from units.format import UnitsWriter, iter_units, read_units_meta, write_text_units
 from units.kmeans import KMeansError, KMeansModel, nearest_centroid
+from units.shards import iter_shards, plan_shards, progress_bar
 
 SUCCESS = "_SUCCESS.json"
 CONFIG = "_CONFIG.json"
@@ -159,7 +155,7 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
     todo = [(i, rows) for i, rows in shards if not parts[i].is_file()]
     if len(todo) < len(shards):
         print(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already done in {work}", file=log)
-    seconds = sum(float(table["num_samples"].iloc[rows].sum()) for _, rows in todo) / 16000
+    seconds = sum(float(table["num_samples"].iloc[rows].sum()) for _, rows in todo) / SAMPLE_RATE
     with progress_bar(seconds, f"units {spec.kind} L{layer} {quantizer}", run.progress) as tick:
         for shard in iter_shards(ids, paths, todo, bad_audio=run.bad_audio, min_samples=encoder.window,
                                  workers=run.workers, log=log):
@@ -243,7 +239,7 @@ def extract_features(spec: str | dict | EncoderSpec, layer: int, manifest: str |
         return [o.float() for o in outs]
 
     skipped: list[dict[str, str]] = []
-    with progress_bar(sum(sizes) / 16000, f"features {spec.kind} L{layer}", run.progress) as tick:
+    with progress_bar(sum(sizes) / SAMPLE_RATE, f"features {spec.kind} L{layer}", run.progress) as tick:
         for shard in iter_shards(ids, paths, shards, bad_audio=run.bad_audio, min_samples=encoder.window,
                                  workers=run.workers, log=log):
             skipped += shard.skipped

@@ -27,19 +27,12 @@ import torch
 from torch import Tensor
 
 from common.io import atomic_write, file_sha256, provenance
+from data.audio import SAMPLE_RATE
 from data.manifest import read_manifest
-from units.encoders import (
-    EncoderConfigError,
-    EncoderSpec,
-    RunOptions,
-    add_run_options,
-    encode_batched,
-    get_encoder,
-    iter_shards,
-    plan_shards,
-    progress_bar,
-    run_options_from_args,
-)
+from units.batching import encode_batched
+from units.config import EncoderConfigError, EncoderSpec, RunOptions, add_run_options, run_options_from_args
+from units.encoders import get_encoder
+from units.shards import iter_shards, plan_shards, progress_bar
 
 
 class KMeansError(ValueError):
@@ -161,7 +154,8 @@ def fit_from_corpus(spec: str | dict | EncoderSpec, layer: int, manifest: str | 
     feats: list[np.ndarray] = []
     skipped: list[dict[str, str]] = []
     collected, used_utts = 0, 0
-    with progress_bar(float(table["num_samples"].iloc[rows].sum()) / 16000, "k-means sample", run.progress) as tick:
+    seconds = float(table["num_samples"].iloc[rows].sum()) / SAMPLE_RATE
+    with progress_bar(seconds, "k-means sample", run.progress) as tick:
         while rows:
             shards = list(enumerate(plan_shards(table["num_samples"].iloc[rows].tolist(), run.shard_samples)))
             shards = [(i, [rows[j] for j in part]) for i, part in shards]
@@ -221,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit k-means on a seeded sample of a corpus's frames")
-    fit.add_argument("--encoder", required=True, help="encoder spec JSON (see units.encoders.EncoderSpec)")
+    fit.add_argument("--encoder", required=True, help="encoder spec JSON (see units.config.EncoderSpec)")
     fit.add_argument("--layer", type=int, required=True)
     fit.add_argument("--manifest", type=Path, required=True, help="corpus manifest TSV to sample frames from")
     fit.add_argument("--k", type=int, required=True)

@@ -1,0 +1,106 @@
+"""Corpus reading for the units stage: shards of consecutive manifest rows, audio loaded ahead in threads, bad
+audio handled per policy (never silently), and a progress bar in seconds of audio."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data.audio import SAMPLE_RATE, WINDOW, BadAudioError, load_audio
+from units.config import BAD_AUDIO_POLICIES, EncoderConfigError
+
+
+@dataclass
+class Shard:
+    """Consecutive manifest rows, their audio (bad files left out) and what was wrong with the others."""
+
+    index: int
+    ids: list[str]
+    wavs: list[Tensor]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(w.numel() for w in self.wavs) / SAMPLE_RATE
+
+
+def plan_shards(num_samples: Sequence[int], shard_samples: int) -> list[list[int]]:
+    """Row indices per shard: consecutive rows up to shard_samples of audio each (at least one row)."""
+    shards: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, n in enumerate(num_samples):
+        if current and total + int(n) > shard_samples:
+            shards.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += int(n)
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _load_checked(path: str, min_samples: int) -> np.ndarray:
+    wav = load_audio(path)
+    if wav.size < min_samples:
+        raise BadAudioError(f"{path}: too short ({wav.size} samples < {min_samples}, not one frame)")
+    return wav
+
+
+def iter_shards(ids: Sequence[str], paths: Sequence[str], shards: Sequence[tuple[int, list[int]]], *,
+                bad_audio: str = "fail", min_samples: int = WINDOW, workers: int = 4,
+                log=sys.stderr) -> Iterator[Shard]:
+    """Yield each (index, rows) shard with its audio loaded; the next shard loads while the caller works.
+
+    bad_audio: 'fail' raises BadAudioError naming the file; 'skip' logs the file and the problem, and lists it in
+    Shard.skipped so the caller can count and record it (never silent).
+    """
+    if bad_audio not in BAD_AUDIO_POLICIES:
+        raise EncoderConfigError(f"bad_audio={bad_audio!r}; expected one of {BAD_AUDIO_POLICIES}")
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+        def submit(rows: list[int]) -> list[Future]:
+            return [pool.submit(_load_checked, paths[r], min_samples) for r in rows]
+
+        pending = [(index, rows, submit(rows)) for index, rows in shards[:1]]
+        for k in range(len(shards)):
+            index, rows, futures = pending.pop(0)
+            if k + 1 < len(shards):
+                nxt = shards[k + 1]
+                pending.append((nxt[0], nxt[1], submit(nxt[1])))
+            shard = Shard(index, [], [])
+            for row, future in zip(rows, futures, strict=True):
+                try:
+                    wav = future.result()
+                except BadAudioError as err:
+                    if bad_audio == "fail":
+                        for _, _, fs in pending:
+                            for f in fs:
+                                f.cancel()
+                        raise BadAudioError(f"{err} (utterance {ids[row]}; use --bad-audio skip to skip and count "
+                                            "bad files)") from err
+                    print(f"bad audio, skipped: {ids[row]} {paths[row]}: {err}", file=log)
+                    shard.skipped.append({"id": ids[row], "path": paths[row], "problem": str(err)})
+                    continue
+                shard.ids.append(ids[row])
+                shard.wavs.append(torch.from_numpy(wav))
+            yield shard
+
+
+@contextmanager
+def progress_bar(total_seconds: float, desc: str, enabled: bool = True):
+    """A tqdm bar in seconds of audio (stderr); yields the update function."""
+    from tqdm import tqdm
+
+    with tqdm(total=round(total_seconds, 1), desc=desc, unit="s", unit_scale=True, mininterval=2.0,
+              file=sys.stderr, dynamic_ncols=True, disable=not enabled) as bar:
+        yield lambda seconds: bar.update(round(seconds, 2))
+
+
