@@ -13,9 +13,9 @@ same computation whatever else is in its batch, so batched scores equal one-at-a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.io import atomic_write_json, provenance
+from common.artefacts import corrupt
+from common.io import atomic_write, atomic_write_json, provenance
 from lm.model import UnitVocab, document_causal_mask
 from units.format import iter_units, read_units_meta
 
@@ -36,9 +37,19 @@ NORMALISATIONS = ("mean", "sum")
 def load_lm(model_dir: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
     """A trained unit LM in eval mode, fp32, on `device` (default: CUDA when present, else CPU)."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "unit-LM directory not found (lm.train writes it)", str(model_dir))
     vocab = UnitVocab.load(model_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    except OSError:
+        raise  # a missing file: transformers' message names it
+    except Exception as err:  # SafetensorError, JSONDecodeError, ...: a file cut short or damaged
+        name = "model.safetensors" if "safetensor" in type(err).__name__.lower() else \
+            "config.json" if isinstance(err, json.JSONDecodeError) else ""
+        raise corrupt(model_dir / name, "unit-LM file", err, f"delete {model_dir} and rerun the rule that trains "
+                      "it (train_lm, `python -m lm.train`)") from err
     if (model.config.vocab_size, model.config.bos_token_id, model.config.eos_token_id) != (
             vocab.size, vocab.bos_id, vocab.eos_id):
         raise ValueError(f"{model_dir}: config.json special tokens / vocab size disagree with unit_vocab.json")
@@ -108,39 +119,38 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
     if int(meta["vocab_size"]) != vocab.num_units:
         raise ValueError(f"{units}: vocab_size {meta['vocab_size']} differs from the LM's {vocab.num_units} units "
                          f"({model_dir})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     count = 0
-    with tmp.open("w") as f:
-        ids: list[str] = []
-        seqs: list[np.ndarray] = []
+    # The TSV, the declared output, appears last (when the outer `with` ends), after its conventions sidecar.
+    with atomic_write(out) as tmp:
+        with tmp.open("w") as f:
+            ids: list[str] = []
+            seqs: list[np.ndarray] = []
 
-        def flush() -> None:
-            for uid, score in zip(ids, score_sequences(model, seqs, normalisation, batch_size, eos), strict=True):
-                f.write(f"{uid}\t{float(score)!r}\n")  # shortest repr that round-trips
-            ids.clear()
-            seqs.clear()
+            def flush() -> None:
+                for uid, score in zip(ids, score_sequences(model, seqs, normalisation, batch_size, eos), strict=True):
+                    f.write(f"{uid}\t{float(score)!r}\n")  # shortest repr that round-trips
+                ids.clear()
+                seqs.clear()
 
-        for row in iter_units(units):  # the `units` column: deduplicated files score their deduplicated units
-            ids.append(row["id"])
-            seqs.append(row["units"])
-            count += 1
-            if len(ids) == chunk_utterances:
-                flush()
-        flush()
-    lm_info: dict[str, Any] = json.loads((Path(model_dir) / "provenance.json").read_text()) \
-        if (Path(model_dir) / "provenance.json").is_file() else {}
-    atomic_write_json(out.with_name(out.name + ".json"), {
-        **provenance({"model": str(model_dir), "units": str(units), "normalisation": normalisation,
-                      "eos": eos, "batch_size": batch_size}),
-        "conventions": {"normalisation": normalisation, "log_base": "e",
-                        "bos": "prepended, context only (not scored)",
-                        "eos": "appended and scored" if eos else "not appended",
-                        "scored_tokens": "n units + 1 (eos)" if eos else "n units",
-                        "units": "the `units` column (deduplicated when the file is)"},
-        "utterances": count, "units_meta": meta,
-        "lm_code_version": lm_info.get("code_version"), "lm_config": lm_info.get("config")})
-    os.replace(tmp, out)  # the TSV, the declared output, comes last
+            for row in iter_units(units):  # the `units` column: deduplicated files score their deduplicated units
+                ids.append(row["id"])
+                seqs.append(row["units"])
+                count += 1
+                if len(ids) == chunk_utterances:
+                    flush()
+            flush()
+        lm_info: dict[str, Any] = json.loads((Path(model_dir) / "provenance.json").read_text()) \
+            if (Path(model_dir) / "provenance.json").is_file() else {}
+        atomic_write_json(out.with_name(out.name + ".json"), {
+            **provenance({"model": str(model_dir), "units": str(units), "normalisation": normalisation,
+                          "eos": eos, "batch_size": batch_size}),
+            "conventions": {"normalisation": normalisation, "log_base": "e",
+                            "bos": "prepended, context only (not scored)",
+                            "eos": "appended and scored" if eos else "not appended",
+                            "scored_tokens": "n units + 1 (eos)" if eos else "n units",
+                            "units": "the `units` column (deduplicated when the file is)"},
+            "utterances": count, "units_meta": meta,
+            "lm_code_version": lm_info.get("code_version"), "lm_config": lm_info.get("config")})
     print(f"lm.score: wrote {count} scores to {out}", file=sys.stderr)
 
 
