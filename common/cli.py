@@ -8,7 +8,8 @@ Every `python -m` entry point ends with `if __name__ == "__main__": run(main)`. 
   raised on purpose with a message that names the file, key or value, so the message is all the user needs;
 - torch's RuntimeError for a write that failed part-way (torch.save on a full disk), which names no path: every
   writer goes through `common.io.atomic_write`, which turns it into an OSError naming the path first.
-Anything else (KeyError, TypeError, an assertion, ...) is a bug: its traceback is kept.
+Anything else (KeyError, TypeError, an assertion, ...) is a bug: its traceback is kept. A named error with an
+`exit_code` attribute (the trainers' stops) exits with that code, so that a retry can tell the cases apart.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def error_message(err: BaseException) -> str | None:
 
 
 def run(main: Callable[[], Any]) -> Any:
-    """Call `main()`; an expected failure exits with `error: <message>` on stderr and status EXIT_ERROR."""
+    """Call `main()`; an expected failure exits with `error: <message>` on stderr and a non-zero status: the
+    error's own `exit_code` attribute when it has one (e.g. a training stopped on NaN), else EXIT_ERROR."""
     try:
         return main()
     except Exception as err:
@@ -89,4 +91,5 @@ def run(main: Callable[[], Any]) -> Any:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        code = getattr(err, "exit_code", None)
+        sys.exit(code if isinstance(code, int) and code != 0 else EXIT_ERROR)
