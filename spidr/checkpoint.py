@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common.artefacts import ArtefactError, load_torch
+from common.io import atomic_write
 from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, model_config_from_dict, to_jsonable
 from spidr.model import MODELS, DinoSR
 
@@ -41,14 +42,8 @@ class CheckpointError(ValueError):
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:  # a failed write (full disk) is an OSError naming `path`, and leaves no tmp
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None = None, **extra: Any) -> dict:
@@ -107,12 +102,10 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        raise CheckpointError(
-            f"{path}: not a loadable checkpoint with torch.load(weights_only=True) ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
+        return load_torch(path, what="checkpoint", remedy="delete it and rerun the rule that writes it (pretrain: "
+                          "`python -m spidr.train`), or point at another checkpoint")
+    except ArtefactError as err:  # truncated, corrupt, or a pickle that would run code
+        raise CheckpointError(str(err)) from err
 
 
 def load_model(
