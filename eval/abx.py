@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
+from common.artefacts import load_torch
 from common.io import flat_config
 from eval.benchmarks import ItemFile, item_kind, read_item_file
 from eval.results import Metric, parse_labels, write_metrics
@@ -164,8 +165,11 @@ def slicing_env(slicing: str) -> Iterator[None]:
             os.environ[LIBRILIGHT_ENV] = old
 
 
+FEATURES_REMEDY = "delete the features folder and rerun the rule that extracts it (extract_features)"
+
+
 def load_features(path: str | Path) -> torch.Tensor:
-    feats = torch.load(path, map_location="cpu", weights_only=True)
+    feats = load_torch(path, what="features file", remedy=FEATURES_REMEDY)
     if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
         raise ValueError(f"{path}: expected a (frames, dim) tensor, got "
                          f"{getattr(feats, 'shape', type(feats).__name__)}")
@@ -201,7 +205,7 @@ def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
     """Frame counts without reading the tensors (memory-mapped load)."""
     lengths = {}
     for uid in needed & set(files):
-        t = torch.load(files[uid], map_location="cpu", weights_only=True, mmap=True)
+        t = load_torch(files[uid], what="features file", remedy=FEATURES_REMEDY, mmap=True)
         if not isinstance(t, torch.Tensor) or t.ndim != 2:
             raise ValueError(f"{files[uid]}: expected a (frames, dim) tensor, got "
                              f"{getattr(t, 'shape', type(t).__name__)}")
