@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from common.io import atomic_write_json, file_sha256, provenance
+from common.io import atomic_write, atomic_write_json, file_sha256, provenance
 from data.audio import SAMPLE_RATE, BadAudioError
 from data.manifest import ManifestError, read_manifest
 from units.batching import encode_batched
@@ -194,9 +194,8 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
 
 
 def _save_tensor(tensor: Tensor, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor.contiguous(), tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(tensor.contiguous(), tmp)
 
 
 def extract_features(spec: str | dict | EncoderSpec, layer: int, manifest: str | Path, out_dir: str | Path, *,
