@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.io import atomic_write, write_failure
+
 META_KEY = b"textless"
 
 
@@ -73,17 +75,33 @@ class UnitsWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self.writer.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.writer.close()  # may fail again on a full disk: the temporary file goes all the same
+        except Exception:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> UnitsWriter:
         return self
 
-    def __exit__(self, exc_type, *_: object) -> None:
-        if exc_type is None:
-            self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            try:
+                self.close()
+            except BaseException as err:
+                self.abort()
+                self._raise_named(err)
+                raise
         else:
             self.abort()
+            self._raise_named(exc)
+
+    def _raise_named(self, err: BaseException) -> None:
+        """A failed write (pyarrow's OSError names no file) is re-raised as an OSError naming the units file."""
+        failure = write_failure(err, self.tmp, self.path)
+        if failure is not None:
+            raise failure from err
 
 
 def read_units_meta(path: str | Path) -> dict[str, Any]:
@@ -93,7 +111,8 @@ def read_units_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = pq.read_schema(path).metadata or {}
     except Exception as err:
-        raise UnitsFileError(f"{path}: not a Parquet units file ({err})") from err
+        raise UnitsFileError(f"{path}: not a Parquet units file, or truncated or corrupt ({err}); delete it and "
+                             "rerun the rule that writes it (quantize / dedup)") from err
     if META_KEY not in meta:
         raise UnitsFileError(f"{path}: Parquet file without the '{META_KEY.decode()}' metadata of a units file")
     return json.loads(meta[META_KEY])
@@ -119,9 +138,6 @@ def iter_units(path: str | Path, batch_size: int = 1024) -> Iterator[dict[str, A
 
 def write_text_units(path: str | Path, out: str | Path) -> None:
     """Export to the `name<TAB>u1 u2 ...` lines that fairseq / textlesslib tools read."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:  # streamed: memory stays flat for any corpus size
+    with atomic_write(out) as tmp, tmp.open("w") as handle:  # streamed: memory stays flat for any corpus size
         for row in iter_units(path):
             handle.write(f"{row['id']}\t{' '.join(map(str, row['units'].tolist()))}\n")
-    os.replace(tmp, out)
