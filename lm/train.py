@@ -5,6 +5,11 @@ accumulation to a global batch that does not depend on the GPU count, DDP under 
 CPU), JSONL metrics and periodic resumable checkpoints in WORKDIR, and the final Hugging Face model written
 atomically and last. Stopping: step budget and/or token budget (these also set the cosine length) and/or
 wall-clock budget. Rerunning the same command resumes from WORKDIR; on CPU the resumed run is bit-identical.
+
+Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops with exit code 3, nothing saved after the last
+good checkpoint, and prints the command that continues from it with a lower learning rate in a new work directory
+(`--init-from OLD_WORKDIR_OR_CHECKPOINT`: the new run records the origin and the changed keys). SIGTERM / SIGUSR1
+(a SLURM time limit) finish the current step, write a resumable checkpoint and exit with code 75.
 """
 
 from __future__ import annotations
@@ -13,21 +18,40 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.io import atomic_write_json, provenance
+from common.config import ConfigError
+from common.io import atomic_write, atomic_write_json, provenance
+from common.runtime import (
+    Dist,
+    FiniteGuard,
+    MetricsLog,
+    Precision,
+    StopSignals,
+    TrainingDiverged,
+    choose_precision,
+    config_changes,
+    exit_codes,
+    gather_rng_states,
+    init_record,
+    interrupted,
+    load_checkpoint,
+    restore_rng_states,
+    retry_command,
+    retry_workdir,
+    save_checkpoint,
+    setup_distributed,
+    teardown,
+)
 from lm.config import TrainConfig
 from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
 from lm.model import UnitVocab, build_config, build_model, count_parameters, document_causal_mask
@@ -38,6 +62,7 @@ METRICS = "metrics.jsonl"
 # Keys that change neither the maths nor the data order: a run may resume after they change.
 RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_blocks", "checkpoint_interval", "log_interval",
                   "compile", "max_time_s")
+DIVERGED_ADVICE = "Try a lower lr (and min_lr), a smaller grad_clip or precision fp32."
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -46,43 +71,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch_dist.barrier()
-
-
-def setup_distributed() -> Dist:
-    """Single process, or one process per GPU (or CPU worker) under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, device)
 
 
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
@@ -110,7 +98,8 @@ def micro_batches(blocks: PackedBlocks, cfg: TrainConfig, step: int,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, blocks: PackedBlocks, cfg: TrainConfig, dist: Dist, autocast) -> float:
+def evaluate(model: torch.nn.Module, blocks: PackedBlocks, cfg: TrainConfig, dist: Dist,
+             precision: Precision) -> float:
     """Mean per-target cross-entropy over the first `eval_blocks` validation blocks (all ranks together)."""
     was_training = model.training
     model.eval()
@@ -118,7 +107,7 @@ def evaluate(model: torch.nn.Module, blocks: PackedBlocks, cfg: TrainConfig, dis
     total, count = 0.0, 0
     for start in range(0, len(ids), cfg.micro_batch_size):
         batch = {k: v.to(dist.device) for k, v in blocks.batch(ids[start:start + cfg.micro_batch_size]).items()}
-        with autocast():
+        with precision.autocast():
             total += forward_loss(model, batch, cfg).item()
         count += int((batch["labels"] != IGNORE_INDEX).sum())
     model.train(was_training)
@@ -126,75 +115,65 @@ def evaluate(model: torch.nn.Module, blocks: PackedBlocks, cfg: TrainConfig, dis
     return total / max(count, 1.0)
 
 
-def _precision_context(cfg: TrainConfig, device: torch.device):
-    use_bf16 = cfg.precision == "bf16" or (
-        cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if not use_bf16:
-        return contextlib.nullcontext, "fp32"
-    return (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)), "bf16"
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _resume_key(cfg: TrainConfig, data_key: dict[str, Any]) -> str:
     kept = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
     return json.dumps({"config": kept, "units": data_key}, sort_keys=True)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from, so the log matches the run."""
+def origin_checkpoint(init_from: str | Path) -> Path:
+    """The checkpoint `--init-from` names: a work directory's checkpoint.pt, or a checkpoint file."""
+    path = Path(init_from)
+    path = path / CHECKPOINT if path.is_dir() else path
     if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+        raise FileNotFoundError(f"--init-from {init_from}: no {CHECKPOINT} there (a work directory of lm.train, or "
+                                "its checkpoint file)")
+    return path
+
+
+def origin_changes(state: dict[str, Any], cfg: TrainConfig, data_key: dict[str, Any]) -> dict[str, list[Any]]:
+    """The config keys (and units) that differ between an --init-from checkpoint and this run."""
+    old_key = json.loads(state["resume_key"])
+    changes = config_changes(state.get("config", old_key["config"]), cfg.to_dict())
+    if old_key["units"] != data_key:
+        changes["units"] = [old_key["units"], data_key]
+    return changes
 
 
 def write_model_dir(model: torch.nn.Module, vocab: UnitVocab, out: Path, info: dict[str, Any]) -> None:
     """save_pretrained + unit vocabulary + provenance, built in a temporary sibling directory and renamed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    vocab.save(tmp)
-    atomic_write_json(tmp / "provenance.json", info)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        model.save_pretrained(tmp)
+        vocab.save(tmp)
+        atomic_write_json(tmp / "provenance.json", info)
+        if out.exists():  # a directory cannot be replaced by a rename unless it is empty
+            shutil.rmtree(out)
 
 
-def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a unit LM; returns the training summary also written to MODEL_DIR/provenance.json."""
+def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainConfig, *,
+          init_from: str | Path | None = None) -> dict[str, Any]:
+    """Train (or resume) a unit LM; returns the training summary also written to MODEL_DIR/provenance.json.
+
+    `init_from` (a work directory or checkpoint of another run) starts an empty WORKDIR from that checkpoint's
+    weights, optimizer, RNG and step, with this config; ignored once WORKDIR holds its own checkpoint.
+    """
     units, workdir, out = Path(units), Path(workdir), Path(out)
     dist = setup_distributed()
-    if dist.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    with StopSignals() as signals:
+        summary = _train(units, workdir, out, cfg, dist, signals, init_from)
+    if dist.world > 1:
+        teardown()
+    return summary
+
+
+def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, signals: StopSignals,
+           init_from: str | Path | None) -> dict[str, Any]:
     units_meta = read_units_meta(units)
     if not units_meta.get("deduplicated", False) and dist.is_main:
         print(f"lm.train: warning: {units} holds non-deduplicated units", file=sys.stderr)
     vocab = UnitVocab(int(units_meta["vocab_size"]))
     if cfg.batch_size % (cfg.micro_batch_size * dist.world):
-        raise ValueError(f"config 'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
-                         f"world size ({cfg.micro_batch_size} x {dist.world})")
+        raise ConfigError(f"'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
+                          f"world size ({cfg.micro_batch_size} x {dist.world})")
     workdir.mkdir(parents=True, exist_ok=True)
 
     # Rank 0 builds the memory-mapped arrays; the others open them once they exist.
@@ -213,8 +192,8 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
 
     config = build_config(cfg.preset, vocab, cfg.model, cfg.attn_implementation)
     if cfg.context_length > config.max_position_embeddings:
-        raise ValueError(f"config 'context_length' ({cfg.context_length}) exceeds the preset's "
-                         f"max_position_embeddings ({config.max_position_embeddings})")
+        raise ConfigError(f"'context_length' ({cfg.context_length}) exceeds the preset's "
+                          f"max_position_embeddings ({config.max_position_embeddings})")
     model = build_model(config, cfg.seed).to(dist.device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -223,30 +202,52 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
     torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout stream, distinct per rank
 
-    ckpt_path, metrics_path = workdir / CHECKPOINT, workdir / METRICS
+    # Where to start: WORKDIR's own checkpoint (a resume), else --init-from's (a new run from another), else step 0.
+    ckpt_path = workdir / CHECKPOINT
     resume_key = _resume_key(cfg, data_key)
-    step, tokens_seen, train_time = 0, 0, 0.0
-    last_valid: float | None = None
-    valid_step = saved_step = -1
+    state, origin = None, None
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
-        if state["resume_key"] == resume_key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, tokens_seen, train_time = state["step"], state["tokens"], state["train_time_s"]
-            last_valid, valid_step = state["valid_loss"], state["valid_step"]
-            saved_step = step
-            if len(state["rng"]) == dist.world:
-                _set_rng_state(state["rng"][dist.rank], dist.device)
-            if dist.is_main:
-                _truncate_metrics(metrics_path, step)
-                print(f"lm.train: resumed from {ckpt_path} at step {step}", file=sys.stderr)
-        else:
+        state = load_checkpoint(ckpt_path)
+        if state["resume_key"] != resume_key:
+            state = None
             if dist.is_main:
                 print(f"lm.train: {ckpt_path} was written for another config or units file; starting afresh",
                       file=sys.stderr)
-    if step == 0 and dist.is_main:
-        metrics_path.unlink(missing_ok=True)
+        elif init_from is not None and dist.is_main:
+            print(f"lm.train: {workdir} already holds a checkpoint: resuming it, not --init-from", file=sys.stderr)
+    if state is None and init_from is not None:
+        origin = origin_checkpoint(init_from)
+        state = load_checkpoint(origin)
+    step, tokens_seen, train_time = 0, 0, 0.0
+    last_valid: float | None = None
+    valid_step = saved_step = -1
+    last_good = None  # the newest checkpoint known to be finite: what a diverged run can continue from
+    init_info = None  # where this run (or the run it resumes) came from, with --init-from
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ConfigError(f"--init-from {origin}: its model does not fit this config ({str(err).splitlines()[0]}"
+                              f"); changed keys: {sorted(origin_changes(state, cfg, data_key))}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        for group, weight_decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0), strict=True):
+            # load_state_dict restores the saved values; --init-from may have changed them (a resume cannot)
+            group.update(weight_decay=weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        step, tokens_seen, train_time = state["step"], state["tokens"], state["train_time_s"]
+        last_valid, valid_step = state["valid_loss"], state["valid_step"]
+        restore_rng_states(state["rng"], dist)
+        init_info = state.get("init_from")
+        last_good = origin or ckpt_path
+        if origin is None:
+            saved_step = step
+        else:
+            init_info = init_record(origin, state, origin_changes(state, cfg, data_key))
+        if dist.is_main:
+            print(f"lm.train: {'resumed' if origin is None else 'initialised'} from {last_good} at step {step}",
+                  file=sys.stderr)
+    metrics = MetricsLog(workdir / METRICS, step, dist.is_main)
+    if origin is not None:
+        metrics.write({"step": step, "event": "init_from", **init_info})
     dist.barrier()
 
     raw_model = model
@@ -255,103 +256,114 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    autocast, precision = _precision_context(cfg, dist.device)
+    precision = choose_precision(cfg.precision, dist.device)
     total_steps = cfg.total_steps()
     tokens_per_step = cfg.batch_size * cfg.context_length
     accumulation = cfg.batch_size // (cfg.micro_batch_size * dist.world)
+    guard = FiniteGuard(dist.device, step)
 
     def checkpoint() -> None:
-        nonlocal saved_step
+        """Save WORKDIR's resumable state (once per step; never after a NaN/Inf)."""
+        nonlocal saved_step, last_good
         if saved_step == step:
             return
+        guard.check(step, dist, last_good, DIVERGED_ADVICE)
         saved_step = step
-        rng = [None] * dist.world
-        if dist.world > 1:
-            torch_dist.all_gather_object(rng, _rng_state(dist.device))
-        else:
-            rng = [_rng_state(dist.device)]
+        rng = gather_rng_states(dist)
         if dist.is_main:
-            save_checkpoint(workdir / CHECKPOINT, {
+            save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "tokens": tokens_seen, "train_time_s": train_time, "valid_loss": last_valid,
-                "valid_step": valid_step, "rng": rng, "resume_key": resume_key})
+                "valid_step": valid_step, "rng": rng, "resume_key": resume_key, "config": cfg.to_dict(),
+                "init_from": init_info}, ckpt_path)
+        last_good = ckpt_path
+
+    def stop_if_requested() -> None:
+        """At a step boundary: on SIGTERM / SIGUSR1 (any rank), checkpoint and raise TrainingInterrupted."""
+        if dist.any(signals.requested() is not None)[0]:
+            checkpoint()
+            raise interrupted(signals.requested() or "a stop requested on another rank", step, ckpt_path)
 
     def out_of_time() -> bool:
-        if cfg.max_time_s is None:
-            return False
         # rank clocks differ: stop together when any rank is out of time
-        return dist.all_sum([float(train_time >= cfg.max_time_s)])[0] > 0
+        return cfg.max_time_s is not None and dist.any(train_time >= cfg.max_time_s)[0]
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, unit="step", dynamic_ncols=True,
                mininterval=1.0, desc="lm.train")
     window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
     window_start = time.perf_counter()
-    while step < total_steps and not out_of_time():
-        step_start = time.perf_counter()
-        lr = lr_at(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batches, global_count = micro_batches(train_blocks, cfg, step, dist)
-        # Each micro loss is a sum over targets scaled so that the (DDP-averaged) gradient is the mean over every
-        # target of the global batch: identical whatever the split into ranks and micro batches.
-        scale = dist.world / max(global_count, 1)
-        step_loss = torch.zeros((), device=dist.device)
-        for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1 or dist.world == 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                loss = forward_loss(model, batch, cfg)
-            (loss * scale).backward()
-            step_loss += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += tokens_per_step
-        window_loss += step_loss  # a device tensor: no host sync until the next log line
-        window_count += global_count
-        window_steps += 1
-        bar.update(1)
+    try:
+        while step < total_steps:
+            stop_if_requested()
+            if out_of_time():
+                break
+            step_start = time.perf_counter()
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches, global_count = micro_batches(train_blocks, cfg, step, dist)
+            # Each micro loss is a sum over targets scaled so that the (DDP-averaged) gradient is the mean over
+            # every target of the global batch: identical whatever the split into ranks and micro batches.
+            scale = dist.world / max(global_count, 1)
+            step_loss = torch.zeros((), device=dist.device)
+            for i, batch in enumerate(batches):
+                sync = i == len(batches) - 1 or dist.world == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), precision.autocast():
+                    loss = forward_loss(model, batch, cfg)
+                (loss * scale).backward()
+                step_loss += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            guard.update(step_loss, grad_norm)  # on the device: checked when logging and before any save
+            step += 1
+            tokens_seen += tokens_per_step
+            window_loss += step_loss  # a device tensor: no host sync until the next log line
+            window_count += global_count
+            window_steps += 1
+            bar.update(1)
 
-        record: dict[str, Any] = {}
-        if step % cfg.log_interval == 0 or step == total_steps:
-            if dist.device.type == "cuda":
-                torch.cuda.synchronize(dist.device)
-            seconds = time.perf_counter() - window_start
-            loss_sum = dist.all_sum([float(window_loss)])[0]
-            record.update(train_loss=loss_sum / max(window_count, 1), grad_norm=float(grad_norm), lr=lr,
-                          tokens_per_s=window_steps * tokens_per_step / seconds)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}")
-            window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
-            window_start = time.perf_counter()
-        aux_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens/s
-        if len(valid_blocks) and (step % cfg.eval_interval == 0 or step == total_steps):
-            last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, autocast), step
-            record["valid_loss"] = last_valid
-        if record and dist.is_main:
-            elapsed = train_time + time.perf_counter() - step_start
-            record = {"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **record}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        if step % cfg.checkpoint_interval == 0:
-            checkpoint()
-        window_start += time.perf_counter() - aux_start
-        train_time += time.perf_counter() - step_start  # the wall-clock budget counts evaluations and checkpoints
-    bar.close()
+            record: dict[str, Any] = {}
+            if step % cfg.log_interval == 0 or step == total_steps:
+                guard.check(step, dist, last_good, DIVERGED_ADVICE)
+                if dist.device.type == "cuda":
+                    torch.cuda.synchronize(dist.device)
+                seconds = time.perf_counter() - window_start
+                loss_sum = dist.all_sum([float(window_loss)])[0]
+                record.update(train_loss=loss_sum / max(window_count, 1), grad_norm=float(grad_norm), lr=lr,
+                              tokens_per_s=window_steps * tokens_per_step / seconds)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+                window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
+                window_start = time.perf_counter()
+            aux_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens/s
+            if len(valid_blocks) and (step % cfg.eval_interval == 0 or step == total_steps):
+                last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, precision), step
+                record["valid_loss"] = last_valid
+            if record:
+                elapsed = train_time + time.perf_counter() - step_start
+                metrics.write({"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **record})
+            if step % cfg.checkpoint_interval == 0:
+                checkpoint()
+            window_start += time.perf_counter() - aux_start
+            train_time += time.perf_counter() - step_start  # the wall-clock budget counts evaluations, checkpoints
+    finally:
+        bar.close()
 
     if len(valid_blocks) and valid_step != step:  # stopped by the clock between evaluations
-        last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, autocast), step
+        last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, precision), step
+    stop_if_requested()  # a stop signal never lets the final model appear
     checkpoint()  # a rerun after the end goes straight to writing the model
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(train_time, 3),
                "valid_loss": last_valid, "world_size": dist.world, "gradient_accumulation": accumulation,
-               "precision": precision,
+               "precision": precision.name,
                "stopped_by": "time" if step < total_steps else "budget", "total_steps": total_steps,
                "parameters": count_parameters(raw_model),
                "non_embedding_parameters": count_parameters(raw_model, non_embedding=True)}
     if dist.is_main:
         info = {**provenance(cfg.to_dict()), "units": str(units), "units_meta": units_meta, "data": data_stats,
-                "training": summary,
+                "training": summary, "init_from": init_info,
                 "conventions": {"document_boundaries": "separator tokens + " + (
                     "plain causal attention" if cfg.cross_document_attention else
                     "no attention across utterances (positions restart per utterance)")}}
@@ -359,8 +371,6 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
         print(f"lm.train: wrote {out} after {step} steps ({tokens_seen} tokens), valid loss {last_valid}",
               file=sys.stderr)
     dist.barrier()
-    if dist.world > 1:
-        torch_dist.destroy_process_group()
     return summary
 
 
@@ -369,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units", required=True, help="deduplicated training units (Parquet, units.format)")
     parser.add_argument("--workdir", required=True, help="resume state: data arrays, checkpoint, metrics.jsonl")
     parser.add_argument("--out", required=True, help="final model directory (Hugging Face save_pretrained)")
-    parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (see TrainConfig)")
+    parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (see lm/config.py)")
+    parser.add_argument("--init-from", default=None, metavar="WORKDIR_OR_CHECKPOINT",
+                        help="start an empty --workdir from another run's checkpoint, with this --config")
     args = parser.parse_args(argv)
     try:
         raw = json.loads(args.config)
@@ -377,7 +389,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--config is not valid JSON: {err}")
     if not isinstance(raw, dict):
         parser.error("--config must be a JSON object")
-    train(args.units, args.workdir, args.out, TrainConfig.from_dict(raw))
+    cfg = TrainConfig.from_dict(raw)
+    with exit_codes():
+        try:
+            train(args.units, args.workdir, args.out, cfg, init_from=args.init_from)
+        except TrainingDiverged as err:
+            changes = {"lr": cfg.lr / 2, "min_lr": cfg.min_lr / 2}
+            command = retry_command("lm.train", [("--units", args.units), ("--out", args.out)], raw, changes,
+                                    retry_workdir(args.workdir, changes["lr"]), err.last_checkpoint)
+            start = "continue from it" if err.last_checkpoint else "start again"
+            raise TrainingDiverged(f"{err}\nTo {start} with half the learning rate in a new work directory:\n"
+                                   f"  {command}", step=err.step, last_checkpoint=err.last_checkpoint) from None
 
 
 if __name__ == "__main__":
