@@ -16,7 +16,6 @@ Telling signs: a handful of active codewords (codebook collapse), targets whose 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from common.io import atomic_write_json, provenance
+from common.runtime import perplexity
 from data.audio import load_audio
 from data.manifest import read_manifest
 from eval.benchmarks import read_phone_labels
@@ -39,7 +39,7 @@ def label_stats(labels: list[np.ndarray], size: int, phones: dict[str, list[str]
     counts = np.bincount(np.concatenate(labels), minlength=size)
     same = sum(int((lab[1:] == lab[:-1]).sum()) for lab in labels)
     pairs = sum(max(0, len(lab) - 1) for lab in labels)
-    out = {"active": int((counts > 0).sum()), "perplexity": perplexity(counts),
+    out = {"active": int((counts > 0).sum()), "perplexity": float(perplexity(counts)),
            "same_as_previous": same / pairs if pairs else float("nan")}
     if phones is not None:
         acc = CountAccumulator(size, round(label_rate / frame_rate), max_length_diff=2)
@@ -50,15 +50,9 @@ def label_stats(labels: list[np.ndarray], size: int, phones: dict[str, list[str]
     return out
 
 
-def perplexity(weights: np.ndarray) -> float:
-    """exp(entropy) of non-negative weights, normalised (0 log 0 = 0)."""
-    p = weights[weights > 0] / weights.sum()
-    return float(math.exp(-(p * np.log(p)).sum()))
-
-
 def effective_rank(x: np.ndarray) -> float:
     """Perplexity of the normalised squared singular values of the centred rows."""
-    return perplexity(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2)
+    return float(perplexity(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2))
 
 
 @torch.no_grad()

@@ -2,88 +2,67 @@
 
 Usage:
     python -m spidr.train --manifest TRAIN.tsv --workdir WORKDIR --out FINAL.pt --config '{"preset": "small"}'
-        [--valid-manifest DEV.tsv] [--threads N] [--stop-after STEPS]
+        [--valid-manifest DEV.tsv] [--threads N] [--stop-after STEPS] [--init-from WORKDIR_OR_CHECKPOINT]
     torchrun --standalone --nproc-per-node G -m spidr.train ...      (DDP: NCCL on GPU, gloo on CPU)
 
 The JSON config holds every hyperparameter (see spidr/config.py). WORKDIR keeps resumable checkpoints
 (`checkpoints/step_XXXXXXXX.pt`), `metrics.jsonl` and `config.json`; rerunning the same command resumes from the
 newest checkpoint (a workdir trained with another recipe is refused). FINAL.pt (our checkpoint format, with
-provenance) is written atomically, last. A NaN/Inf loss stops the run with exit code 3 and a message; no
-checkpoint is written after it, so the last good one stays intact. `--stop-after` ends the process after that many
-total steps (with a checkpoint) without writing FINAL.pt, e.g. to split a run across job time limits.
+provenance) is written atomically, last. `--stop-after` ends the process after that many total steps (with a
+checkpoint) without writing FINAL.pt.
+
+Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops the run with exit code 3 and no checkpoint
+after it, and prints the command that continues from the last good checkpoint with a lower optim.lr in a new work
+directory (`--init-from OLD_WORKDIR_OR_CHECKPOINT`, which records the origin and the changed keys). SIGTERM / SIGUSR1
+(a SLURM time limit) finish the current step, write a resumable checkpoint and exit with code 75.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.io import atomic_write_json, file_sha256, provenance
+from common.runtime import (
+    FiniteGuard,
+    MetricsLog,
+    StopSignals,
+    TrainingDiverged,
+    choose_precision,
+    config_changes,
+    exit_codes,
+    gather_rng_states,
+    init_record,
+    interrupted,
+    load_checkpoint,
+    perplexity,
+    restore_rng_states,
+    retry_command,
+    retry_workdir,
+    save_checkpoint,
+    setup_distributed,
+)
 from data.audio import SAMPLE_RATE
-from spidr.checkpoint import atomic_torch_save, checkpoint_dict, read_checkpoint
+from spidr.checkpoint import checkpoint_dict
 from spidr.config import ConfigError, TrainConfig, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
 from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf."""
-
-
 class WorkdirMismatch(RuntimeError):
     """The workdir holds a run trained with another recipe."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Environment
-
-
-def setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={cfg.device!r} but CUDA is not available")
-        device = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 pieces (codebooks, loss) stay true fp32
-        torch.backends.cudnn.allow_tf32 = False
-    elif want == "cpu":
-        device = torch.device("cpu")
-    else:
-        raise ConfigError(f"device={cfg.device!r}; expected auto, cpu or cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.precision == "auto":
-        return device.type == "cuda"
-    return cfg.precision == "bf16"
-
-
-def all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
+DIVERGED_ADVICE = "Try a lower optim.lr, a smaller optim.clip_norm or precision fp32."
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,6 +107,19 @@ def checkpoint_paths(workdir: Path) -> list[Path]:
     return sorted((workdir / "checkpoints").glob("step_*.pt"))
 
 
+def origin_checkpoint(init_from: str | Path) -> Path:
+    """The checkpoint `--init-from` names: a work directory's newest checkpoint, or a checkpoint file."""
+    path = Path(init_from)
+    if path.is_dir():
+        found = checkpoint_paths(path)
+        if not found:
+            raise FileNotFoundError(f"--init-from {init_from}: no checkpoints/step_*.pt in this work directory")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {init_from}: no such work directory or checkpoint")
+    return path
+
+
 def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
     """Record the recipe in WORKDIR/config.json; refuse to resume a workdir trained with another one."""
     path = workdir / "config.json"
@@ -141,7 +133,8 @@ def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
                 f"{workdir} holds checkpoints of a different run ({'; '.join(diff[:6])}); "
                 "use another --workdir or delete this one"
             )
-    atomic_write_json(path, {**want, "config": cfg.to_dict()})
+    origin = json.loads(path.read_text()).get("init_from") if path.is_file() else None  # kept across resumes
+    atomic_write_json(path, {**want, "config": cfg.to_dict(), "init_from": origin})
 
 
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
@@ -153,39 +146,19 @@ def _diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
-class MetricsLog:
-    """Append-only JSONL on rank 0; on resume, lines after the resumed step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resume_step: int, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-        if enabled and path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def perplexity(counts: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of each row of non-negative counts (K, V)."""
-    p = counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)
-    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum(-1))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Training
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, manifest: str, workdir: str, *, valid_manifest: str | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, manifest: str, workdir: str, *, valid_manifest: str | None = None,
+                 init_from: str | Path | None = None) -> None:
         self.cfg = cfg
-        self.rank, self.world, self.device = setup(cfg)
-        self.main = self.rank == 0
+        self.dist = setup_distributed(cfg.device)
+        self.rank, self.world, self.device = self.dist.rank, self.dist.world, self.dist.device
+        self.main = self.dist.is_main
         self.workdir = Path(workdir)
-        self.bf16 = use_bf16(cfg, self.device)
+        self.precision = choose_precision(cfg.precision, self.device)
         self.manifest = manifest
         self.manifest_sha = file_sha256(manifest)
         if self.main:
@@ -205,10 +178,27 @@ class Trainer:
                                          drop_remainder=False)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.elapsed, self.audio_seconds = 0.0, 0.0
+        # Where to start: WORKDIR's newest checkpoint (a resume), else --init-from's (a new run from another one).
         resume = checkpoint_paths(self.workdir)[-1] if checkpoint_paths(self.workdir) else None
-        state = read_checkpoint(resume) if resume is not None else None
+        origin = origin_checkpoint(init_from) if resume is None and init_from is not None else None
+        if resume is not None and init_from is not None and self.main:
+            print(f"{self.workdir} already holds checkpoints: resuming them, not --init-from", file=sys.stderr)
+        state = load_checkpoint(resume or origin) if (resume or origin) is not None else None
+        if origin is not None and "optimizer" not in state:
+            raise ConfigError(f"--init-from {origin}: a final checkpoint without optimizer state; give the run's work "
+                              "directory or one of its checkpoints/step_*.pt")
+        self.init_from = state.get("init_from") if state is not None else None
+        if origin is not None:
+            self.init_from = init_record(origin, state, self._origin_changes(state))
+            if self.main:
+                config_path = self.workdir / "config.json"
+                atomic_write_json(config_path, {**json.loads(config_path.read_text()), "init_from": self.init_from})
         if state is not None:
-            self.model.load_state_dict(state["model"])
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as err:
+                raise ConfigError(f"--init-from {origin}: its model does not fit this config "
+                                  f"({str(err).splitlines()[0]})") from None
             if state.get("codebook_pending") is not None:
                 self.model.codebooks.load_pending_state(state["codebook_pending"])
             if state["frozen"]:
@@ -218,25 +208,33 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.main and state.get("rng") is not None:
-                torch.set_rng_state(state["rng"]["cpu"])
-                if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-                    torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        if not self.main or state is None:  # per-rank dropout streams; rank 0 of a resumed run restored above
-            torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))
-        self.resumed_from = resume
+            for group in self.optimizer.param_groups:  # the saved values; --init-from may have changed them
+                group.update(betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        if state is None or not restore_rng_states(state.get("rng"), self.dist):
+            torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))  # per-rank dropout streams
+        self.resumed_from, self.origin = resume, origin
+        self.saved_step = self.step if resume is not None else -1
         if cfg.compile:
             compile_model(self.model)
         self.ddp = self._wrap()
         self.metrics = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.main)
+        if origin is not None:
+            self.metrics.write({"step": self.step, "event": "init_from", **self.init_from})
+        self.guard = FiniteGuard(self.device, self.step)
+        self.signals = StopSignals(watch_parent=False)  # train() installs the real one
         self._reset_meters()
-        self.last_checked_step = self.step
+
+    def _origin_changes(self, state: dict) -> dict[str, list]:
+        """Config keys (and the manifest) that differ between an --init-from checkpoint and this run."""
+        changes = config_changes(state.get("train_config") or {}, self.cfg.to_dict())
+        if state.get("manifest_sha256", self.manifest_sha) != self.manifest_sha:
+            changes["manifest_sha256"] = [state["manifest_sha256"], self.manifest_sha]
+        return changes
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def _barrier(self) -> None:
-        if dist.is_initialized() and self.world > 1:
-            dist.barrier()
+        self.dist.barrier()
 
     def _wrap(self) -> torch.nn.Module:
         if self.world == 1:
@@ -249,15 +247,10 @@ class Trainer:
     def _reset_meters(self) -> None:
         k, v = self.cfg.model.num_codebooks, self.cfg.model.codebook_size
         z = lambda *s: torch.zeros(*s, device=self.device, dtype=torch.float64)  # noqa: E731
-        self.m_loss, self.m_frames, self.m_bad = z(()), z(()), z(())
+        self.m_loss, self.m_frames = z(()), z(())
         self.m_targets, self.m_preds = z(k, v), z(k, v)
         self.m_samples, self.m_steps, self.m_time = 0, 0, time.perf_counter()
         self.m_gnorm = z(())
-
-    def _autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # -- one update -------------------------------------------------------------------------------------------
 
@@ -274,8 +267,8 @@ class Trainer:
         mask = batch["mask"].to(self.device, non_blocking=True)
         self.model.train()
         # DDP averages gradients over ranks: normalised by global frames / world, the loss is the global per-frame mean
-        frames = all_reduce(torch.tensor(float(mask.numel()), device=self.device)) / self.world
-        with self._autocast():
+        frames = self.dist.all_reduce(torch.tensor(float(mask.numel()), device=self.device)) / self.world
+        with self.precision.autocast():
             loss, stats = self.ddp(wavs, mask, frames)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -292,25 +285,18 @@ class Trainer:
         with torch.no_grad():
             self.m_loss += stats["loss_sum"].double()
             self.m_frames += stats["frames"].double()
-            self.m_bad += (~torch.isfinite(stats["loss_sum"])).double()
             self.m_targets += stats["target_counts"].double()
             self.m_preds += stats["pred_probs"].double()
             self.m_gnorm += gnorm.detach().double()
+        self.guard.update(stats["loss_sum"], gnorm)  # on the device: checked when logging and before any save
         self.m_samples += wavs.numel()
         self.m_steps += 1
 
     # -- logging, checks, checkpoints -------------------------------------------------------------------------
 
     def check_finite(self) -> None:
-        bad = all_reduce(self.m_bad.clone())
-        if bad.item() > 0:
-            last = checkpoint_paths(self.workdir)
-            raise TrainingDiverged(
-                f"loss became NaN/Inf between step {self.last_checked_step} and step {self.step}; stopping without "
-                f"saving. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower optim.lr, a smaller "
-                "optim.clip_norm or precision fp32."
-            )
-        self.last_checked_step = self.step
+        saved = checkpoint_paths(self.workdir)
+        self.guard.check(self.step, self.dist, saved[-1] if saved else self.origin, DIVERGED_ADVICE)
 
     def log(self, pbar) -> dict:
         self.check_finite()
@@ -319,7 +305,7 @@ class Trainer:
             torch.tensor([float(self.m_samples)], device=self.device, dtype=torch.float64),
             self.m_targets.flatten(), self.m_preds.flatten(),
         ])
-        all_reduce(packed)
+        self.dist.all_reduce(packed)
         k, v = self.m_targets.shape
         loss, frames, gnorm, samples = packed[:4].tolist()
         targets = packed[4 : 4 + k * v].view(k, v)
@@ -358,20 +344,30 @@ class Trainer:
     def save(self) -> Path:
         self.check_finite()
         path = self.workdir / "checkpoints" / f"step_{self.step:08d}.pt"
+        rng = gather_rng_states(self.dist)
         if self.main:
-            rng = {"cpu": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
             payload = checkpoint_dict(
                 self.model, step=self.step, train_config=self.cfg.to_dict(),
                 optimizer=self.optimizer.state_dict(), epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                 frozen=self.model.extractor_frozen, codebook_pending=self.model.codebooks.pending_state(), rng=rng,
-                elapsed=self.elapsed, audio_seconds=self.audio_seconds,
+                elapsed=self.elapsed, audio_seconds=self.audio_seconds, manifest_sha256=self.manifest_sha,
+                init_from=self.init_from,
             )
-            atomic_torch_save(payload, path)
+            save_checkpoint(payload, path)
             for old in checkpoint_paths(self.workdir)[: -max(1, self.cfg.keep_checkpoints)]:
                 old.unlink(missing_ok=True)
+        self.saved_step = self.step
         self._barrier()
         return path
+
+    def stop_if_requested(self, pbar=None) -> None:
+        """At a step boundary: on SIGTERM / SIGUSR1 (any rank), log and checkpoint this step, then raise."""
+        if not self.dist.any(self.signals.requested() is not None)[0]:
+            return
+        if self.m_steps:
+            self.log(pbar)
+        path = self.save() if self.saved_step != self.step else checkpoint_paths(self.workdir)[-1]
+        raise interrupted(self.signals.requested() or "a stop requested on another rank", self.step, path)
 
     @torch.no_grad()
     def validate(self) -> dict | None:
@@ -381,11 +377,11 @@ class Trainer:
         k, v = self.cfg.model.num_codebooks, self.cfg.model.codebook_size
         acc = torch.zeros(2 + 2 * k * v, device=self.device, dtype=torch.float64)
         for batch in make_loader(self.valid):
-            with self._autocast():
+            with self.precision.autocast():
                 _, stats = self.model(batch["wavs"].to(self.device), batch["mask"].to(self.device))
             acc += torch.cat([torch.stack([stats["loss_sum"].float(), stats["frames"]]).double(),
                               stats["target_counts"].flatten().double(), stats["pred_probs"].flatten().double()])
-        all_reduce(acc)
+        self.dist.all_reduce(acc)
         targets, preds = acc[2 : 2 + k * v].view(k, v), acc[2 + k * v :].view(k, v)
         record = {
             "split": "valid", "step": self.step, "loss": (acc[0] / acc[1].clamp_min(1)).item(),
@@ -430,6 +426,7 @@ class Trainer:
                         self.save()
                     if self.step % valid_every == 0 or self.step == cfg.max_steps:
                         self.validate()
+                    self.stop_if_requested(pbar)
                     if self.step >= end:
                         break
                 else:
@@ -446,30 +443,36 @@ class Trainer:
         summary = {
             "steps": self.step, "epochs": self.epoch, "wall_time_s": round(self.elapsed, 1),
             "audio_hours_seen": self.audio_seconds / 3600, "world_size": self.world, "device": str(self.device),
-            "bf16": self.bf16, "manifest": str(Path(self.manifest).resolve()), "manifest_sha256": self.manifest_sha,
+            "bf16": self.precision.name == "bf16", "manifest": str(Path(self.manifest).resolve()),
+            "manifest_sha256": self.manifest_sha,
             "train_audio_hours": self.data.audio_seconds / 3600 * self.world,
-            "last_train": self.last_record, "last_valid": self.last_valid,
+            "last_train": self.last_record, "last_valid": self.last_valid, "init_from": self.init_from,
         }
         payload = checkpoint_dict(
             self.model, step=self.step, train_config=self.cfg.to_dict(),
             provenance={**provenance(self.cfg.to_dict()), "training": summary},
         )
-        atomic_torch_save(payload, out)
+        save_checkpoint(payload, out)
 
 
 def train(
     config: dict | TrainConfig, manifest: str, workdir: str, out: str | None, *, valid_manifest: str | None = None,
-    stop_after: int | None = None,
+    stop_after: int | None = None, init_from: str | Path | None = None,
 ) -> Trainer:
+    """Train (or resume) to max_steps and write `out`; `init_from` starts an empty workdir from another run."""
     cfg = config if isinstance(config, TrainConfig) else from_dict(config)
-    trainer = Trainer(cfg, manifest, workdir, valid_manifest=valid_manifest)
+    trainer = Trainer(cfg, manifest, workdir, valid_manifest=valid_manifest, init_from=init_from)
     if trainer.main and trainer.resumed_from is not None:
         print(f"resuming from {trainer.resumed_from} (step {trainer.step})", file=sys.stderr)
-    done = trainer.fit(stop_after)
-    if done and out is not None:
-        if trainer.last_valid is None and trainer.valid is not None:
-            trainer.validate()
-        trainer.write_final(out)
+    if trainer.main and trainer.origin is not None:
+        print(f"initialised from {trainer.origin} (step {trainer.step})", file=sys.stderr)
+    with StopSignals() as trainer.signals:
+        done = trainer.fit(stop_after)
+        if done and out is not None:
+            if trainer.last_valid is None and trainer.valid is not None:
+                trainer.validate()
+            trainer.stop_if_requested()  # a stop signal never lets the final checkpoint appear
+            trainer.write_final(out)
     trainer._barrier()
     return trainer
 
@@ -483,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-manifest", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    parser.add_argument("--init-from", default=None, metavar="WORKDIR_OR_CHECKPOINT",
+                        help="start an empty --workdir from another run's checkpoint, with this --config")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -490,17 +495,27 @@ def main(argv: list[str] | None = None) -> None:
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
     try:
-        cfg = from_json(text)
-        train(cfg, args.manifest, args.workdir, args.out, valid_manifest=args.valid_manifest,
-              stop_after=args.stop_after)
+        with exit_codes():
+            cfg = from_json(text)
+            try:
+                train(cfg, args.manifest, args.workdir, args.out, valid_manifest=args.valid_manifest,
+                      stop_after=args.stop_after, init_from=args.init_from)
+            except TrainingDiverged as err:
+                raise TrainingDiverged(f"{err}\n{retry_advice(args, json.loads(text or '{}'), cfg, err)}",
+                                       step=err.step, last_checkpoint=err.last_checkpoint) from None
     except (ConfigError, WorkdirMismatch, ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def retry_advice(args: argparse.Namespace, raw: dict, cfg: TrainConfig, err: TrainingDiverged) -> str:
+    """The command that continues from the last good checkpoint with half the learning rate, in a new workdir."""
+    changes = {"optim": {"lr": cfg.optim.lr / 2}}
+    flags = [("--manifest", args.manifest), ("--out", args.out), ("--valid-manifest", args.valid_manifest),
+             ("--threads", str(args.threads) if args.threads else None)]
+    command = retry_command("spidr.train", flags, raw, changes, retry_workdir(args.workdir, cfg.optim.lr / 2),
+                            err.last_checkpoint)
+    start = "continue from it" if err.last_checkpoint else "start again"
+    return f"To {start} with half the learning rate (optim.lr) in a new work directory:\n  {command}"
 
 
 if __name__ == "__main__":
