@@ -1,6 +1,6 @@
 """Corpus manifests (TSV: id, path, num_samples, speaker) built from any directory of wav/flac, bad files reported.
 
-Usage: python -m data.manifest ROOT OUT.tsv [--ext flac] [--speaker dir|prefix] [--bad-audio fail|skip]
+Usage: python -m data.manifest ROOT OUT.tsv [--config '{"ext": ["flac"], "speaker": "dir", "bad_audio": "skip"}']
 
 `path` is stored relative to the manifest's directory when the audio lies below it, absolute otherwise, so a
 manifest can move together with its audio. `id` is the file stem (LibriSpeech: `6295-244435-0009`), which is
@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.config import loads
 from common.io import atomic_write
 from data.audio import AUDIO_EXTENSIONS, AudioCheck, check_audio
+from data.config import ManifestConfig
 
 MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
 BAD_AUDIO_POLICIES = ("fail", "skip")
@@ -165,6 +167,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                             f"{lines}: the manifest is truncated or corrupt; delete it and rerun the rule (or "
                             "`python -m data.manifest`) that builds it")
     table["num_samples"] = num_samples.astype(np.int64)
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":  # a cut inside the last cell (e.g. the speaker) would still parse
+            raise ManifestError(f"{path}: does not end with a newline, so it is probably truncated; delete it and "
+                                "rerun the rule that builds it (a manifest written by hand needs a final newline)")
     base = path.parent.resolve()
     table["path"] = [str(p) if os.path.isabs(p) else str(base / p) for p in table["path"]]
     return table
@@ -174,15 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--ext", nargs="+", default=[e[1:] for e in AUDIO_EXTENSIONS])
-    parser.add_argument("--speaker", choices=["dir", "prefix"], default="dir")
-    parser.add_argument("--bad-audio", choices=BAD_AUDIO_POLICIES, default="fail")
-    parser.add_argument("--convert", action="store_true", help="accept other sample rates / multi-channel audio")
+    parser.add_argument("--config", default="{}", help='data.config.ManifestConfig JSON: {"ext": ["wav", "flac"], '
+                        '"speaker": "dir"|"prefix", "bad_audio": "fail"|"skip", "convert": false}')
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
+    cfg = loads(ManifestConfig, args.config)
     build_manifest(
-        args.root, args.out, exts=tuple(args.ext), speaker=args.speaker,
-        bad_audio=args.bad_audio, convert=args.convert, threads=args.threads,
+        args.root, args.out, exts=cfg.ext, speaker=cfg.speaker,
+        bad_audio=cfg.bad_audio, convert=cfg.convert, threads=args.threads,
     )
 
 

@@ -2,7 +2,7 @@
 
 Usage:
     python -m eval.abx --item dev/triphone.item --features FEATDIR --out METRICS.json [--frame-rate 50]
-    python -m eval.abx --item dev/phoneme.item --units UNITS.parquet --out METRICS.json [--config JSON] [--labels JSON]
+    python -m eval.abx --item dev/phoneme.item --units UNITS.parquet --out METRICS.json [--config JSON]
 
 FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance; UNITS.parquet is a units file (units.format; a
 deduplicated one is expanded back to frames with its durations). The conditions follow ZeroSpeech 2021 as
@@ -45,9 +45,10 @@ import torch
 from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
 from common.artefacts import load_torch
-from common.io import flat_config
+from common.config import loads
 from eval.benchmarks import ItemFile, item_kind, read_item_file
-from eval.results import Metric, parse_labels, write_metrics
+from eval.config import AbxConfig, AbxJob, labels_of
+from eval.results import Metric, write_metrics
 from units.format import read_units, read_units_meta
 
 SLICINGS = {
@@ -59,32 +60,6 @@ AGGREGATION = {
     "within": "mean over (prev, next) contexts, then speakers, then ordered (A, B) phone pairs",
     "any": "mean over speakers, then ordered (A, B) phone pairs",
 }
-
-
-@dataclass(frozen=True)
-class AbxConfig:
-    """ABX hyperparameters (the `--config` JSON); defaults reproduce the SpidR paper's protocol."""
-
-    slicing: str = "fastabx"  # or "librilight"
-    max_size_group: int | None = 10  # ZeroSpeech subsampling; null disables it
-    max_x_across: int | None = 5
-    seed: int = 0
-    distance: str | None = None  # default: "angular" on features, "identical" on units
-    item_kind: str | None = None  # "triphone" | "phoneme"; default from the item file name
-    speakers: tuple[str, ...] = ("within", "across")
-    device: str | None = None  # where fastabx keeps the tokens; default CUDA if available
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AbxConfig:
-        cfg = flat_config(cls, values, "abx config")
-        if cfg.slicing not in SLICINGS:
-            raise ValueError(f"abx config: slicing must be one of {list(SLICINGS)}, got {cfg.slicing!r}")
-        if not cfg.speakers or set(cfg.speakers) - {"within", "across"}:
-            raise ValueError(f"abx config: speakers must be a non-empty subset of ['within', 'across'], got "
-                             f"{list(cfg.speakers)}")
-        if cfg.distance not in (None, "angular", "cosine", "euclidean", "kl_symmetric", "identical"):
-            raise ValueError(f"abx config: unknown distance {cfg.distance!r}")
-        return cfg
 
 
 @dataclass(frozen=True)
@@ -315,13 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--frame-rate", type=float,
                         help="Hz; default: the units file's rate, or FEATDIR/_SUCCESS.json's, or 50")
-    parser.add_argument("--config", default="{}", help="JSON object of AbxConfig fields")
-    parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
+    parser.add_argument("--config", default="{}", help='eval.config.AbxJob JSON: {"abx": {AbxConfig fields}, '
+                        '"experiment": {"units": UnitsConfig, ...}} (the experiment gives the metric labels)')
     args = parser.parse_args(argv)
     try:
-        cfg = AbxConfig.from_dict(json.loads(args.config))
+        job = loads(AbxJob, args.config)
         doc = run(args.item, args.out, features=args.features, units_path=args.units, frame_rate=args.frame_rate,
-                  cfg=cfg, labels=parse_labels(args.labels))
+                  cfg=job.abx, labels=labels_of(job.experiment))
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for m in doc["metrics"]:

@@ -2,7 +2,7 @@
 
 Usage:
     python -m eval.slm21 lexical   --gold ROOT/lexical/dev/gold.csv   --scores SCORES.tsv --out METRICS.json \
-        [--submission SUBDIR] [--normalisation mean|sum] [--labels JSON] [--set dev|test]
+        [--submission SUBDIR] [--config JSON] [--set dev|test]
     python -m eval.slm21 syntactic --gold ROOT/syntactic/dev/gold.csv --scores SCORES.tsv --out METRICS.json ...
 
 Rules (zerospeech/benchmarks `tasks/lm/{lexical,syntactic}.py`, `submissions/sLM21.py`):
@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.config import loads
 from common.io import atomic_write_text
 from eval.benchmarks import read_lexical_gold, read_syntactic_gold, split_of
+from eval.config import ScoresJob, labels_of
 from eval.results import (
     Metric,
     ScoresFileError,
     pair_outcome,
-    parse_labels,
     read_scores,
     records,
     scoring_conventions,
@@ -200,13 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scores", type=Path, required=True, help="id<TAB>score lines from lm.score")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--submission", type=Path, help="also write SUBMISSION/<task>/<set>.txt for zrc")
-    parser.add_argument("--normalisation", choices=("mean", "sum"), help="default: read from the scores sidecar")
     parser.add_argument("--set", dest="split", choices=("dev", "test"), help="default: gold.csv's folder name")
-    parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
+    parser.add_argument("--config", default="{}", help='eval.config.ScoresJob JSON: {"normalisation": "mean"|"sum" '
+                        '(default: the scores sidecar\'s), "experiment": {"name", "lm", "units"} (the labels)}')
     args = parser.parse_args(argv)
     try:
+        job = loads(ScoresJob, args.config)
         doc = run(args.task, args.gold, args.scores, args.out, submission=args.submission,
-                  normalisation=args.normalisation, labels=parse_labels(args.labels), split=args.split)
+                  normalisation=job.normalisation, labels=labels_of(job.experiment), split=args.split)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for m in doc["metrics"][:2]:

@@ -2,7 +2,7 @@
 
 Usage:
     python -m eval.storycloze --dir ROOT/storycloze/sSC --scores SCORES.tsv --task sSC --out METRICS.json \
-        [--normalisation mean|sum] [--labels JSON]
+        [--config JSON]
 
 Each wav holds a whole story (four context sentences and an ending); `<2i>_<story>_correct.wav` pairs with
 `<2i+1>_<story>_incorrect.wav`. A pair scores 1 when the correct story's log-likelihood is higher, 0.5 on a tie,
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.config import loads
 from eval.benchmarks import read_storycloze
+from eval.config import ScoresJob, labels_of
 from eval.results import (
     Metric,
     ScoresFileError,
     pair_outcome,
-    parse_labels,
     read_scores,
     scoring_conventions,
     write_metrics,
@@ -78,12 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scores", type=Path, required=True, help="id<TAB>score lines from lm.score")
     parser.add_argument("--task", choices=TASKS, help="default: the folder name")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
-    parser.add_argument("--normalisation", choices=("mean", "sum"), help="default: read from the scores sidecar")
-    parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
+    parser.add_argument("--config", default="{}", help='eval.config.ScoresJob JSON: {"normalisation": "mean"|"sum" '
+                        '(default: the scores sidecar\'s), "experiment": {"name", "lm", "units"} (the labels)}')
     args = parser.parse_args(argv)
     try:
-        doc = run(args.dir, args.scores, args.out, task=args.task, normalisation=args.normalisation,
-                  labels=parse_labels(args.labels))
+        job = loads(ScoresJob, args.config)
+        doc = run(args.dir, args.scores, args.out, task=args.task, normalisation=job.normalisation,
+                  labels=labels_of(job.experiment))
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     m = doc["metrics"][0]

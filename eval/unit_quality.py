@@ -2,7 +2,7 @@
 
 Usage:
     python -m eval.unit_quality --units UNITS.parquet --phones dev/phones_100hz.jsonl --out METRICS.json \
-        [--config '{"label_rate": 100, "max_length_diff": 2}'] [--labels JSON]
+        [--config '{"unit_quality": {"label_rate": 100, "max_length_diff": 2}, "experiment": {"units": ...}}']
 
 Protocol (fairseq `measure_teacher_quality.py`, SpidR `units_quality`; reproduces SpidR's published numbers):
 each unit (50 Hz) is repeated label_rate / unit_rate = 2 times, the unit and 100 Hz label sequences are truncated
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -28,22 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from common.io import flat_config
+from common.config import loads
 from eval.benchmarks import read_phone_labels
-from eval.results import Metric, parse_labels, write_metrics
+from eval.config import UnitQualityConfig, UnitQualityJob, labels_of
+from eval.results import Metric, write_metrics
 from units.format import iter_units, read_units_meta
-
-
-@dataclass(frozen=True)
-class UnitQualityConfig:
-    """Alignment knobs (the `--config` JSON); the defaults are the published protocol."""
-
-    label_rate: float = 100.0  # Hz of the phone labels
-    max_length_diff: int = 2  # frames, after repetition (SpidR raises above 2)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> UnitQualityConfig:
-        return flat_config(cls, values, "unit_quality config")
 
 
 def _entropy(p: np.ndarray) -> float:
@@ -190,12 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units", type=Path, required=True, help="frame-level (or deduplicated) units Parquet")
     parser.add_argument("--phones", type=Path, required=True, help="JSON lines {id, phones} at the label rate")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
-    parser.add_argument("--config", default="{}", help="JSON object of UnitQualityConfig fields")
-    parser.add_argument("--labels", default=None, help="experiment labels, JSON object")
+    parser.add_argument("--config", default="{}", help='eval.config.UnitQualityJob JSON: {"unit_quality": '
+                        '{UnitQualityConfig fields}, "experiment": {"units": UnitsConfig}} (labels come from it)')
     args = parser.parse_args(argv)
     try:
-        cfg = UnitQualityConfig.from_dict(json.loads(args.config))
-        doc = run(args.units, args.phones, args.out, cfg=cfg, labels=parse_labels(args.labels))
+        job = loads(UnitQualityJob, args.config)
+        doc = run(args.units, args.phones, args.out, cfg=job.unit_quality, labels=labels_of(job.experiment))
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     print(" ".join(f"{m['metric']}={m['value']:.4g}" for m in doc["metrics"]))

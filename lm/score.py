@@ -26,7 +26,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from common.artefacts import corrupt
+from common.config import loads
 from common.io import atomic_write, atomic_write_json, provenance
+from lm.config import ScoreConfig
 from lm.model import UnitVocab, document_causal_mask
 from units.format import iter_units, read_units_meta
 
@@ -159,12 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="unit-LM directory written by lm.train")
     parser.add_argument("--units", required=True, help="units file to score (Parquet, units.format)")
     parser.add_argument("--out", required=True, help="TSV of `id<TAB>score` lines; conventions go to OUT.json")
-    parser.add_argument("--normalisation", choices=NORMALISATIONS, default="mean")
-    parser.add_argument("--no-eos", dest="eos", action="store_false", help="do not append and score <eos>")
+    parser.add_argument("--config", default="{}",
+                        help='lm.config.ScoreConfig JSON: {"normalisation": "mean"|"sum", "eos": true|false}')
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
-    score_units_file(args.model, args.units, args.out, args.normalisation, args.batch_size, args.eos, args.device)
+    cfg = loads(ScoreConfig, args.config)
+    score_units_file(args.model, args.units, args.out, cfg.normalisation, args.batch_size, cfg.eos, args.device)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import pytest
 import torch
 from fastabx import zerospeech_abx
 
+from common.config import load
 from eval.abx import AbxConfig, conditions_for, features_frame_rate, run, select_items, slicing_env, token_frames
 from eval.benchmarks import BenchmarkLayoutError, read_item_file
+from eval.config import AbxJob
 from units.format import UnitsWriter
 
 HEADER = "#file onset offset #phone prev-phone next-phone speaker\n"
@@ -190,9 +192,11 @@ def test_bad_item_file_names_path_and_layout(tmp_path: Path) -> None:
 
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown key"):
-        AbxConfig.from_dict({"slice": "fastabx"})
-    with pytest.raises(ValueError, match="slicing must be"):
-        AbxConfig.from_dict({"slicing": "kaldi"})
+        load(AbxConfig, {"slice": "fastabx"})
+    with pytest.raises(ValueError, match=r"'slicing': 'kaldi' is not allowed; expected one of \['fastabx'"):
+        load(AbxConfig, {"slicing": "kaldi"})
+    with pytest.raises(ValueError, match=r"'abx\.max_size_group': 0 is out of range"):
+        load(AbxJob, {"abx": {"max_size_group": 0}})
 
 
 def test_features_frame_rate_from_the_extraction_marker(tmp_path: Path) -> None:

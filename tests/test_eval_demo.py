@@ -79,29 +79,32 @@ def test_eval_chain_on_demo_layouts(demo_corpus: Path, tmp_path: Path, capsys: p
         for uid, f in dev.items():
             w.write(uid, units_of(f, centroids))
 
-    labels = {"encoder": "mfcc", "units": "kmeans", "layer": 0, "k": K}
+    # What the workflow passes (eval.config job JSON): the units config, from which every metric takes its labels.
+    units = {"encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans", "k": K, "fit": {}, "name": "kmeans",
+             "encoder_name": "mfcc"}
+    units_job = json.dumps({"experiment": {"units": units}})
     metrics = []
     for kind in ("triphone", "phoneme"):
         item = demo_corpus / "dev" / f"{kind}.item"
         out = tmp_path / f"abx-{kind}-units.json"
-        abx.main(["--item", str(item), "--units", str(units_path), "--out", str(out), "--labels", json.dumps(labels)])
+        abx.main(["--item", str(item), "--units", str(units_path), "--out", str(out), "--config", units_job])
         metrics.append(out)
-    cont = {**labels, "units": "continuous", "k": None}
+    cont = {"encoder": {"kind": "mfcc"}, "layer": 0, "name": "continuous", "encoder_name": "mfcc"}
     out = tmp_path / "abx-triphone-feats.json"
     abx.main(["--item", str(demo_corpus / "dev" / "triphone.item"), "--features", str(feat_dir), "--out", str(out),
-              "--frame-rate", "50", "--labels", json.dumps(cont)])
+              "--frame-rate", "50", "--config", json.dumps({"experiment": {"units": cont}})])
     metrics.append(out)
     feat_abx = json.loads(out.read_text())
     assert all(0 <= m["value"] < 50 for m in feat_abx["metrics"])  # MFCCs beat chance on phones
     out = tmp_path / "unit-quality.json"
     unit_quality.main(["--units", str(units_path), "--phones", str(demo_corpus / "dev" / "phones_100hz.jsonl"),
-                       "--out", str(out), "--labels", json.dumps(labels)])
+                       "--out", str(out), "--config", units_job])
     metrics.append(out)
     pnmi = {m["metric"]: m["value"] for m in json.loads(out.read_text())["metrics"]}
     assert 0 < pnmi["pnmi"] < 1 and pnmi["active_units"] <= K
 
     train_units = [dedup(units_of(f, centroids)) for f in train]
-    lm_labels = json.dumps({**labels, "lm": "bigram", "experiment": "mfcc-bigram"})
+    lm_job = json.dumps({"experiment": {"units": units, "lm": "bigram", "name": "mfcc-bigram"}})
     for task in ("lexical", "syntactic"):
         folder = demo_corpus / "sLM21" / task / "dev"
         scores = tmp_path / f"{task}.tsv"
@@ -109,7 +112,7 @@ def test_eval_chain_on_demo_layouts(demo_corpus: Path, tmp_path: Path, capsys: p
                                     for p in sorted(folder.glob("*.wav"))}, scores)
         out = tmp_path / f"{task}.json"
         slm21.main([task, "--gold", str(folder / "gold.csv"), "--scores", str(scores), "--out", str(out),
-                    "--submission", str(tmp_path / "submission"), "--labels", lm_labels])
+                    "--submission", str(tmp_path / "submission"), "--config", lm_job])
         metrics.append(out)
         lines = (tmp_path / "submission" / task / "dev.txt").read_text().splitlines()
         assert {line.split(" ")[0] for line in lines} == {p.stem for p in folder.glob("*.wav")}
@@ -119,13 +122,13 @@ def test_eval_chain_on_demo_layouts(demo_corpus: Path, tmp_path: Path, capsys: p
         bigram_scores(train_units, {p.stem: dedup(units_of(mfcc_50hz(p), centroids))
                                     for p in sorted(folder.glob("*.wav"))}, scores)
         out = tmp_path / f"{task}.json"
-        storycloze.main(["--dir", str(folder), "--scores", str(scores), "--out", str(out), "--labels", lm_labels])
+        storycloze.main(["--dir", str(folder), "--scores", str(scores), "--out", str(out), "--config", lm_job])
         metrics.append(out)
 
     report.main(["--metrics", *map(str, metrics), "--out", str(tmp_path / "report")])
     report.main(["--print", str(tmp_path / "report")])
     printed = capsys.readouterr().out
-    assert "| mfcc | kmeans | – | 0 | 8 | bigram |" in printed  # one row: units metrics joined to the LM metrics
+    assert "| mfcc | kmeans | kmeans | 0 | 8 | bigram |" in printed  # one row: units metrics joined to the LM metrics
     assert "| mfcc | continuous | continuous | 0 | – | – |" in printed
     for name in ("table.tex", "table.csv", "metric_vs_layer.png"):
         assert (tmp_path / "report" / name).is_file()

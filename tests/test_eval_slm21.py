@@ -64,16 +64,20 @@ def test_lexical_official_aggregation(tmp_path: Path) -> None:
 
 def test_lexical_cli_writes_metrics_and_zrc_submission(tmp_path: Path) -> None:
     gold, tsv = lexical_case(tmp_path)
-    labels = {"experiment": "e1", "encoder": "spidr", "units": "kmeans", "layer": 6, "k": 256, "lm": "tiny"}
+    units = {"encoder": {"kind": "spidr", "checkpoint": "enc.pt"}, "layer": 6, "quantizer": "kmeans", "k": 256,
+             "fit": {}, "name": "kmeans", "encoder_name": "spidr"}
+    job = {"experiment": {"name": "e1", "lm": "tiny", "units": units}}
     main(["lexical", "--gold", str(gold), "--scores", str(tsv), "--out", str(tmp_path / "m.json"),
-          "--submission", str(tmp_path / "sub"), "--labels", json.dumps(labels)])
+          "--submission", str(tmp_path / "sub"), "--config", json.dumps(job)])
     doc = json.loads((tmp_path / "m.json").read_text())
     got = {m["metric"]: m for m in doc["metrics"]}
     assert got["swuggy_all"]["value"] == pytest.approx(100 * ALL)
     assert got["swuggy_in_vocab"]["value"] == pytest.approx(100 * IN_VOCAB)
     assert got["swuggy_all"]["conventions"]["set"] == "dev"
     assert got["swuggy_all"]["conventions"]["normalisation"] == "mean log-likelihood"
-    assert doc["labels"] == labels and doc["provenance"]["code_version"]
+    assert doc["labels"] == {"experiment": "e1", "lm": "tiny", "units": "kmeans", "encoder": "spidr",
+                             "encoder_kind": "spidr", "layer": 6, "quantizer": "kmeans", "k": 256}
+    assert doc["provenance"]["code_version"]
     # zrc submission: `<wav-stem> <score>`, space separated, every gold file exactly once, exact floats.
     lines = (tmp_path / "sub" / "lexical" / "dev.txt").read_text().splitlines()
     table = dict(line.split(" ") for line in lines)
@@ -124,7 +128,7 @@ def test_syntactic_cli(tmp_path: Path) -> None:
     tsv = tmp_path / "s.tsv"
     tsv.write_text("id\tscore\n" + "".join(f"{k}\t{v}\n" for k, v in scores))
     main(["syntactic", "--gold", str(gold), "--scores", str(tsv), "--out", str(tmp_path / "m.json"),
-          "--normalisation", "sum", "--submission", str(tmp_path / "sub")])
+          "--config", '{"normalisation": "sum"}', "--submission", str(tmp_path / "sub")])
     doc = json.loads((tmp_path / "m.json").read_text())
     got = {m["metric"]: m for m in doc["metrics"]}
     assert got["sblimp"]["value"] == pytest.approx(50.0)

@@ -33,14 +33,17 @@ def test_accuracy_ties_and_conventions(tmp_path: Path) -> None:
               "8_s4_correct": -1, "9_s4_incorrect": -9, "10_s5_correct": -5, "11_s5_incorrect": -2}
     tsv = tmp_path / "scores.tsv"
     tsv.write_text("".join(f"{k}\t{v}\n" for k, v in scores.items()))
-    main(["--dir", str(folder), "--scores", str(tsv), "--out", str(tmp_path / "m.json"), "--normalisation", "mean",
-          "--labels", '{"experiment": "e", "lm": "tiny"}'])
+    job = {"normalisation": "mean", "experiment": {"name": "e", "lm": "tiny", "units": {
+        "encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans", "k": 8, "fit": {}, "name": "u",
+        "encoder_name": "mfcc"}}}
+    main(["--dir", str(folder), "--scores", str(tsv), "--out", str(tmp_path / "m.json"), "--config", json.dumps(job)])
     doc = json.loads((tmp_path / "m.json").read_text())
     (m,) = doc["metrics"]
     assert m["metric"] == "ssc" and m["value"] == pytest.approx(100 * 3.5 / 6) and m["n"] == 6
     assert m["conventions"]["normalisation"] == "mean log-likelihood of the whole story"
     assert doc["details"]["ties"] == 1 and doc["task"] == "sSC"
-    assert doc["labels"] == {"experiment": "e", "lm": "tiny"}
+    assert doc["labels"] == {"experiment": "e", "lm": "tiny", "units": "u", "encoder": "mfcc", "encoder_kind": "mfcc",
+                             "layer": 0, "quantizer": "kmeans", "k": 8}
 
 
 @pytest.mark.parametrize(("names", "problem"), [
@@ -62,8 +65,8 @@ def test_missing_scores_are_an_error(tmp_path: Path) -> None:
     tsv = tmp_path / "scores.tsv"
     tsv.write_text("0_s0_correct\t-1\n")
     with pytest.raises(SystemExit, match=r"no score for 1 of 2 story files.*1_s0_incorrect"):
-        main(["--dir", str(folder), "--scores", str(tsv), "--out", str(tmp_path / "m.json"), "--normalisation",
-              "sum"])
+        main(["--dir", str(folder), "--scores", str(tsv), "--out", str(tmp_path / "m.json"), "--config",
+              '{"normalisation": "sum"}'])
 
 
 def test_demo_layouts_read(demo_corpus: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.config import load
 from eval.benchmarks import BenchmarkLayoutError
 from eval.unit_quality import UnitQualityConfig, evaluate, quality_from_counts, run
 from units.format import UnitsWriter
@@ -95,7 +96,7 @@ def test_missing_units_and_bad_labels_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an integer multiple"):
         evaluate(units, phones, UnitQualityConfig(label_rate=75))
     with pytest.raises(ValueError, match="unknown key"):
-        UnitQualityConfig.from_dict({"rate": 100})
+        load(UnitQualityConfig, {"rate": 100})
 
 
 def test_exact_logs_agree_with_the_epsilon_formula_of_spidr() -> None:

@@ -84,7 +84,7 @@ def test_cli_writes_one_score_per_utterance_with_conventions(model_dir, model, t
     out = tmp_path / "scores" / "eval.tsv"
     from lm.score import main
 
-    main(["--model", str(model_dir), "--units", str(units), "--out", str(out), "--normalisation", "sum"])
+    main(["--model", str(model_dir), "--units", str(units), "--out", str(out), "--config", '{"normalisation": "sum"}'])
     lines = [line.split("\t") for line in out.read_text().splitlines()]
     table = read_units(units)
     assert [uid for uid, _ in lines] == table["id"].tolist()

@@ -201,19 +201,23 @@ def test_units_resume_reuses_finished_shards(tmp_path, corpus, monkeypatch):
 def test_cli_units_text_and_validate(tmp_path, corpus, spidr_ckpt):
     spec = json.dumps({"kind": "spidr", "checkpoint": spidr_ckpt})
     out = tmp_path / "u.parquet"
-    main(["units", "--encoder", spec, "--layer", "3", "--quantizer", "codebook", "--manifest", str(corpus),
-          "--out", str(out), "--no-progress"])
+    def job(quantizer: str | None, layer: int = 3, encoder: dict | None = None) -> str:
+        return json.dumps({"encoder": encoder or json.loads(spec), "layer": layer, "quantizer": quantizer,
+                           **({"k": 8, "fit": {}} if quantizer == "kmeans" else {})})
+
+    main(["units", "--config", job("codebook"), "--manifest", str(corpus), "--out", str(out), "--no-progress"])
     main(["text", str(out), str(tmp_path / "u.txt")])
     units = read_units(out)
     lines = (tmp_path / "u.txt").read_text().splitlines()
     pairs = zip(units["id"], units["units"], strict=True)
     assert lines == [f"{i}\t{' '.join(map(str, u.tolist()))}" for i, u in pairs]
     with pytest.raises(SystemExit, match="needs --kmeans"):
-        main(["units", "--encoder", spec, "--layer", "3", "--quantizer", "kmeans", "--manifest", str(corpus),
-              "--out", str(out), "--no-progress"])
+        main(["units", "--config", job("kmeans"), "--manifest", str(corpus), "--out", str(out), "--no-progress"])
     with pytest.raises(SystemExit, match="'mfcc' encoder has none"):
-        main(["validate", "--encoder", '{"kind": "mfcc"}', "--layer", "0", "--quantizer", "codebook"])
-    main(["validate", "--encoder", spec, "--layer", "4", "--quantizer", "codebook"])
+        main(["validate", "--config", job("codebook", 0, {"kind": "mfcc"})])
+    with pytest.raises(SystemExit, match="quantizer must be null"):
+        main(["features", "--config", job("codebook"), "--manifest", str(corpus), "--out", str(tmp_path / "f")])
+    main(["validate", "--config", job("codebook", 4)])
 
 
 @pytest.mark.slow

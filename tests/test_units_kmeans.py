@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,12 +109,19 @@ def test_fit_from_corpus_is_deterministic_and_records_provenance(tmp_path):
 
 def test_cli_fit_errors_are_clear(tmp_path, capsys):
     manifest = make_corpus(tmp_path / "c", [1.0, 1.0])
+    def fit(layer: int, k: int, max_frames: int, **extra) -> None:
+        units = {"encoder": {"kind": "mfcc"}, "layer": layer, "quantizer": "kmeans", "k": k,
+                 "fit": {"seed": 0, "max_frames": max_frames, **extra}}
+        main(["fit", "--config", json.dumps(units), "--manifest", str(manifest), "--out", str(tmp_path / "k.npz"),
+              "--no-progress"])
+
     with pytest.raises(SystemExit, match="max_frames=5 < k=8"):
-        main(["fit", "--encoder", '{"kind": "mfcc"}', "--layer", "0", "--manifest", str(manifest), "--k", "8",
-              "--seed", "0", "--max-frames", "5", "--out", str(tmp_path / "k.npz"), "--no-progress"])
+        fit(0, 8, 5)
     with pytest.raises(SystemExit, match="layer=3 for an MFCC"):
-        main(["fit", "--encoder", '{"kind": "mfcc"}', "--layer", "3", "--manifest", str(manifest), "--k", "8",
-              "--seed", "0", "--max-frames", "50", "--out", str(tmp_path / "k.npz"), "--no-progress"])
-    main(["fit", "--encoder", '{"kind": "mfcc"}', "--layer", "0", "--manifest", str(manifest), "--k", "4",
-          "--seed", "0", "--max-frames", "60", "--out", str(tmp_path / "k.npz"), "--no-progress"])
+        fit(3, 8, 50)
+    with pytest.raises(SystemExit, match=r"'fit\.niter': 0 is out of range; expected an integer >= 1"):
+        fit(0, 4, 60, niter=0)
+    with pytest.raises(SystemExit, match=r"unknown key\(s\) \['fit\.iters'\]"):
+        fit(0, 4, 60, iters=3)
+    fit(0, 4, 60)
     assert KMeansModel.load(tmp_path / "k.npz").meta["frames"] == 60

@@ -218,15 +218,15 @@ def add_run_options(parser) -> None:
     g.add_argument("--context-seconds", type=float, default=d.context_seconds)
     g.add_argument("--shard-hours", type=float, default=d.shard_hours)
     g.add_argument("--workers", type=int, default=d.workers)
-    g.add_argument("--bad-audio", default=d.bad_audio, choices=list(BAD_AUDIO_POLICIES))
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_options_from_args(args) -> RunOptions:
+def run_options_from_args(args, extraction: ExtractionConfig | None = None) -> RunOptions:
+    """The run flags, plus `bad_audio` from the job's `--config` (it changes the result, so it is no flag)."""
     return RunOptions(
         device=args.device, precision=args.precision, batch_seconds=args.batch_seconds, max_batch=args.max_batch,
         chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds, shard_hours=args.shard_hours,
-        workers=args.workers, bad_audio=args.bad_audio, progress=not args.no_progress,
+        workers=args.workers, bad_audio=(extraction or ExtractionConfig()).bad_audio, progress=not args.no_progress,
     )
 
 

@@ -1,23 +1,23 @@
 """Feature and unit extraction: per-utterance feature files (for ABX) and frame-level 50 Hz units (Parquet).
 
 Usage:
-  python -m units.extract features --encoder JSON --layer L --manifest M.tsv --out DIR [--codebook-probs]
+  python -m units.extract features --config UNITS_JSON --manifest M.tsv --out DIR [--codebook-probs]
       One DIR/<utt-id>.pt float32 tensor (frames, dim) per utterance, what fastabx reads
       (`Dataset.from_item(item, DIR, 50)`). Resumable: finished files are kept and skipped. DIR/_SUCCESS.json
       (provenance, counts, skipped files) is written last; DIR/_CONFIG.json guards against mixing configs.
-  python -m units.extract units --encoder JSON --layer L --quantizer codebook|kmeans [--kmeans K.npz] \
-      --manifest M.tsv --out UNITS.parquet
+  python -m units.extract units --config UNITS_JSON [--kmeans K.npz] --manifest M.tsv --out UNITS.parquet
       Frame-level units in the units.format format (vocab_size = codebook size or K). Resumable by shard from a
       work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
   python -m units.extract text UNITS.parquet OUT.txt
       Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
-  python -m units.extract validate --encoder JSON --layer L [--quantizer codebook|kmeans] [--train-config JSON]
+  python -m units.extract validate --config UNITS_JSON [--train-config JSON]
       Check that the encoder, layer and quantizer fit together (exit status 1 and a message naming the value);
       --train-config gives the depth and heads of a SpidR / DinoSR that is still to be pretrained.
 
-Encoder JSON: {"kind": "spidr"|"dinosr", "checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} |
-{"kind": "mfcc"}. Layer numbering: see units.config. Run options (device, precision, batching, chunking,
---bad-audio fail|skip): `--help` of a subcommand.
+UNITS_JSON (units.config.UnitsConfig): {"encoder": ENCODER, "layer": L, "quantizer": "codebook"|"kmeans"|null
+(null: continuous features), "extraction": {"bad_audio": "fail"|"skip"}}, ENCODER {"kind": "spidr"|"dinosr",
+"checkpoint": PATH} | {"kind": "hf", "model": NAME_OR_DIR} | {"kind": "mfcc"}. Layer numbering: see units.config.
+Run options (device, precision, batching, chunking): `--help` of a subcommand.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from common.config import loads
 from common.io import atomic_write, atomic_write_json, file_sha256, provenance
 from data.audio import SAMPLE_RATE, BadAudioError
 from data.manifest import ManifestError, read_manifest
@@ -44,6 +45,7 @@ from units.config import (
     EncoderConfigError,
     EncoderSpec,
     RunOptions,
+    UnitsConfig,
     add_run_options,
     run_options_from_args,
 )
@@ -262,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--encoder", required=True, help="encoder spec JSON")
-        p.add_argument("--layer", type=int, required=True)
+        p.add_argument("--config", required=True, help="units config JSON (units.config.UnitsConfig: encoder spec, "
+                       "layer, quantizer (null for features), k-means fit, extraction.bad_audio)")
 
     feats = sub.add_parser("features", help="per-utterance feature files DIR/<utt-id>.pt (for ABX)")
     common(feats)
@@ -275,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
 
     units = sub.add_parser("units", help="frame-level units (Parquet, units.format format)")
     common(units)
-    units.add_argument("--quantizer", required=True, choices=list(QUANTIZERS))
-    units.add_argument("--kmeans", type=Path, help="k-means file of units.kmeans fit (--quantizer kmeans)")
+    units.add_argument("--kmeans", type=Path, help="k-means file of units.kmeans fit (quantizer kmeans)")
     units.add_argument("--manifest", type=Path, required=True)
     units.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
     units.add_argument("--work-dir", type=Path, help="resumable shards (default: .OUT.work beside OUT)")
@@ -288,22 +289,27 @@ def main(argv: list[str] | None = None) -> None:
 
     check = sub.add_parser("validate", help="check an encoder / layer / quantizer combination")
     common(check)
-    check.add_argument("--quantizer", choices=list(QUANTIZERS))
     check.add_argument("--train-config", help="spidr.config JSON of an encoder still to be pretrained")
 
     args = parser.parse_args(argv)
     try:
+        cfg = loads(UnitsConfig, args.config) if args.command != "text" else None
         if args.command == "features":
-            extract_features(args.encoder, args.layer, args.manifest, args.out, codebook_probs=args.codebook_probs,
-                             run=run_options_from_args(args))
+            if cfg.quantizer is not None:
+                raise EncoderConfigError(f"--config: features are continuous: quantizer must be null, got "
+                                         f"{cfg.quantizer!r}")
+            extract_features(cfg.encoder, cfg.layer, args.manifest, args.out, codebook_probs=args.codebook_probs,
+                             run=run_options_from_args(args, cfg.extraction))
         elif args.command == "units":
-            extract_units(args.encoder, args.layer, args.quantizer, args.manifest, args.out, kmeans=args.kmeans,
-                          run=run_options_from_args(args), work_dir=args.work_dir)
+            if cfg.quantizer is None:
+                raise EncoderConfigError("--config: units need a quantizer ('codebook' or 'kmeans')")
+            extract_units(cfg.encoder, cfg.layer, cfg.quantizer, args.manifest, args.out, kmeans=args.kmeans,
+                          run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir)
         elif args.command == "text":
             write_text_units(args.units, args.out)
         else:
             train = json.loads(args.train_config) if args.train_config else None
-            check_units_config(args.encoder, args.layer, args.quantizer, train_config=train)
+            check_units_config(cfg.encoder, cfg.layer, cfg.quantizer, train_config=train)
             print("ok")
     except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -1,8 +1,9 @@
 """Faiss k-means on encoder features: fit on a seeded sample of a corpus's frames, saved with provenance; assignment.
 
 Usage:
-  python -m units.kmeans fit --encoder '{"kind": "spidr", "checkpoint": "enc.pt"}' --layer 6 --manifest M.tsv \
-      --k 256 --seed 0 --max-frames 500000 --out KMEANS.npz [--niter 50] [run options of units.extract]
+  python -m units.kmeans fit --config UNITS_JSON --manifest M.tsv --out KMEANS.npz [run options of units.extract]
+      UNITS_JSON (units.config.UnitsConfig): {"encoder": {"kind": "spidr", "checkpoint": "enc.pt"}, "layer": 6,
+      "quantizer": "kmeans", "k": 256, "fit": {"seed": 0, "max_frames": 500000, "niter": 50}}
 
 The sample: utterances in a seeded random order are encoded (whole, so each frame has its full context) until
 `max_frames` frames are collected, then exactly `max_frames` of those frames are drawn with the same seed. The
@@ -26,11 +27,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common.config import loads
 from common.io import atomic_write, file_sha256, provenance
 from data.audio import SAMPLE_RATE
 from data.manifest import read_manifest
 from units.batching import encode_batched
-from units.config import EncoderConfigError, EncoderSpec, RunOptions, add_run_options, run_options_from_args
+from units.config import (
+    EncoderConfigError,
+    EncoderSpec,
+    RunOptions,
+    UnitsConfig,
+    add_run_options,
+    run_options_from_args,
+)
 from units.encoders import get_encoder
 from units.shards import iter_shards, plan_shards, progress_bar
 
@@ -215,19 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit k-means on a seeded sample of a corpus's frames")
-    fit.add_argument("--encoder", required=True, help="encoder spec JSON (see units.config.EncoderSpec)")
-    fit.add_argument("--layer", type=int, required=True)
+    fit.add_argument("--config", required=True,
+                     help="units config JSON (units.config.UnitsConfig: encoder, layer, quantizer kmeans, k, fit)")
     fit.add_argument("--manifest", type=Path, required=True, help="corpus manifest TSV to sample frames from")
-    fit.add_argument("--k", type=int, required=True)
-    fit.add_argument("--seed", type=int, required=True)
-    fit.add_argument("--max-frames", type=int, required=True)
-    fit.add_argument("--niter", type=int, default=50)
     fit.add_argument("--out", type=Path, required=True, help="the k-means file (.npz)")
     add_run_options(fit)
     args = parser.parse_args(argv)
     try:
-        fit_from_corpus(args.encoder, args.layer, args.manifest, k=args.k, seed=args.seed,
-                        max_frames=args.max_frames, out=args.out, niter=args.niter, run=run_options_from_args(args))
+        cfg = loads(UnitsConfig, args.config)
+        if cfg.quantizer != "kmeans" or cfg.k is None or cfg.fit is None:
+            raise KMeansError(f"--config: k-means fitting needs quantizer 'kmeans', 'k' and 'fit', got {args.config}")
+        fit_from_corpus(cfg.encoder, cfg.layer, args.manifest, k=cfg.k, seed=cfg.fit.seed,
+                        max_frames=cfg.fit.max_frames, out=args.out, niter=cfg.fit.niter,
+                        run=run_options_from_args(args, cfg.extraction))
     except (EncoderConfigError, KMeansError, ValueError) as err:
         sys.exit(f"error: {err}")
 

@@ -1,10 +1,17 @@
-"""Config validation and the helpers that turn config entries into paths, encoder specs and key-sorted params."""
+"""Config validation (pipeline.validate, without torch) and the helpers that turn config entries into paths and the
+key-sorted `--config` JSON of each job (built by pipeline.config from the stage dataclasses).
+"""
 
-import json
 import os
 import sys
 
 from snakemake.utils import validate
+
+import pipeline.config as pipeline
+from common.config import dumps
+from data.config import ManifestConfig
+from eval.config import AbxJob, Experiment, ScoresJob, UnitQualityJob
+from lm.config import ScoreConfig
 
 # Rules run `python -m ...`: make that the interpreter running Snakemake (the project's venv), also inside SLURM
 # jobs, whatever PATH the user's shell had.
@@ -12,81 +19,23 @@ os.environ["PATH"] = (
     os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 )
 
-# Fills schema defaults into `config` and rejects unknown keys (additionalProperties: false), naming them.
+# The schema fixes the structure (sections, named entries, sources) and rejects unknown sections and entry keys;
+# the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
+# naming the key path. Cheap (no torch), so every parse checks, jobs included.
 validate(config, schema="../schemas/config.schema.yaml")
+pipeline.validate(config)
 
 DEMO = "resources/demo"
 CORPORA = list(config["corpora"])
-BENCHMARKS = list(config["benchmarks"])
+BENCHMARKS = list(config.get("benchmarks") or {})
 ENCODERS = list(config["encoders"])
 UNITS = list(config["units"])
 LMS = list(config["lms"])
 EXPERIMENTS = list(config["experiments"])
-BENCH = config["eval"]["benchmark"]
+EVAL = pipeline.eval_config(config)
+BENCH = EVAL.benchmark
 LM_TASKS = ["lexical", "syntactic", "sSC", "tSC"]
 BENCH_SETS = [*LM_TASKS, "abx"]
-
-
-def _check_references():
-    """What the schema cannot express: names must be defined, train blocks valid, layers exist for the encoder.
-
-    Runs when the workflow is parsed, so a typo fails before any job starts, with the config path in the message.
-    """
-    from lm.train import TrainConfig as LMTrainConfig
-    from spidr.config import from_dict as spidr_train_config
-    from units.config import EncoderConfigError, validate_units_request
-
-    def need(kind, name, where, known):
-        if name not in known:
-            raise ValueError(
-                f"config: {where} refers to {kind} {name!r}, which is not defined ({sorted(known)})"
-            )
-
-    def check(where, build):
-        try:
-            build()
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"config: {where}: {err}") from None
-
-    need("benchmark", BENCH, "eval.benchmark", BENCHMARKS)
-    for name, enc in config["encoders"].items():
-        if "train" in enc:
-            need("corpus", enc["corpus"], f"encoders.{name}.corpus", CORPORA)
-            train = {"kind": enc["kind"], **enc["train"]}
-            check(f"encoders.{name}.train", lambda: spidr_train_config(train))
-    for name, unit in config["units"].items():
-        need("encoder", unit["encoder"], f"units.{name}.encoder", ENCODERS)
-        if unit["quantizer"] == "kmeans":
-            need("corpus", unit["fit"]["corpus"], f"units.{name}.fit.corpus", CORPORA)
-        enc = config["encoders"][unit["encoder"]]
-        check(
-            f"units.{name}",
-            lambda: validate_units_request(
-                enc["kind"], unit["layer"], unit["quantizer"], **encoder_geometry(enc)
-            ),
-        )
-    for name, lm in config["lms"].items():
-        need("corpus", lm["corpus"], f"lms.{name}.corpus", CORPORA)
-        check(f"lms.{name}.train", lambda: LMTrainConfig.from_dict(lm["train"]))
-    for name, exp in config["experiments"].items():
-        need("units", exp["units"], f"experiments.{name}.units", UNITS)
-        if exp.get("lm") is not None:
-            need("lm", exp["lm"], f"experiments.{name}.lm", LMS)
-
-
-def encoder_geometry(enc):
-    """Depth and codebook layers of an encoder we pretrain, from its preset + overrides (no checkpoint needed)."""
-    if enc["kind"] not in ("spidr", "dinosr") or "train" not in enc:
-        return {}
-    from spidr.config import from_dict
-
-    model = from_dict({"kind": enc["kind"], **enc["train"]}).model
-    return {"num_layers": model.num_layers, "codebook_layers": model.codebook_layers}
-
-
-# Only where the workflow is planned: jobs re-parse this file (twice per SLURM job), and the checks import torch.
-if workflow.is_main_process:
-    _check_references()
 
 
 wildcard_constraints:
@@ -108,11 +57,15 @@ wildcard_constraints:
 
 def sorted_json(obj):
     """A config subtree as key-sorted JSON: reordering YAML keys must not look like a params change."""
-    return json.dumps(obj, sort_keys=True)
+    return dumps(obj)
 
 
 def demo_config():
-    return sorted_json(config["demo"])
+    return dumps(pipeline.demo_config(config))
+
+
+def manifest_config(corpus):
+    return dumps(pipeline.manifest_config(config, corpus))
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -167,53 +120,57 @@ def dataset_manifest(wildcards):
 # --- encoders and units -----------------------------------------------------------------------------------------
 
 
-def encoder_checkpoint(name):
-    """The checkpoint an encoder reads: pretrained by this workflow, or given (official release file)."""
-    enc = config["encoders"][name]
-    if "train" in enc:
-        return f"results/encoders/{name}/checkpoint.pt"
-    return enc.get("checkpoint")
-
-
-def encoder_spec(name):
-    """The encoder spec JSON of units.encoders.EncoderSpec."""
-    enc = config["encoders"][name]
-    spec = {"kind": enc["kind"]}
-    if enc["kind"] in ("spidr", "dinosr"):
-        spec["checkpoint"] = encoder_checkpoint(name)
-    if enc["kind"] == "hf":
-        spec["model"] = enc["model"]
-    return sorted_json(spec)
-
-
 def encoder_inputs(name):
     """Files an encoder needs: the checkpoint when this workflow pretrains it (so it runs first)."""
     enc = config["encoders"][name]
-    return [encoder_checkpoint(name)] if enc["kind"] in ("spidr", "dinosr") else []
+    if enc["kind"] in ("spidr", "dinosr"):
+        return [pipeline.encoder_checkpoint(config, name)]
+    return []
 
 
 def units_entry(wildcards):
     return config["units"][wildcards.units]
 
 
-def units_labels(name):
-    """What a units config is, for every metrics file and the report."""
-    unit = config["units"][name]
-    enc = config["encoders"][unit["encoder"]]
-    k = unit.get("k") if unit["quantizer"] == "kmeans" else None
-    return {
-        "units": name,
-        "encoder": unit["encoder"],
-        "encoder_kind": enc["kind"],
-        "layer": unit["layer"],
-        "quantizer": unit["quantizer"],
-        "k": k,
-    }
+def units_json(wildcards):
+    """The one `--config` of every job of a units config (fit, extraction, its evaluations label it)."""
+    return dumps(pipeline.units_config(config, wildcards.units))
 
 
-def experiment_labels(name):
-    exp = config["experiments"][name]
-    return {"experiment": name, "lm": exp.get("lm"), **units_labels(exp["units"])}
+def features_json(wildcards):
+    return dumps(
+        pipeline.features_config(config, wildcards.encoder, int(wildcards.layer))
+    )
+
+
+def abx_units_json(wildcards):
+    units = pipeline.units_config(config, wildcards.units)
+    return dumps(AbxJob(abx=EVAL.abx, experiment=Experiment(units=units)))
+
+
+def abx_features_json(wildcards):
+    units = pipeline.features_config(config, wildcards.encoder, int(wildcards.layer))
+    return dumps(AbxJob(abx=EVAL.abx, experiment=Experiment(units=units)))
+
+
+def unit_quality_json(wildcards):
+    units = pipeline.units_config(config, wildcards.units)
+    return dumps(
+        UnitQualityJob(
+            unit_quality=EVAL.unit_quality, experiment=Experiment(units=units)
+        )
+    )
+
+
+def scores_job_json(wildcards):
+    """eval.slm21 / eval.storycloze: the normalisation comes from lm.score's sidecar, the labels from here."""
+    return dumps(
+        ScoresJob(experiment=pipeline.experiment(config, wildcards.experiment))
+    )
+
+
+def score_config():
+    return dumps(ScoreConfig(normalisation=EVAL.normalisation))
 
 
 # --- rule inputs ----------------------------------------------------------------------------------------------
@@ -261,7 +218,7 @@ def experiment_metrics():
             for kind in ("triphone", "phoneme")
         ]
         files.append(f"results/eval/units/{u}/{BENCH}/unit_quality.json")
-    if config["eval"]["abx_features"]:
+    if EVAL.abx_features:
         layers = sorted(
             {
                 (config["units"][u]["encoder"], config["units"][u]["layer"])
@@ -286,5 +243,5 @@ def all_targets():
 
 def uses_demo():
     sources = [c["source"] for c in config["corpora"].values()]
-    sources += [b["source"] for b in config["benchmarks"].values()]
+    sources += [b["source"] for b in (config.get("benchmarks") or {}).values()]
     return "demo" in sources

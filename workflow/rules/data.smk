@@ -1,4 +1,4 @@
-"""Data stage: the generated demo corpus and manifests of real corpora."""
+"""Data stage: the generated demo corpus, manifests of real corpora and of every benchmark set."""
 
 
 rule demo_data:
@@ -35,12 +35,29 @@ rule manifest:
     threads: 4
     params:
         root=lambda wc: config["corpora"][wc.corpus]["root"],
-        ext=lambda wc: " ".join(config["corpora"][wc.corpus]["ext"]),
-        speaker=lambda wc: config["corpora"][wc.corpus]["speaker"],
-        bad_audio=lambda wc: config["corpora"][wc.corpus]["bad_audio"],
-        convert=lambda wc: (
-            "--convert" if config["corpora"][wc.corpus]["convert"] else ""
-        ),
+        manifest=lambda wc: manifest_config(wc.corpus),
     shell:
-        "python -m data.manifest {params.root} {output} --ext {params.ext} --speaker {params.speaker} "
-        "--bad-audio {params.bad_audio} {params.convert} --threads {threads} > {log} 2>&1"
+        "python -m data.manifest {params.root} {output} --config '{params.manifest}' --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule benchmark_manifest:
+    input:
+        # For the demo, the generated benchmark must exist first; real benchmarks are plain folders.
+        lambda wc: (
+            [f"{DEMO}/info.json"]
+            if config["benchmarks"][wc.benchmark]["source"] == "demo"
+            else []
+        ),
+    output:
+        "resources/benchmarks/{benchmark}/{lmtask}/manifest.tsv",
+    log:
+        "logs/benchmark_manifest/{benchmark}/{lmtask}.log",
+    threads: 2
+    params:
+        root=lambda wc: benchmark_layout(wc.benchmark)[wc.lmtask],
+        # Benchmark wavs are flat folders named <speaker>_... or <speaker>-...
+        manifest=dumps(ManifestConfig(speaker="prefix")),
+    shell:
+        "python -m data.manifest {params.root} {output} --config '{params.manifest}' --threads {threads} "
+        "> {log} 2>&1"

@@ -1,4 +1,7 @@
-"""Evaluation stage: sWUGGY / sBLIMP / tSC / sSC per experiment, ABX and unit quality per units config, report."""
+"""Evaluation stage: sWUGGY / sBLIMP / tSC / sSC per experiment, ABX and unit quality per units config.
+
+Each job's `--config` (eval.config) carries what is evaluated, from which the metrics file takes its labels.
+"""
 
 
 rule eval_slm21:
@@ -17,10 +20,10 @@ rule eval_slm21:
     # Seconds of pandas: not worth a cluster job.
     localrule: True
     params:
-        labels=lambda wc: sorted_json(experiment_labels(wc.experiment)),
+        job=scores_job_json,
     shell:
         "python -m eval.slm21 {wildcards.lmtask} --gold {input.gold} --scores {input.scores} "
-        "--out {output.metrics} --submission {output.submission} --labels '{params.labels}' > {log} 2>&1"
+        "--out {output.metrics} --submission {output.submission} --config '{params.job}' > {log} 2>&1"
 
 
 rule eval_storycloze:
@@ -35,10 +38,10 @@ rule eval_storycloze:
         lmtask="sSC|tSC",
     localrule: True
     params:
-        labels=lambda wc: sorted_json(experiment_labels(wc.experiment)),
+        job=scores_job_json,
     shell:
         "python -m eval.storycloze --dir {input.folder} --scores {input.scores} --task {wildcards.lmtask} "
-        "--out {output} --labels '{params.labels}' > {log} 2>&1"
+        "--out {output} --config '{params.job}' > {log} 2>&1"
 
 
 rule eval_abx_units:
@@ -50,11 +53,10 @@ rule eval_abx_units:
     log:
         "logs/eval_abx_units/{units}/{benchmark}/{abxkind}.log",
     params:
-        labels=lambda wc: sorted_json(units_labels(wc.units)),
-        abx=sorted_json(config["eval"]["abx"]),
+        job=abx_units_json,
     shell:
-        "python -m eval.abx --item {input.item} --units {input.units} --out {output} --config '{params.abx}' "
-        "--labels '{params.labels}' > {log} 2>&1"
+        "python -m eval.abx --item {input.item} --units {input.units} --out {output} --config '{params.job}' "
+        "> {log} 2>&1"
 
 
 rule eval_abx_features:
@@ -66,18 +68,11 @@ rule eval_abx_features:
     log:
         "logs/eval_abx_features/{encoder}/L{layer}/{benchmark}/{abxkind}.log",
     params:
-        labels=lambda wc: sorted_json(
-            {
-                "encoder": wc.encoder,
-                "encoder_kind": config["encoders"][wc.encoder]["kind"],
-                "layer": int(wc.layer),
-            }
-        ),
-        abx=sorted_json(config["eval"]["abx"]),
+        job=abx_features_json,
         features=lambda wc, input: os.path.dirname(input.features),
     shell:
-        "python -m eval.abx --item {input.item} --features {params.features} --out {output} --config '{params.abx}' "
-        "--labels '{params.labels}' > {log} 2>&1"
+        "python -m eval.abx --item {input.item} --features {params.features} --out {output} "
+        "--config '{params.job}' > {log} 2>&1"
 
 
 rule eval_unit_quality:
@@ -89,25 +84,7 @@ rule eval_unit_quality:
     log:
         "logs/eval_unit_quality/{units}/{benchmark}.log",
     params:
-        labels=lambda wc: sorted_json(units_labels(wc.units)),
+        job=unit_quality_json,
     shell:
         "python -m eval.unit_quality --units {input.units} --phones {input.phones} --out {output} "
-        "--labels '{params.labels}' > {log} 2>&1"
-
-
-rule report:
-    input:
-        experiment_metrics(),
-    output:
-        table=report("results/report/table.md", category="Results"),
-        csv="results/report/table.csv",
-        tex="results/report/table.tex",
-        long="results/report/metrics_long.csv",
-        summary="results/report/report.json",
-        by_layer=report("results/report/metric_vs_layer.png", category="Plots"),
-        correlations=report("results/report/correlations.png", category="Plots"),
-    log:
-        "logs/report.log",
-    localrule: True
-    shell:
-        "python -m eval.report --metrics {input} --out results/report > {log} 2>&1"
+        "--config '{params.job}' > {log} 2>&1"

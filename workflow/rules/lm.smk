@@ -36,7 +36,7 @@ rule score_lm:
     resources:
         gpu=0,
     params:
-        normalisation=config["eval"]["normalisation"],
+        score=score_config(),
     shell:
         "python -m lm.score --model {input.model} --units {input.units} --out {output.scores} "
-        "--normalisation {params.normalisation} > {log} 2>&1"
+        "--config '{params.score}' > {log} 2>&1"

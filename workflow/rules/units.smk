@@ -1,23 +1,8 @@
-"""Units stage: benchmark manifests, k-means fitting, frame-level units, deduplication, features for ABX."""
+"""Units stage: k-means fitting, frame-level units, deduplication, continuous features for ABX.
 
-
-rule benchmark_manifest:
-    input:
-        # For the demo, the generated benchmark must exist first; real benchmarks are plain folders.
-        lambda wc: (
-            [f"{DEMO}/info.json"]
-            if config["benchmarks"][wc.benchmark]["source"] == "demo"
-            else []
-        ),
-    output:
-        "resources/benchmarks/{benchmark}/{lmtask}/manifest.tsv",
-    log:
-        "logs/benchmark_manifest/{benchmark}/{lmtask}.log",
-    threads: 2
-    params:
-        root=lambda wc: benchmark_layout(wc.benchmark)[wc.lmtask],
-    shell:
-        "python -m data.manifest {params.root} {output} --speaker prefix --threads {threads} > {log} 2>&1"
+Every job of a units config gets the same key-sorted `--config` JSON (units.config.UnitsConfig, built by
+pipeline.config): encoder spec, layer, quantizer, k-means fit, extraction settings and the workflow's names.
+"""
 
 
 rule fit_kmeans:
@@ -34,17 +19,10 @@ rule fit_kmeans:
     resources:
         gpu=0,
     params:
-        encoder=lambda wc: encoder_spec(units_entry(wc)["encoder"]),
-        layer=lambda wc: units_entry(wc)["layer"],
-        k=lambda wc: units_entry(wc)["k"],
-        seed=lambda wc: units_entry(wc)["fit"]["seed"],
-        max_frames=lambda wc: units_entry(wc)["fit"]["max_frames"],
-        niter=lambda wc: units_entry(wc)["fit"]["niter"],
-        bad_audio=config["eval"]["bad_audio"],
+        units=units_json,
     shell:
-        "python -m units.kmeans fit --encoder '{params.encoder}' --layer {params.layer} --manifest {input.manifest} "
-        "--k {params.k} --seed {params.seed} --max-frames {params.max_frames} --niter {params.niter} "
-        "--out {output} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
+        "python -m units.kmeans fit --config '{params.units}' --manifest {input.manifest} --out {output} "
+        "--no-progress > {log} 2>&1"
 
 
 rule quantize:
@@ -60,17 +38,13 @@ rule quantize:
     resources:
         gpu=0,
     params:
-        encoder=lambda wc: encoder_spec(units_entry(wc)["encoder"]),
-        layer=lambda wc: units_entry(wc)["layer"],
-        quantizer=lambda wc: units_entry(wc)["quantizer"],
+        units=units_json,
         kmeans=lambda wc, input: (
             f"--kmeans {input.kmeans}" if "kmeans" in input.keys() else ""
         ),
-        bad_audio=config["eval"]["bad_audio"],
     shell:
-        "python -m units.extract units --encoder '{params.encoder}' --layer {params.layer} "
-        "--quantizer {params.quantizer} {params.kmeans} --manifest {input.manifest} --out {output} "
-        "--bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
+        "python -m units.extract units --config '{params.units}' {params.kmeans} --manifest {input.manifest} "
+        "--out {output} --no-progress > {log} 2>&1"
 
 
 rule dedup:
@@ -101,9 +75,8 @@ rule extract_features:
     resources:
         gpu=0,
     params:
-        encoder=lambda wc: encoder_spec(wc.encoder),
+        features=features_json,
         out=lambda wc, output: os.path.dirname(output[0]),
-        bad_audio=config["eval"]["bad_audio"],
     shell:
-        "python -m units.extract features --encoder '{params.encoder}' --layer {wildcards.layer} "
-        "--manifest {input.manifest} --out {params.out} --bad-audio {params.bad_audio} --no-progress > {log} 2>&1"
+        "python -m units.extract features --config '{params.features}' --manifest {input.manifest} "
+        "--out {params.out} --no-progress > {log} 2>&1"
