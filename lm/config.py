@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,14 +12,15 @@ from common.config import ConfigError, field, load
 
 # The architecture presets of lm/model.py (tests/test_lm_config.py checks that the two lists agree); named here so
 # that the workflow checks a preset without importing transformers.
-PRESET_NAMES = ("opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny")
+Preset = Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"]
+PRESET_NAMES = typing.get_args(Preset)
 NORMALISATIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # Defaults are the laptop demo recipe (~0.8M-parameter LM, ~0.5M tokens, 1-2 minutes on one CPU core).
-    preset: Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"] = "tiny"
+    preset: Preset = "tiny"
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the preset's HF config fields
     context_length: int = field(256, ge=1)  # tokens per packed block
     batch_size: int = field(16, ge=1)  # sequences per optimizer step, over all GPUs and accumulation steps
