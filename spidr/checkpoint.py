@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from common.artefacts import ArtefactError, load_torch
-from common.io import atomic_write
+from common.runtime import save_checkpoint
 from spidr.config import PAPER_CONV_LAYERS, ConfigError, ModelConfig, model_config_from_dict, to_jsonable
 from spidr.model import MODELS, DinoSR
 
@@ -40,10 +40,8 @@ class CheckpointError(ValueError):
 # Writing
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    with atomic_write(path) as tmp:  # a failed write (full disk) is an OSError naming `path`, and leaves no tmp
-        torch.save(obj, tmp)
+# torch.save through common.io.atomic_write: the one atomic checkpoint writer, shared with the trainers.
+atomic_torch_save = save_checkpoint
 
 
 def checkpoint_dict(model: DinoSR, *, step: int = 0, train_config: dict | None = None, **extra: Any) -> dict:

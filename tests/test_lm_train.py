@@ -6,6 +6,8 @@ import itertools
 import json
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import lm.train
+from common.runtime import EXIT_DIVERGED, EXIT_INTERRUPTED, TrainingInterrupted
 from lm.model import UnitVocab
 from lm.synthetic import write_markov_units
 from lm.train import TrainConfig, lr_at, train
@@ -176,3 +179,112 @@ def test_two_cpu_workers_match_one_process(units, tmp_path):
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
     info = json.loads((tmp_path / "two" / "model" / "provenance.json").read_text())
     assert info["training"]["world_size"] == 2 and info["training"]["gradient_accumulation"] == 1
+
+
+def _cli(units: Path, work: Path, out: Path, config: dict, *extra: str) -> list[str]:
+    return ["--units", str(units), "--workdir", str(work), "--out", str(out), "--config", json.dumps(config), *extra]
+
+
+def test_nan_loss_exits_3_without_checkpoint_or_model(units, tmp_path, capsys):
+    """The issue probe: lr 1e30 used to train every step at NaN and write a non-finite model with exit 0."""
+    with pytest.raises(SystemExit) as stop:
+        lm.train.main(_cli(units, tmp_path / "w", tmp_path / "m", {**FAST, "lr": 1e30}))
+    assert stop.value.code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "NaN/Inf between step 1 and step 2" in err and "Last good checkpoint: none" in err
+    assert not (tmp_path / "w" / "checkpoint.pt").exists() and not (tmp_path / "m").exists()
+    assert [r["step"] for r in metrics(tmp_path / "w")] == [1]  # the NaN step is not logged either
+
+
+def test_nan_message_command_continues_from_the_last_good_checkpoint(units, tmp_path, monkeypatch, capsys):
+    real_batches, real_loss, current = lm.train.micro_batches, lm.train.forward_loss, {}
+
+    def batches(blocks, config, step, dist):
+        current["step"] = step
+        return real_batches(blocks, config, step, dist)
+
+    def poisoned(model, batch, config):  # NaN from step 5 on (checkpoints at 3 and 6)
+        loss = real_loss(model, batch, config)
+        return loss * float("nan") if current["step"] >= 4 else loss
+
+    monkeypatch.setattr(lm.train, "micro_batches", batches)
+    monkeypatch.setattr(lm.train, "forward_loss", poisoned)
+    with pytest.raises(SystemExit) as stop:
+        lm.train.main(_cli(units, tmp_path / "w", tmp_path / "m", FAST))
+    assert stop.value.code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "between step 4 and step 5" in err and f"Last good checkpoint: {tmp_path / 'w' / 'checkpoint.pt'}" in err
+    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert not (tmp_path / "m").exists()
+
+    # The printed command, as is (minus `python -m lm.train`), once the cause is gone.
+    words = shlex.split(err.strip().splitlines()[-1])
+    assert words[:3] == ["python", "-m", "lm.train"] and "--init-from" in words
+    monkeypatch.setattr(lm.train, "forward_loss", real_loss)
+    lm.train.main(words[3:])
+    new = tmp_path / "w-lr0.0015"
+    state = torch.load(new / "checkpoint.pt", weights_only=True)
+    origin = {"checkpoint": str((tmp_path / "w" / "checkpoint.pt").resolve()), "step": 3,
+              "changed": {"lr": [3e-3, 1.5e-3], "min_lr": [3e-4, 1.5e-4]}}
+    assert state["step"] == 8 and state["init_from"] == origin
+    rows = metrics(new)
+    assert rows[0] == {"step": 3, "event": "init_from", **origin}
+    assert [r["step"] for r in rows[1:]] == [4, 5, 6, 7, 8] and all(math.isfinite(r["train_loss"]) for r in rows[1:])
+    assert json.loads((tmp_path / "m" / "provenance.json").read_text())["init_from"] == origin
+
+
+def test_stop_signal_checkpoints_exits_75_and_resumes_bit_identically(units, tmp_path, monkeypatch):
+    reference = tmp_path / "ref"
+    train(units, reference / "work", reference / "model", cfg())
+
+    real = lm.train.micro_batches
+
+    def signalled(blocks, config, step, dist):
+        if step == 4:  # SIGUSR1 arrives during step 5: it completes, then the run stops at the boundary
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(blocks, config, step, dist)
+
+    monkeypatch.setattr(lm.train, "micro_batches", signalled)
+    work, out = tmp_path / "run" / "work", tmp_path / "run" / "model"
+    with pytest.raises(SystemExit) as stop:
+        lm.train.main(_cli(units, work, out, FAST))
+    assert stop.value.code == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the trainer's handler is gone
+    assert torch.load(work / "checkpoint.pt", weights_only=True)["step"] == 5 and not out.exists()
+    monkeypatch.setattr(lm.train, "micro_batches", real)
+
+    # --init-from the interrupted run with an unchanged config continues it exactly, in a new work directory ...
+    train(units, tmp_path / "copy" / "work", tmp_path / "copy" / "model", cfg(), init_from=work)
+    # ... and so does the retry in the same work directory.
+    train(units, work, out, cfg())
+    ref_w = _weights(reference / "model")
+    for other in (out, tmp_path / "copy" / "model"):
+        w = _weights(other)
+        assert w.keys() == ref_w.keys() and all(torch.equal(ref_w[k], w[k]) for k in ref_w)
+    assert _without_timing(metrics(work)) == _without_timing(metrics(reference / "work"))
+    init = torch.load(tmp_path / "copy" / "work" / "checkpoint.pt", weights_only=True)["init_from"]
+    assert init["step"] == 5 and init["changed"] == {}
+
+
+def test_signal_during_the_last_step_never_writes_the_model(units, tmp_path, monkeypatch):
+    real = lm.train.micro_batches
+
+    def signalled(blocks, config, step, dist):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(blocks, config, step, dist)
+
+    monkeypatch.setattr(lm.train, "micro_batches", signalled)
+    with pytest.raises(TrainingInterrupted, match=r"step 8 \(SIGTERM\)"):
+        train(units, tmp_path / "w", tmp_path / "m", cfg())
+    assert not (tmp_path / "m").exists()
+    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["step"] == 8
+
+
+def test_init_from_refuses_a_model_of_another_shape(units, tmp_path):
+    train(units, tmp_path / "a", tmp_path / "ma", cfg(max_steps=3))
+    with pytest.raises(ValueError, match=r"--init-from .*checkpoint\.pt: its model does not fit"):
+        train(units, tmp_path / "b", tmp_path / "mb", cfg(max_steps=3, model={"dropout": 0.1, "num_hidden_layers": 1}),
+              init_from=tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint\.pt"):
+        train(units, tmp_path / "c", tmp_path / "mc", cfg(), init_from=tmp_path / "nowhere")
