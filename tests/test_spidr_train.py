@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.runtime import EXIT_DIVERGED, EXIT_INTERRUPTED
 from data.audio import write_wav
 from data.manifest import build_manifest
 from spidr.checkpoint import load_encoder, read_checkpoint
@@ -146,6 +149,79 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
     assert not (tmp_path / "w.pt").exists()
     good = weights(tmp_path / "w" / "checkpoints" / "step_00000002.pt")
     assert all(torch.isfinite(v.float()).all() for v in good.values())
+
+
+def _args(corpus: Path, work: Path, out: Path, config: dict) -> list[str]:
+    return ["--manifest", str(corpus), "--workdir", str(work), "--out", str(out), "--config", json.dumps(config)]
+
+
+def test_nan_message_command_continues_from_the_last_good_checkpoint(corpus, tmp_path, monkeypatch, capsys):
+    forward = DinoSR.forward
+
+    def poisoned(self, wavs, mask_index, frames=None):
+        loss, stats = forward(self, wavs, mask_index, frames)
+        if int(self.current_step) >= 3:
+            loss, stats = loss * float("nan"), {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
+        return loss, stats
+
+    monkeypatch.setattr(DinoSR, "forward", poisoned)
+    cfg = {**TINY, "log_interval": 2}
+    with pytest.raises(SystemExit) as stop:
+        main(_args(corpus, tmp_path / "w", tmp_path / "w.pt", cfg))
+    assert stop.value.code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    good = tmp_path / "w" / "checkpoints" / "step_00000002.pt"
+    assert f"Last good checkpoint: {good}" in err and "half the learning rate (optim.lr)" in err
+
+    # The printed command, as is (minus `python -m spidr.train`), once the cause is gone.
+    words = shlex.split(err.strip().splitlines()[-1])
+    assert words[:3] == ["python", "-m", "spidr.train"] and words[words.index("--init-from") + 1] == str(good)
+    monkeypatch.setattr(DinoSR, "forward", forward)
+    main(words[3:])
+    lr = from_dict(cfg).optim.lr
+    new = tmp_path / f"w-lr{lr / 2:g}"
+    origin = {"checkpoint": str(good.resolve()), "step": 2, "changed": {"optim.lr": [lr, lr / 2]}}
+    final = read_checkpoint(tmp_path / "w.pt")
+    assert final["step"] == 6 and final["train_config"]["optim"]["lr"] == lr / 2
+    assert final["provenance"]["training"]["init_from"] == origin
+    assert read_checkpoint(sorted((new / "checkpoints").glob("*.pt"))[-1])["init_from"] == origin
+    assert json.loads((new / "config.json").read_text())["init_from"] == origin
+    records = [json.loads(ln) for ln in (new / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"step": 2, "event": "init_from", **origin}
+    assert [r["step"] for r in records[1:]] == [4, 6] and all(np.isfinite(r["loss"]) for r in records[1:])
+
+
+def test_stop_signal_checkpoints_exits_75_and_resumes_bit_identically(corpus, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    train(TINY, str(corpus), str(tmp_path / "a"), str(tmp_path / "a.pt"))
+    forward = DinoSR.forward
+
+    def signalled(self, wavs, mask_index, frames=None):
+        if int(self.current_step) == 2:  # SIGUSR1 during step 3: it completes, then the run stops at the boundary
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return forward(self, wavs, mask_index, frames)
+
+    monkeypatch.setattr(DinoSR, "forward", signalled)
+    with pytest.raises(SystemExit) as stop:
+        main(_args(corpus, tmp_path / "b", tmp_path / "b.pt", TINY))
+    assert stop.value.code == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the trainer's handler is gone
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("*.pt")) == ["step_00000002.pt",
+                                                                                      "step_00000003.pt"]
+    assert not (tmp_path / "b.pt").exists()
+    monkeypatch.setattr(DinoSR, "forward", forward)
+
+    # --init-from the interrupted run with an unchanged config continues it exactly (across the CNN freeze after
+    # step 3), in a new work directory; so does the retry in the same work directory.
+    train(TINY, str(corpus), str(tmp_path / "c"), str(tmp_path / "c.pt"), init_from=str(tmp_path / "b"))
+    train(TINY, str(corpus), str(tmp_path / "b"), str(tmp_path / "b.pt"))
+    a = weights(tmp_path / "a.pt")
+    for other in ("b.pt", "c.pt"):
+        w = weights(tmp_path / other)
+        assert set(w) == set(a) and all(torch.equal(a[k], w[k]) for k in a), other
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert read_checkpoint(tmp_path / "c.pt")["provenance"]["training"]["init_from"]["changed"] == {}
 
 
 def test_workdir_of_another_recipe_is_refused(corpus, tmp_path):
