@@ -1,7 +1,8 @@
 """Entry-point wrapper: expected failures become one `error: ...` line on stderr and a non-zero exit; bugs keep
 their traceback.
 
-Every `python -m` entry point ends with `if __name__ == "__main__": run(main)`. Expected failures are
+Every `python -m` entry point ends with `if __name__ == "__main__": run_main(main)` (not `run`: several entry modules
+define a `run` of their own). Expected failures are
 - an OSError (read-only output, a parent path that is a file, a full disk, a missing input ...): one line naming the
   path and the cause;
 - an error class defined in this project (ManifestError, ConfigError, KMeansError, CheckpointError, ...): those are
@@ -81,7 +82,7 @@ def error_message(err: BaseException) -> str | None:
     return None
 
 
-def run(main: Callable[[], Any]) -> Any:
+def run_main(main: Callable[[], Any]) -> Any:
     """Call `main()`; an expected failure exits with `error: <message>` on stderr and a non-zero status: the
     error's own `exit_code` attribute when it has one (e.g. a training stopped on NaN), else EXIT_ERROR."""
     try:

@@ -217,6 +217,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from common.cli import run
+    from common.cli import run_main
 
-    run(main)
+    run_main(main)

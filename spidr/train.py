@@ -519,6 +519,6 @@ def retry_advice(args: argparse.Namespace, raw: dict, cfg: TrainConfig, err: Tra
 
 
 if __name__ == "__main__":
-    from common.cli import run
+    from common.cli import run_main
 
-    run(main)
+    run_main(main)
