@@ -40,7 +40,7 @@ def test_a_typo_in_the_config_is_an_error_naming_the_key(tmp_path: Path) -> None
     config["demo"]["train_sentence"] = 3
     out = snakemake(tmp_path, "-n", config=config)
     assert out.returncode != 0
-    assert "train_sentence" in out.stdout + out.stderr and "Additional properties" in out.stdout + out.stderr
+    assert "unknown key(s) ['demo.train_sentence']" in out.stdout + out.stderr
 
 
 def test_a_bad_value_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -53,11 +53,20 @@ def test_a_bad_value_is_an_error_naming_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("units", "spidr_codebook_l6", "layer"), 2, "units.spidr_codebook_l6: quantizer='codebook' at layer=2"),
-        (("units", "mfcc_kmeans", "layer"), 3, "units.mfcc_kmeans: layer=3"),
-        (("lms", "tiny", "train", "lrr"), 1.0, "lms.tiny.train: LM training config: unknown key(s) ['lrr']"),
-        (("encoders", "spidr_small", "train", "max_step"), 5, "encoders.spidr_small.train"),
-        (("experiments", "mfcc_kmeans", "lm"), "nosuchlm", "experiments.mfcc_kmeans.lm refers to lm 'nosuchlm'"),
+        (("units", "spidr_codebook_l6", "layer"), 2, "'units.spidr_codebook_l6': quantizer='codebook' at layer=2"),
+        (("units", "mfcc_kmeans", "layer"), 3, "'units.mfcc_kmeans': layer=3"),
+        (("lms", "tiny", "train", "lrr"), 1.0, "'lms.tiny.train': unknown key(s) ['lms.tiny.train.lrr']"),
+        (("encoders", "spidr_small", "train", "max_step"), 5, "['encoders.spidr_small.train.max_step']"),
+        (("experiments", "mfcc_kmeans", "lm"), "nosuchlm", "'experiments.mfcc_kmeans.lm' refers to lm 'nosuchlm'"),
+        # The reliability probes: each fails at `snakemake -n`, naming the key.
+        (("lms", "tiny", "train", "max_steps"), -1, "'lms.tiny.train.max_steps': -1 is out of range"),
+        (("lms", "tiny", "train", "max_steps"), 0, "'lms.tiny.train.max_steps': 0 is out of range"),
+        (("lms", "tiny", "train", "max_steps"), "ten", "'lms.tiny.train.max_steps': expected an integer, got 'ten'"),
+        (("encoders", "spidr_small", "train", "optim"), {"lr": -1}, "'encoders.spidr_small.train.optim.lr': -1 is"),
+        (("encoders", "spidr_small", "train", "mask"), {"prob": 2.0}, "'encoders.spidr_small.train.mask.prob': 2.0"),
+        (("encoders", "spidr_small", "train", "mask"), {"prob": -0.5}, "'encoders.spidr_small.train.mask.prob': -0"),
+        (("eval", "abx"), {"slicer": "fastabx"}, "unknown key(s) ['eval.abx.slicer']"),
+        (("eval", "bad_audio"), "skip", "'eval.bad_audio' has moved to extraction.bad_audio"),
     ],
 )
 def test_cross_reference_errors_name_the_config_path(tmp_path: Path, path: tuple, value, message: str) -> None:
@@ -194,3 +203,18 @@ def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, dem
                  "eval_storycloze", "eval_abx_units", "eval_abx_features", "eval_unit_quality", "report"):
         assert re.search(rf"^{rule}\s+\d+", out.stdout, re.M), rule
     assert "demo_data" not in out.stdout
+
+
+def test_abx_protocol_reruns_abx_and_report_only(completed_workdir: Path) -> None:
+    config = default_config()
+    config["eval"]["abx"] = {"max_x_across": 3}
+    jobs = planned_jobs(completed_workdir, config)
+    assert set(jobs) == {"eval_abx_units", "eval_abx_features", "report"}
+
+
+def test_bad_audio_policy_reruns_extraction_not_pretraining(completed_workdir: Path) -> None:
+    config = default_config()
+    config["extraction"] = {"bad_audio": "skip"}
+    jobs = planned_jobs(completed_workdir, config)
+    assert "pretrain" not in jobs and "demo_data" not in jobs and "train_lm" in jobs
+    assert jobs["fit_kmeans"] == 2 and jobs["extract_features"] == 2
