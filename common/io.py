@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -47,20 +46,6 @@ def provenance(config: Any = None) -> dict[str, Any]:
         "command": sys.argv,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def check_keys(cls: type, values: dict[str, Any], where: str) -> None:
-    """Refuse keys that are not fields of the dataclass `cls`, naming them: a typo must never be silently ignored."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-
-
-def flat_config[T](cls: type[T], values: dict[str, Any], where: str) -> T:
-    """A flat frozen-dataclass config from a JSON object: unknown keys named, JSON lists turned into tuples."""
-    check_keys(cls, values, where)
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def file_sha256(path: str | Path) -> str:

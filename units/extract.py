@@ -108,10 +108,10 @@ def make_quantizer(encoder: Encoder, spec: EncoderSpec, layer: int, quantizer: s
         raise EncoderConfigError(f"quantizer={quantizer!r}; expected one of {QUANTIZERS}")
     if quantizer == "codebook":
         if kmeans is not None:
-            raise EncoderConfigError("--kmeans is only for --quantizer kmeans")
+            raise EncoderConfigError("--kmeans is only for quantizer 'kmeans'")
         return CodebookQuantizer(encoder, layer)
     if kmeans is None:
-        raise EncoderConfigError("--quantizer kmeans needs --kmeans PATH (fit one with python -m units.kmeans fit)")
+        raise EncoderConfigError("quantizer 'kmeans' needs --kmeans PATH (fit one with python -m units.kmeans fit)")
     return KMeansQuantizer(encoder, layer, KMeansModel.load(kmeans), spec, str(kmeans))
 
 
