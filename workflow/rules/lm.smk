@@ -18,6 +18,8 @@ rule train_lm:
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/lm/{units}/{lm}",
     shell:
+        # torchrun forwards SIGUSR1 (SLURM's early warning) to the workers as it does SIGTERM: they checkpoint, exit
+        "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "
         "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m lm.train "
         "--units {input} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
 

@@ -23,6 +23,8 @@ rule pretrain:
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/pretrain/{encoder}",
     shell:
+        # torchrun forwards SIGUSR1 (SLURM's early warning) to the workers as it does SIGTERM: they checkpoint, exit
+        "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "
         "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m spidr.train "
         "--manifest {input.manifest} --workdir {params.workdir} --out {output} --config '{params.hp}' "
         "--threads {threads} > {log} 2>&1"
