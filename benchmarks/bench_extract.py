@@ -7,7 +7,7 @@ For each encoder (random weights: SpidR small / base presets, a tiny HF HuBERT b
 synthetic utterances (2-20 s, LibriSpeech-like lengths) are turned into k-means units (K = 256, layer 6 or the
 last layer below it) twice:
   * baseline: one utterance per forward pass (what textlesslib / fairseq scripts do);
-  * ours: `units.encoders.encode_batched` (length-bucketed batches, bf16 autocast on CUDA).
+  * ours: `units.batching.encode_batched` (length-bucketed batches, bf16 autocast on CUDA).
 Reported: real-time factor (seconds of audio per second of wall time) of each, their ratio, audio seconds per
 CPU-second of the process (meaningful on a shared machine, where wall time depends on the other load), and whether
 both paths gave the same units (fraction of equal frames; 1.0 in fp32, slightly below with bf16).
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from units.encoders import RunOptions, encode_batched, get_encoder
+from data.audio import SAMPLE_RATE
+from units.batching import encode_batched
+from units.config import RunOptions
+from units.encoders import get_encoder
 from units.kmeans import nearest_centroid
-
-SAMPLE_RATE = 16_000
 
 
 def utterances(total_seconds: float, seed: int = 0) -> list[torch.Tensor]:

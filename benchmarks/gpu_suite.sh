@@ -5,7 +5,7 @@
 #
 # Parts, most important first (a part that fails or times out is recorded and the next one runs):
 #   1. spidr_base.json     bench_spidr at the paper config (base, 237.5 s of audio per step, bf16):
-#                          ours vs the reference code's settings, training audio-s/s, MFU, extraction x real time
+#                          ours vs our code with the official code's settings, training audio-s/s, MFU, extraction x real time
 #   2. extract.json        bench_extract: batched vs one-at-a-time unit extraction (SpidR, HF tiny, MFCC)
 #   3. train_smoke.log     python -m spidr.train, base, on generated noise: 30 steps, killed at 20 and resumed
 #   4. spidr_compile.json  bench_spidr training with torch.compile (ours only)
@@ -89,7 +89,7 @@ PY
 export -f train_smoke
 part train_smoke 90 bash -c train_smoke
 
-part spidr_compile 240 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-reference --modes train
+part spidr_compile 240 python3 benchmarks/bench_spidr.py --preset $PRESET --compile --skip-official-settings --modes train
 
 part lm 150 python3 benchmarks/bench_lm.py --steps 30 ${LM_PRESETS:+--presets $LM_PRESETS}
 

@@ -19,8 +19,8 @@ def test_bench_spidr_prints_train_json_with_a_profile():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert "extract_ours" not in report and report["train_speedup_vs_reference"] > 0
-    for variant in ("train_ours", "train_reference"):
+    assert "extract_ours" not in report and report["train_speedup_vs_official_settings"] > 0
+    for variant in ("train_ours", "train_ours_official_settings"):
         run = report[variant]
         assert run["batch"] == 2 and run["audio_seconds_per_second"] > 0 and run["tflops_per_step"] > 0
         ops = run["profile_top_ops"]
