@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,51 @@ def test_two_cpu_workers_match_one_process(units, tmp_path):
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
     info = json.loads((tmp_path / "two" / "model" / "provenance.json").read_text())
     assert info["training"]["world_size"] == 2 and info["training"]["gradient_accumulation"] == 1
+
+
+@pytest.mark.slow
+def test_signal_to_one_of_two_workers_stops_both_and_the_retry_matches(units, tmp_path):
+    """SIGUSR1 to rank 1 only: both ranks agree to stop at the same step boundary, checkpoint (every rank's RNG) and
+    exit; rerunning resumes to exactly the weights of an uninterrupted 2-worker run."""
+    config = {**FAST, "max_steps": 40, "log_interval": 1, "checkpoint_interval": 100, "eval_interval": 100}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "lm.train", "--units", str(units), "--workdir", str(tmp_path / name / "work"),
+                                 "--out", str(tmp_path / name / "model"), "--config", json.dumps(config)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    reference = launch("ref")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    run = launch("run")
+    log = tmp_path / "run" / "work" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
+        time.sleep(0.05)
+    rank1 = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_worker(p, "run", "1")]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGUSR1)
+    assert run.wait(timeout=120) != 0
+    err = run.stderr.read()
+    assert "(SIGUSR1); resumable checkpoint" in err and "a stop requested on another rank" in err, err[-3000:]
+    stopped = torch.load(tmp_path / "run" / "work" / "checkpoint.pt", weights_only=True)
+    assert 3 <= stopped["step"] < 40 and len(stopped["rng"]) == 2 and not (tmp_path / "run" / "model").exists()
+    retry = launch("run")
+    assert retry.wait(timeout=300) == 0, retry.stderr.read()[-3000:]
+    ref_w, run_w = _weights(tmp_path / "ref" / "model"), _weights(tmp_path / "run" / "model")
+    assert all(torch.equal(ref_w[k], run_w[k]) for k in ref_w)
+
+
+def _is_worker(proc: Path, name: str, rank: str) -> bool:
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"lm.train" in cmdline and any(name.encode() + b"/work" in a for a in cmdline) and (
+        f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b" ".join(environ))
 
 
 def _cli(units: Path, work: Path, out: Path, config: dict, *extra: str) -> list[str]:
