@@ -108,8 +108,9 @@ def setup_distributed(device: str = "auto") -> Dist:
         # One TF32 policy for both trainers: off. Under bf16 autocast (the GPU default) the large matmuls run in
         # bf16 anyway; what is left in fp32 on purpose (codebook distances and EMA updates, logits for the loss)
         # should stay true fp32, and `precision: fp32` (the advice after a NaN) must mean fp32, not TF32.
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-        torch.backends.cudnn.fp32_precision = "ieee"
+        # (The legacy flags: after the newer fp32_precision API, reading cudnn.allow_tf32 raises, and libraries do.)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     elif want == "cpu":
         where = torch.device("cpu")
     else:
