@@ -25,7 +25,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -128,22 +127,13 @@ def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
         have = json.loads(path.read_text())
         have = {"recipe": have.get("recipe"), "manifest_sha256": have.get("manifest_sha256")}
         if have != want:
-            diff = _diff(have, want)
+            diff = [f"{key}: {a!r} -> {b!r}" for key, (a, b) in config_changes(have, want).items()]
             raise WorkdirMismatch(
                 f"{workdir} holds checkpoints of a different run ({'; '.join(diff[:6])}); "
                 "use another --workdir or delete this one"
             )
     origin = json.loads(path.read_text()).get("init_from") if path.is_file() else None  # kept across resumes
     atomic_write_json(path, {**want, "config": cfg.to_dict(), "init_from": origin})
-
-
-def _diff(a: Any, b: Any, where: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-        return out
-    return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
