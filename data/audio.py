@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from common.io import atomic_write
+
 SAMPLE_RATE = 16_000
 # The SpidR/HuBERT conv front end: a 320-sample hop (50 Hz frames) and a 400-sample receptive field, so anything
 # shorter than a window yields zero frames.
@@ -115,8 +117,5 @@ def resample(wav: np.ndarray, rate: int) -> np.ndarray:
 
 def write_wav(path: str | Path, wav: np.ndarray) -> None:
     """Write 16 kHz mono 16-bit PCM atomically (a killed writer never leaves a truncated wav behind)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        sf.write(str(tmp), np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")

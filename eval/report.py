@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.io import atomic_write_json, atomic_write_text, provenance
+from common.io import atomic_write, atomic_write_json, atomic_write_text, provenance
 from eval.results import LABEL_KEYS, read_metrics
 
 ROW_KEYS = ("encoder", "units", "quantizer", "layer", "k", "lm")  # the last one, lm, is what unit metrics lack
@@ -291,7 +291,7 @@ def plot_metric_vs_layer(wide: pd.DataFrame, out: Path) -> str | None:
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8,
                bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    save_figure(fig, out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
 
@@ -322,9 +322,15 @@ def plot_correlations(wide: pd.DataFrame, corr: pd.DataFrame, out: Path) -> str 
             ax.set_ylabel(TITLE[lm], fontsize=8)
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     plt.close(fig)
     return None
+
+
+def save_figure(fig, out: Path, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically, in the format its file name says."""
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format=Path(out).suffix.lstrip("."), **kwargs)
 
 
 def note_figure(out: Path, text: str) -> None:
@@ -338,7 +344,7 @@ def note_figure(out: Path, text: str) -> None:
 
     fig = plt.figure(figsize=(6, 1.6))
     fig.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=10)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
 
 
