@@ -7,8 +7,8 @@ Both `spidr.train` and `lm.train` run on it, so the two trainers agree on:
 - the JSONL metrics log, truncated to the resumed step so a resumed run logs each step once;
 - checkpoints written atomically (`common.io.atomic_write`) and read with `torch.load(weights_only=True)`;
 - how a run stops early: `TrainingDiverged` (a NaN/Inf loss or gradient, exit code 3) and `TrainingInterrupted`
-  (SIGTERM / SIGUSR1, e.g. a SLURM time limit, or the death of the torchrun launcher: exit code 75, after a
-  resumable checkpoint);
+  (SIGTERM / SIGUSR1, e.g. a SLURM time limit, the death of the torchrun launcher, or `--stop-after-seconds`:
+  exit code 75, after a resumable checkpoint);
 - `--init-from`: a new work directory that continues another run's checkpoint with changed config values.
 """
 
@@ -23,6 +23,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,12 +314,18 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 class StopSignals:
     """While active, SIGTERM and SIGUSR1 (and, under torchrun, the launcher's death) request a stop.
 
+    So does the wall clock when `stop_after_s` is given (`--stop-after-seconds`: a job cut short on purpose, or
+    common.launch's stop before the SLURM time limit), counted from entering the context.
     The handler only records the request: the training loop finishes its current optimizer step, writes a
     resumable checkpoint and raises TrainingInterrupted. Handlers are restored on exit (tests train in-process).
     """
 
-    def __init__(self, watch_parent: bool | None = None) -> None:
+    def __init__(self, watch_parent: bool | None = None, stop_after_s: float | None = None) -> None:
+        if stop_after_s is not None and stop_after_s < 0:
+            raise ConfigError(f"--stop-after-seconds must be >= 0, got {stop_after_s:g}")
         self.watch_parent = under_torchrun() if watch_parent is None else watch_parent
+        self.stop_after_s = stop_after_s
+        self.deadline: float | None = None  # time.monotonic() value, set on entering
         self.reason: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -328,6 +335,8 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         if self.watch_parent:
             die_with_parent()
+        if self.stop_after_s is not None:
+            self.deadline = time.monotonic() + self.stop_after_s
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -342,6 +351,8 @@ class StopSignals:
         """Why a stop was requested (e.g. 'SIGTERM'), or None."""
         if self.reason is None and self.watch_parent and os.getppid() != LAUNCHER_PID:
             self.reason = f"the launcher (pid {LAUNCHER_PID}) exited"
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = f"--stop-after-seconds {self.stop_after_s:g} reached"
         return self.reason
 
 

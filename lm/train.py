@@ -9,7 +9,8 @@ wall-clock budget. Rerunning the same command resumes from WORKDIR; on CPU the r
 Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops with exit code 3, nothing saved after the last
 good checkpoint, and prints the command that continues from it with a lower learning rate in a new work directory
 (`--init-from OLD_WORKDIR_OR_CHECKPOINT`: the new run records the origin and the changed keys). SIGTERM / SIGUSR1
-(a SLURM time limit) finish the current step, write a resumable checkpoint and exit with code 75.
+(a SLURM time limit) and `--stop-after-seconds` finish the current step, write a resumable checkpoint and exit
+with code 75.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def write_model_dir(model: torch.nn.Module, vocab: UnitVocab, out: Path, info: d
 
 
 def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainConfig, *,
-          init_from: str | Path | None = None) -> dict[str, Any]:
+          init_from: str | Path | None = None, stop_after_s: float | None = None) -> dict[str, Any]:
     """Train (or resume) a unit LM; returns the training summary also written to MODEL_DIR/provenance.json.
 
     `init_from` (a work directory or checkpoint of another run) starts an empty WORKDIR from that checkpoint's
@@ -158,7 +159,7 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
     """
     units, workdir, out = Path(units), Path(workdir), Path(out)
     dist = setup_distributed()
-    with StopSignals() as signals:
+    with StopSignals(stop_after_s=stop_after_s) as signals:
         summary = _train(units, workdir, out, cfg, dist, signals, init_from)
     if dist.world > 1:
         teardown()
@@ -382,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (see lm/config.py)")
     parser.add_argument("--init-from", default=None, metavar="WORKDIR_OR_CHECKPOINT",
                         help="start an empty --workdir from another run's checkpoint, with this --config")
+    parser.add_argument("--stop-after-seconds", type=float, default=None, metavar="SECONDS",
+                        help="after this wall-clock time, checkpoint at the next step and exit 75 (to resume)")
     args = parser.parse_args(argv)
     try:
         raw = json.loads(args.config)
@@ -392,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.from_dict(raw)
     with exit_codes():
         try:
-            train(args.units, args.workdir, args.out, cfg, init_from=args.init_from)
+            train(args.units, args.workdir, args.out, cfg, init_from=args.init_from,
+                  stop_after_s=args.stop_after_seconds)
         except TrainingDiverged as err:
             changes = {"lr": cfg.lr / 2, "min_lr": cfg.min_lr / 2}
             command = retry_command("lm.train", [("--units", args.units), ("--out", args.out)], raw, changes,

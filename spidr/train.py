@@ -2,7 +2,8 @@
 
 Usage:
     python -m spidr.train --manifest TRAIN.tsv --workdir WORKDIR --out FINAL.pt --config '{"preset": "small"}'
-        [--valid-manifest DEV.tsv] [--threads N] [--stop-after STEPS] [--init-from WORKDIR_OR_CHECKPOINT]
+        [--valid-manifest DEV.tsv] [--threads N] [--stop-after STEPS] [--stop-after-seconds S]
+        [--init-from WORKDIR_OR_CHECKPOINT]
     torchrun --standalone --nproc-per-node G -m spidr.train ...      (DDP: NCCL on GPU, gloo on CPU)
 
 The JSON config holds every hyperparameter (see spidr/config.py). WORKDIR keeps resumable checkpoints
@@ -14,7 +15,8 @@ checkpoint) without writing FINAL.pt.
 Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops the run with exit code 3 and no checkpoint
 after it, and prints the command that continues from the last good checkpoint with a lower optim.lr in a new work
 directory (`--init-from OLD_WORKDIR_OR_CHECKPOINT`, which records the origin and the changed keys). SIGTERM / SIGUSR1
-(a SLURM time limit) finish the current step, write a resumable checkpoint and exit with code 75.
+(a SLURM time limit) and `--stop-after-seconds` finish the current step, write a resumable checkpoint and exit
+with code 75.
 """
 
 from __future__ import annotations
@@ -447,7 +449,7 @@ class Trainer:
 
 def train(
     config: dict | TrainConfig, manifest: str, workdir: str, out: str | None, *, valid_manifest: str | None = None,
-    stop_after: int | None = None, init_from: str | Path | None = None,
+    stop_after: int | None = None, init_from: str | Path | None = None, stop_after_s: float | None = None,
 ) -> Trainer:
     """Train (or resume) to max_steps and write `out`; `init_from` starts an empty workdir from another run."""
     cfg = config if isinstance(config, TrainConfig) else from_dict(config)
@@ -456,7 +458,7 @@ def train(
         print(f"resuming from {trainer.resumed_from} (step {trainer.step})", file=sys.stderr)
     if trainer.main and trainer.origin is not None:
         print(f"initialised from {trainer.origin} (step {trainer.step})", file=sys.stderr)
-    with StopSignals() as trainer.signals:
+    with StopSignals(stop_after_s=stop_after_s) as trainer.signals:
         done = trainer.fit(stop_after)
         if done and out is not None:
             if trainer.last_valid is None and trainer.valid is not None:
@@ -476,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-manifest", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    parser.add_argument("--stop-after-seconds", type=float, default=None, metavar="SECONDS",
+                        help="after this wall-clock time, checkpoint at the next step and exit 75 (to resume)")
     parser.add_argument("--init-from", default=None, metavar="WORKDIR_OR_CHECKPOINT",
                         help="start an empty --workdir from another run's checkpoint, with this --config")
     args = parser.parse_args(argv)
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg = from_json(text)
             try:
                 train(cfg, args.manifest, args.workdir, args.out, valid_manifest=args.valid_manifest,
-                      stop_after=args.stop_after, init_from=args.init_from)
+                      stop_after=args.stop_after, init_from=args.init_from,
+                      stop_after_s=args.stop_after_seconds)
             except TrainingDiverged as err:
                 raise TrainingDiverged(f"{err}\n{retry_advice(args, json.loads(text or '{}'), cfg, err)}",
                                        step=err.step, last_checkpoint=err.last_checkpoint) from None
