@@ -25,7 +25,7 @@ from typing import Any
 from common.io import TORCH_WRITE_FAILURE
 
 # Top-level packages of this repository: an exception class defined in one of them is a deliberate, named error.
-PROJECT_PACKAGES = frozenset({"common", "data", "units", "spidr", "lm", "eval", "benchmarks"})
+PROJECT_PACKAGES = frozenset({"common", "data", "units", "spidr", "lm", "eval", "pipeline", "benchmarks"})
 EXIT_ERROR = 1
 
 # Causes worded for the user; other errnos use the system's own text (os.strerror).
