@@ -116,14 +116,94 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Length-bucketed batches, every item randomly cropped to the batch's shortest one (no padding)."""
+    """Length-bucketed batches, every item randomly cropped to the batch's shortest one (no padding).
 
-    batch_samples: int = field(3_800_000, ge=1)  # per process (GPU); 16 x 3.8M in the paper
+    One optimiser step trains on `global_batch_samples` (the recipe: the paper's 16 GPUs x 3.8M samples, about
+    63 min of audio), as world size x accumulation micro-batches of `batch_samples` each (a memory knob): the
+    trainer derives the accumulation from the number of processes (`batch_plan`), so 1, 8 or 16 GPUs train the
+    same model. A world size that cannot reach the global batch exactly is an error unless `inexact_global_batch`.
+    """
+
+    global_batch_samples: int = field(60_800_000, ge=1)  # per optimiser step, summed over processes and micro-batches
+    batch_samples: int = field(3_800_000, ge=1)  # per micro-batch on one process (GPU): the paper's max_tokens
+    inexact_global_batch: bool = False  # train at the nearest reachable global batch (recorded) instead of refusing
     min_samples: int = field(2_000, ge=1)  # shorter utterances are dropped
     max_samples: int = field(320_000, ge=1)  # longer ones are randomly cropped to this
     num_buckets: int = field(1000, ge=1)
     num_workers: int = field(8, ge=0)
     standardize: bool = True  # per-utterance zero mean / unit variance (always on in the paper)
+
+    def __post_init__(self) -> None:
+        if self.global_batch_samples % self.batch_samples and not self.inexact_global_batch:
+            raise ConfigError(
+                f"data.global_batch_samples={self.global_batch_samples} is not a multiple of "
+                f"data.batch_samples={self.batch_samples}, so no number of processes reaches it exactly; change one "
+                "of them, or set data.inexact_global_batch: true to train at the nearest reachable global batch"
+            )
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One optimiser step: `world` processes x `accumulation` micro-batches x `batch_samples` (a greedy budget)."""
+
+    world: int
+    accumulation: int
+    batch_samples: int
+    global_batch_samples: int  # what the recipe asks for
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per optimiser step, over all processes."""
+        return self.world * self.accumulation
+
+    @property
+    def effective_batch_samples(self) -> int:
+        return self.micro_batches * self.batch_samples
+
+    @property
+    def exact(self) -> bool:
+        return self.effective_batch_samples == self.global_batch_samples
+
+    def describe(self) -> str:
+        """E.g. '16 process(es) x 1 accumulation x 3800000 samples = 60800000 samples (63.3 min of audio) per step'."""
+        line = (f"{self.world} process(es) x {self.accumulation} accumulation x {self.batch_samples} samples = "
+                f"{self.effective_batch_samples} samples ({self.effective_batch_samples / SAMPLE_RATE / 60:.1f} min "
+                "of audio) per step")
+        if not self.exact:
+            line += f", NOT data.global_batch_samples={self.global_batch_samples} (data.inexact_global_batch)"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        """What logs and checkpoints record."""
+        return {"world_size": self.world, "accumulation": self.accumulation, "batch_samples": self.batch_samples,
+                "effective_batch_samples": self.effective_batch_samples,
+                "global_batch_samples": self.global_batch_samples, "exact": self.exact}
+
+
+def batch_plan(data: DataConfig, world: int) -> BatchPlan:
+    """The gradient accumulation that makes `world` processes reach data.global_batch_samples.
+
+    A ConfigError naming the keys and the world sizes that work when none reaches it exactly, unless
+    data.inexact_global_batch (then the nearest accumulation, at least 1).
+    """
+    if world < 1:
+        raise ConfigError(f"world size {world}: expected at least 1 process")
+    per_round = world * data.batch_samples
+    accumulation, rest = divmod(data.global_batch_samples, per_round)
+    if rest or accumulation == 0:
+        nearest = max(1, round(data.global_batch_samples / per_round))
+        if not data.inexact_global_batch:
+            micro = data.global_batch_samples // data.batch_samples
+            worlds = [w for w in range(1, micro + 1) if micro % w == 0]
+            raise ConfigError(
+                f"data.global_batch_samples={data.global_batch_samples} cannot be reached exactly on world size "
+                f"{world} with data.batch_samples={data.batch_samples} per process: it must be a multiple of world "
+                f"size x data.batch_samples = {per_round}. World sizes that reach it: {worlds}; or change "
+                f"data.batch_samples, or set data.inexact_global_batch: true to train at "
+                f"{nearest * per_round} samples per step"
+            )
+        accumulation = nearest
+    return BatchPlan(world, accumulation, data.batch_samples, data.global_batch_samples)
 
 
 @dataclass(frozen=True)
@@ -224,7 +304,9 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
             dropout=0.0, attention_dropout=0.0,
         )
         return dataclasses.replace(
-            cfg, model=model, data=dataclasses.replace(cfg.data, batch_samples=SAMPLE_RATE * 8, num_workers=0),
+            cfg, model=model,
+            data=dataclasses.replace(cfg.data, global_batch_samples=SAMPLE_RATE * 8, batch_samples=SAMPLE_RATE * 8,
+                                     num_workers=0),
             log_interval=25, checkpoint_interval=100,
         )
     # tiny: unit tests (a few steps in well under a second each).
@@ -235,7 +317,8 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
     )
     return dataclasses.replace(
         cfg, model=model, ema=dataclasses.replace(ema, start_decay=0.9),
-        data=dataclasses.replace(cfg.data, batch_samples=SAMPLE_RATE * 4, num_workers=0),
+        data=dataclasses.replace(cfg.data, global_batch_samples=SAMPLE_RATE * 4, batch_samples=SAMPLE_RATE * 4,
+                                 num_workers=0),
         log_interval=1, checkpoint_interval=2, progress=False,
     )
 

@@ -1,13 +1,16 @@
 """Pretraining data: manifest -> length-bucketed batches, each item randomly cropped to the batch's shortest one.
 
 No padding: a batch is a dense (B, L) tensor of standardised waveforms plus (B, M) masked frame indices, built in
-the loader (worker) process. Everything random about batch j of epoch e on rank r (crop offsets, masks) comes from
-a generator seeded by (seed, e, j, r), so a resumed run sees exactly the batches an uninterrupted one would.
+the loader (worker) process.
 
 Planning an epoch (paper / official recipe): lengths are clipped to `max_samples`, items shorter than
 `min_samples` dropped, the rest split into `num_buckets` uniform length buckets; items are shuffled within
-buckets, batches filled greedily in length order up to `batch_samples` summed (clipped) samples, and the batch
-order shuffled. Under DDP whole batches are dealt to ranks; the remainder that does not divide evenly is dropped.
+buckets, micro-batches filled greedily in length order up to `batch_samples` summed (clipped) samples, and their
+order shuffled. The data order is global, whatever the number of processes: optimiser step g of an epoch trains on
+micro-batches g*n .. g*n + n - 1 of that list (n = world size x accumulation, fixed by the recipe), process r
+taking the r-th run of `accumulation` of them; the remainder that does not fill a step is dropped. Everything
+random about micro-batch i of epoch e (crop offsets, masks) comes from a generator seeded by (seed, e, i), so a
+resumed run, or one on another number of processes, sees exactly the same batches.
 """
 
 from __future__ import annotations
@@ -75,11 +78,16 @@ def standardize_np(wav: np.ndarray) -> Tensor:
 
 
 class PretrainBatches(Dataset):
-    """Item j = batch j of the current epoch for this rank: {"wavs": (B, L), "mask": (B, M), "epoch", "index"}."""
+    """Item j = this rank's j-th micro-batch of the current epoch: {"wavs": (B, L), "mask": (B, M), "epoch", "index"}.
+
+    Training (`drop_remainder`): items j*accumulation .. (j+1)*accumulation - 1 make this rank's share of
+    optimiser step j. Validation: every micro-batch once, dealt to ranks in turn.
+    """
 
     def __init__(
         self, manifest: str | Path, data: DataConfig, mask: MaskConfig, conv_layers: Sequence[tuple[int, int, int]],
-        *, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True, drop_remainder: bool = True,
+        *, seed: int, rank: int = 0, world: int = 1, accumulation: int = 1, shuffle: bool = True,
+        drop_remainder: bool = True,
     ) -> None:
         table = read_manifest(manifest)
         self.manifest = str(manifest)
@@ -87,47 +95,58 @@ class PretrainBatches(Dataset):
         self.lengths = [int(n) for n in table["num_samples"]]
         self.data, self.mask_cfg, self.conv_layers = data, mask, tuple(conv_layers)
         self.hop, self.window = conv_geometry((k, s) for _, k, s in self.conv_layers)
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.world, self.accumulation = seed, rank, world, accumulation
         self.shuffle, self.drop_remainder = shuffle, drop_remainder
         self.num_dropped = sum(n < data.min_samples for n in self.lengths)
         if self.num_dropped == len(self.lengths):
             raise ValueError(f"{manifest}: every utterance is shorter than data.min_samples={data.min_samples}")
         self.epoch = -1
-        self.batches: list[list[int]] = []
+        self.batches: list[list[int]] = []  # every micro-batch of the epoch, in the global order
+        self.indices: list[int] = []  # this rank's micro-batches, as indices into `batches`
         self.set_epoch(0)
 
     @property
     def audio_seconds(self) -> float:
         return sum(min(n, self.data.max_samples) for n in self.lengths if n >= self.data.min_samples) / SAMPLE_RATE
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch (training)."""
+        return len(self.indices) // self.accumulation
+
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
         d = self.data
-        batches = plan_batches(
+        self.batches = plan_batches(
             self.lengths, batch_samples=d.batch_samples, min_samples=d.min_samples, max_samples=d.max_samples,
             num_buckets=d.num_buckets, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
         )
         if self.drop_remainder:
-            per_rank = len(batches) // self.world
-            if per_rank == 0:
+            per_step = self.world * self.accumulation
+            steps = len(self.batches) // per_step
+            if steps == 0:
                 raise ValueError(
-                    f"{self.manifest}: {len(batches)} batch(es) per epoch cannot feed {self.world} processes; "
-                    "lower data.batch_samples or use fewer processes"
+                    f"{self.manifest}: {len(self.batches)} micro-batch(es) of data.batch_samples={d.batch_samples} "
+                    f"per epoch cannot fill one global batch of {per_step} ({self.world} process(es) x "
+                    f"{self.accumulation} accumulation); lower data.global_batch_samples or use more data"
                 )
-            self.batches = batches[self.rank :: self.world][:per_rank]
+            first = self.rank * self.accumulation
+            self.indices = [g * per_step + first + a for g in range(steps) for a in range(self.accumulation)]
         else:
-            self.batches = batches[self.rank :: self.world]
+            self.indices = list(range(self.rank, len(self.batches), self.world))
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.indices)
 
     def __getitem__(self, j: int) -> dict:
-        gen = torch.Generator().manual_seed(derived_seed("batch", self.seed, self.epoch, j, self.rank))
+        i = self.indices[j]
+        # The trailing 0 stood for the rank when batches were dealt per rank: single-process runs keep their data.
+        gen = torch.Generator().manual_seed(derived_seed("batch", self.seed, self.epoch, i, 0))
         wavs = []
-        for i in self.batches[j]:
-            w = load_audio(self.paths[i])
+        for k in self.batches[i]:
+            w = load_audio(self.paths[k])
             wavs.append(standardize_np(w) if self.data.standardize else torch.from_numpy(w))
         n = min(min(w.numel() for w in wavs), self.data.max_samples)
         cropped = []
@@ -137,7 +156,7 @@ class PretrainBatches(Dataset):
         frames = frame_count(n, self.hop, self.window)
         m = self.mask_cfg
         mask = mask_indices(len(cropped), frames, prob=m.prob, length=m.length, min_masks=m.min_masks, generator=gen)
-        return {"wavs": torch.stack(cropped), "mask": mask, "epoch": self.epoch, "index": j}
+        return {"wavs": torch.stack(cropped), "mask": mask, "epoch": self.epoch, "index": i}
 
 
 def make_loader(ds: PretrainBatches, *, start: int = 0, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -275,12 +275,22 @@ class Codebook(nn.Module):
 
 
 class Codebooks(nn.ModuleList):
-    """The K codebooks. Their statistics are all-reduced across ranks and applied every `update_interval` steps."""
+    """The K codebooks, updated once per optimiser step (or every `update_interval` steps) as one large batch would.
+
+    Every training forward adds its targets' statistics (counts and sums) to this step's; `step()` all-reduces them
+    across ranks and feeds the EMA. By default (`update_per_forward`) each forward is a step, as in the official
+    code; the trainer turns that off and calls `step()` once per optimiser step, after all its micro-batches, so
+    every micro-batch is assigned with the same codebook and the update sees the statistics of the whole global batch.
+    """
 
     def __init__(self, codebooks: Iterable[Codebook], update_interval: int = 1) -> None:
         super().__init__(codebooks)
         self.update_interval = update_interval
+        self.update_per_forward = True
         size, dim = self[0].codebook.shape
+        # This step's local statistics, counts in [..., 0] and sums in [..., 1:] (one collective). Empty at every
+        # step boundary, so never checkpointed.
+        self.register_buffer("step_stats", torch.zeros(len(self), size, 1 + dim), persistent=False)
         # Statistics summed since the last update (update_interval > 1). Not in the state dict, so the official
         # layout is unchanged; the trainer's checkpoints carry them (`pending_state`) for an exact resume.
         self.register_buffer("pending_counts", torch.zeros(len(self), size), persistent=False)
@@ -289,37 +299,43 @@ class Codebooks(nn.ModuleList):
 
     @torch.no_grad()
     def quantize(self, targets: list[Tensor], *, update: bool) -> list[Tensor]:
-        """Assign each layer's targets; with `update`, feed the EMA with sums/counts all-reduced across ranks.
+        """Assign each layer's targets; with `update`, add their statistics to this step's (see the class).
 
         Always in fp32, also when called under bf16 autocast (distances and sums in bf16 would move codewords).
         """
         with torch.autocast(targets[0].device.type, enabled=False):
-            return self._quantize([t.float() for t in targets], update)
+            targets = [t.float() for t in targets]
+            labels = [cb.assign(t) for cb, t in zip(self, targets, strict=True)]
+            if update:
+                for stats, cb, lab, t in zip(self.step_stats, self, labels, targets, strict=True):
+                    count, memory = cb.statistics(lab, t)
+                    stats[:, 0] += count
+                    stats[:, 1:] += memory
+                if self.update_per_forward:
+                    self.step()
+        return labels
 
-    def _quantize(self, targets: list[Tensor], update: bool) -> list[Tensor]:
-        labels = [cb.assign(t) for cb, t in zip(self, targets, strict=True)]
-        if not update:
-            return labels
-        stats = [cb.statistics(lab, t) for cb, lab, t in zip(self, labels, targets, strict=True)]
-        counts = torch.stack([c for c, _ in stats])  # (K, V)
-        sums = torch.stack([m for _, m in stats])  # (K, V, D)
+    @torch.no_grad()
+    def step(self) -> None:
+        """End of an optimiser step: sum this step's statistics over ranks, then update (or keep them pending)."""
+        stats = self.step_stats
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat([counts.unsqueeze(-1), sums], -1)  # one collective
-            dist.all_reduce(flat)
-            counts, sums = flat[..., 0], flat[..., 1:]
+            dist.all_reduce(stats)
+        counts, sums = stats[..., 0], stats[..., 1:]
         if self.update_interval > 1:
             self.pending_counts += counts
             self.pending_sums += sums
             self.pending_steps += 1
+            stats.zero_()
             if self.pending_steps < self.update_interval:
-                return labels
+                return
             counts, sums = self.pending_counts.clone(), self.pending_sums.clone()
             self.pending_counts.zero_()
             self.pending_sums.zero_()
             self.pending_steps = 0
         for cb, count, memory in zip(self, counts, sums, strict=True):
             cb.update(count, memory)
-        return labels
+        stats.zero_()
 
     def pending_state(self) -> dict[str, Tensor] | None:
         """The statistics waiting for the next update (saved in training checkpoints); None when updating per step."""

@@ -6,11 +6,16 @@ Usage:
         [--init-from WORKDIR_OR_CHECKPOINT]
     torchrun --standalone --nproc-per-node G -m spidr.train ...      (DDP: NCCL on GPU, gloo on CPU)
 
-The JSON config holds every hyperparameter (see spidr/config.py). WORKDIR keeps resumable checkpoints
-(`checkpoints/step_XXXXXXXX.pt`), `metrics.jsonl` and `config.json`; rerunning the same command resumes from the
-newest checkpoint (a workdir trained with another recipe is refused). FINAL.pt (our checkpoint format, with
-provenance) is written atomically, last. `--stop-after` ends the process after that many total steps (with a
-checkpoint) without writing FINAL.pt.
+The JSON config holds every hyperparameter (see spidr/config.py). The global batch (`data.global_batch_samples`)
+is part of the recipe; the number of processes is not: each one accumulates gradients over
+global / (processes x `data.batch_samples`) micro-batches, so 1, 8 or 16 GPUs train the same model (up to float
+summation order); a number of processes that cannot reach the global batch exactly is refused. The layout is
+printed at the start and recorded in metrics.jsonl and the checkpoints.
+
+WORKDIR keeps resumable checkpoints (`checkpoints/step_XXXXXXXX.pt`), `metrics.jsonl` and `config.json`; rerunning
+the same command resumes from the newest checkpoint, also on another number of processes (a workdir trained with
+another recipe is refused). FINAL.pt (our checkpoint format, with provenance) is written atomically, last.
+`--stop-after` ends the process after that many total steps (with a checkpoint) without writing FINAL.pt.
 
 Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops the run with exit code 3 and no checkpoint
 after it, and prints the command that continues from the last good checkpoint with a lower optim.lr in a new work
@@ -22,6 +27,7 @@ with code 75.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -53,7 +59,7 @@ from common.runtime import (
 )
 from data.audio import SAMPLE_RATE
 from spidr.checkpoint import checkpoint_dict
-from spidr.config import ConfigError, TrainConfig, from_dict, from_json
+from spidr.config import ConfigError, TrainConfig, batch_plan, from_dict, from_json
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
 from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
@@ -149,6 +155,8 @@ class Trainer:
         self.dist = setup_distributed(cfg.device)
         self.rank, self.world, self.device = self.dist.rank, self.dist.world, self.dist.device
         self.main = self.dist.is_main
+        self.plan = batch_plan(cfg.data, self.world)  # a ConfigError before any file is touched
+        self.accumulation = self.plan.accumulation
         self.workdir = Path(workdir)
         self.precision = choose_precision(cfg.precision, self.device)
         self.manifest = manifest
@@ -161,8 +169,10 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = MODELS[cfg.kind](cfg.model).to(self.device)
+        # The trainer updates the codebooks once per optimiser step, after all its micro-batches.
+        self.model.codebooks.update_per_forward = False
         self.data = PretrainBatches(manifest, cfg.data, cfg.mask, cfg.model.conv_layers, seed=cfg.seed,
-                                    rank=self.rank, world=self.world)
+                                    rank=self.rank, world=self.world, accumulation=self.accumulation)
         self.valid = None
         if valid_manifest:
             self.valid = PretrainBatches(valid_manifest, cfg.data, cfg.mask, cfg.model.conv_layers,
@@ -202,14 +212,15 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             for group in self.optimizer.param_groups:  # the saved values; --init-from may have changed them
                 group.update(betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-        if state is None or not restore_rng_states(state.get("rng"), self.dist):
-            torch.manual_seed(derived_seed("dropout", cfg.seed, self.rank, self.step))  # per-rank dropout streams
+        restore_rng_states(state.get("rng") if state is not None else None, self.dist)  # dropout: per micro-batch
         self.resumed_from, self.origin = resume, origin
         self.saved_step = self.step if resume is not None else -1
         if cfg.compile:
             compile_model(self.model)
         self.ddp = self._wrap()
         self.metrics = MetricsLog(self.workdir / "metrics.jsonl", self.step, self.main)
+        if self.main:
+            print(f"global batch: {self.plan.describe()}", file=sys.stderr)
         if origin is not None:
             self.metrics.write({"step": self.step, "event": "init_from", **self.init_from})
         self.guard = FiniteGuard(self.device, self.step)
@@ -246,7 +257,8 @@ class Trainer:
 
     # -- one update -------------------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict) -> None:
+    def train_step(self, micro_batches: list[dict]) -> None:
+        """One optimiser step on this rank's `accumulation` micro-batches of the global batch."""
         cfg = self.cfg
         if not self.model.extractor_frozen and self.step >= cfg.freeze_at:
             freeze_extractor(self.model, self.optimizer)
@@ -255,33 +267,46 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        wavs = batch["wavs"].to(self.device, non_blocking=True)
-        mask = batch["mask"].to(self.device, non_blocking=True)
         self.model.train()
-        # DDP averages gradients over ranks: normalised by global frames / world, the loss is the global per-frame mean
-        frames = self.dist.all_reduce(torch.tensor(float(mask.numel()), device=self.device)) / self.world
-        with self.precision.autocast():
-            loss, stats = self.ddp(wavs, mask, frames)
-        loss.backward()
+        # The loss is the per-frame mean over the masked frames of the whole global batch. DDP averages gradients
+        # over ranks, and accumulation sums them: each micro-batch's loss sum is divided by global frames / world.
+        local = float(sum(b["mask"].numel() for b in micro_batches))
+        frames = self.dist.all_reduce(torch.tensor(local, device=self.device)) / self.world
+        for a, batch in enumerate(micro_batches):
+            wavs = batch["wavs"].to(self.device, non_blocking=True)
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            # Dropout draws belong to the micro-batch (its place in the global batch), not to the rank that runs it.
+            torch.manual_seed(derived_seed("dropout", cfg.seed, self.step, self.rank * self.accumulation + a))
+            last = a == len(micro_batches) - 1
+            # Gradients are all-reduced once, in the last micro-batch's backward.
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.ddp.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    loss, stats = self.ddp(wavs, mask, frames)
+                loss.backward()
+            with torch.no_grad():
+                self.m_loss += stats["loss_sum"].double()
+                self.m_frames += stats["frames"].double()
+                self.m_targets += stats["target_counts"].double()
+                self.m_preds += stats["pred_probs"].double()
+            self.guard.update(stats["loss_sum"])  # on the device: checked when logging and before any save
+            self.m_samples += wavs.numel()
+        self.model.codebooks.step()  # statistics of every micro-batch and rank: one update, as one large batch
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.decay = ema_decay_at(self.step, cfg)
-        self.model.update_ema(self.decay)
         self.step += 1
         self.batch_in_epoch += 1
+        # The teacher follows the student once per optimiser step, with the decay at the step just completed (the
+        # official code's alignment: the first update uses decay(1), not decay(0)).
+        self.decay = ema_decay_at(self.step, cfg)
+        self.model.update_ema(self.decay)
         self.model.current_step.fill_(self.step)
         self.lr = lr
-        with torch.no_grad():
-            self.m_loss += stats["loss_sum"].double()
-            self.m_frames += stats["frames"].double()
-            self.m_targets += stats["target_counts"].double()
-            self.m_preds += stats["pred_probs"].double()
-            self.m_gnorm += gnorm.detach().double()
-        self.guard.update(stats["loss_sum"], gnorm)  # on the device: checked when logging and before any save
-        self.m_samples += wavs.numel()
+        self.m_gnorm += gnorm.detach().double()
+        self.guard.update(gnorm)
         self.m_steps += 1
 
     # -- logging, checks, checkpoints -------------------------------------------------------------------------
@@ -320,6 +345,7 @@ class Trainer:
             "masked_frames_per_step": frames / max(self.m_steps, 1),
             "audio_seconds_per_second": samples / SAMPLE_RATE / dt,
             "steps_per_second": self.m_steps / dt,
+            **self.plan.to_dict(),
             "extractor_frozen": self.model.extractor_frozen,
             "elapsed_s": round(self.elapsed, 3),
             "process_cpu_s": round(time.process_time(), 3),  # this process, all threads (wall time is shared)
@@ -342,6 +368,7 @@ class Trainer:
                 self.model, step=self.step, train_config=self.cfg.to_dict(),
                 optimizer=self.optimizer.state_dict(), epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                 frozen=self.model.extractor_frozen, codebook_pending=self.model.codebooks.pending_state(), rng=rng,
+                batch=self.plan.to_dict(),
                 elapsed=self.elapsed, audio_seconds=self.audio_seconds, manifest_sha256=self.manifest_sha,
                 init_from=self.init_from,
             )
@@ -391,7 +418,7 @@ class Trainer:
         """Train up to max_steps (or stop_after); True when max_steps was reached."""
         cfg = self.cfg
         end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
-        self.decay, self.lr = ema_decay_at(self.step, cfg), lr_at(self.step, cfg)
+        self.decay, self.lr = ema_decay_at(self.step, cfg), lr_at(self.step, cfg)  # logged before any step
         self.last_record = self.last_valid = None
         pbar = None
         if self.main and cfg.progress and self.step < end:
@@ -403,13 +430,18 @@ class Trainer:
         try:
             while self.step < end:
                 self.data.set_epoch(self.epoch)
-                if self.batch_in_epoch >= len(self.data):
+                if self.batch_in_epoch >= self.data.steps_per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     continue
-                loader = make_loader(self.data, start=self.batch_in_epoch, num_workers=cfg.data.num_workers,
-                                     pin_memory=self.device.type == "cuda")
+                loader = make_loader(self.data, start=self.batch_in_epoch * self.accumulation,
+                                     num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+                micro_batches: list[dict] = []
                 for batch in loader:
-                    self.train_step(batch)
+                    micro_batches.append(batch)
+                    if len(micro_batches) < self.accumulation:
+                        continue
+                    self.train_step(micro_batches)
+                    micro_batches = []
                     if pbar is not None:
                         pbar.update(1)
                     if self.step % cfg.log_interval == 0 or self.step == end:
@@ -434,10 +466,11 @@ class Trainer:
             return
         summary = {
             "steps": self.step, "epochs": self.epoch, "wall_time_s": round(self.elapsed, 1),
-            "audio_hours_seen": self.audio_seconds / 3600, "world_size": self.world, "device": str(self.device),
+            "audio_hours_seen": self.audio_seconds / 3600, "world_size": self.world, "batch": self.plan.to_dict(),
+            "device": str(self.device),
             "bf16": self.precision.name == "bf16", "manifest": str(Path(self.manifest).resolve()),
             "manifest_sha256": self.manifest_sha,
-            "train_audio_hours": self.data.audio_seconds / 3600 * self.world,
+            "train_audio_hours": self.data.audio_seconds / 3600,  # the whole manifest (every rank plans it all)
             "last_train": self.last_record, "last_valid": self.last_valid, "init_from": self.init_from,
         }
         payload = checkpoint_dict(

@@ -26,7 +26,7 @@ from spidr.train import Trainer, TrainingDiverged, WorkdirMismatch, main, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"preset": "tiny", "max_steps": 6, "freeze_step": 3, "checkpoint_interval": 2,
-        "data": {"batch_samples": 40_000}}
+        "data": {"global_batch_samples": 40_000, "batch_samples": 40_000}}
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,33 @@ def test_batches_are_bucketed_cropped_and_masked(corpus):
     for w in full:  # uncropped single items are standardised utterances
         assert abs(float(w.mean())) < 1e-4 and abs(float(w.std(unbiased=False)) - 1) < 1e-3
     assert sorted(seen) == list(range(12))
-    ranks = [PretrainBatches(corpus, data, MaskConfig(), ds.conv_layers, seed=0, rank=r, world=2) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == len(ds) // 2
-    assert not {tuple(b) for b in ranks[0].batches} & {tuple(b) for b in ranks[1].batches}
+
+
+def test_data_order_is_global(corpus):
+    """Step g trains on the same micro-batches (same items, crops, masks) however they are spread over ranks."""
+    data = DataConfig(global_batch_samples=80_000, batch_samples=40_000, num_workers=0)
+    conv = from_dict({"preset": "tiny"}).model.conv_layers
+
+    def steps(world: int, accumulation: int) -> dict[int, dict[int, dict]]:
+        out: dict[int, dict[int, dict]] = {}
+        for rank in range(world):
+            ds = PretrainBatches(corpus, data, MaskConfig(), conv, seed=0, rank=rank, world=world,
+                                 accumulation=accumulation)
+            assert ds.steps_per_epoch == len(ds.batches) // 2
+            for j in range(len(ds)):
+                out.setdefault(j // accumulation, {})[ds.indices[j]] = ds[j]
+        return out
+
+    one, two = steps(1, 2), steps(2, 1)
+    assert len(one) >= 2 and one.keys() == two.keys()
+    for g in one:
+        assert set(one[g]) == set(two[g]) == {2 * g, 2 * g + 1}
+        for i, item in one[g].items():
+            assert torch.equal(item["wavs"], two[g][i]["wavs"]) and torch.equal(item["mask"], two[g][i]["mask"])
+    # 4 processes cannot fill a step of 2 micro-batches: the message names what to change
+    with pytest.raises(ValueError, match=r"global batch of 4 \(4 process\(es\) x 1 accumulation\)"):
+        PretrainBatches(corpus, DataConfig(global_batch_samples=10**6, batch_samples=250_000), MaskConfig(), conv,
+                        seed=0, world=4)
 
 
 @pytest.mark.parametrize("codebook_interval", [1, 4])
@@ -243,7 +267,8 @@ def test_torchrun_ddp_gloo(corpus, tmp_path):
     """Two CPU processes (gloo): codebook statistics are all-reduced, the run completes and resumes."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spidr.train",
            "--manifest", str(corpus), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o.pt"),
-           "--config", json.dumps({**TINY, "max_steps": 3, "data": {"batch_samples": 20_000}, "progress": False})]
+           "--config", json.dumps({**TINY, "max_steps": 3, "progress": False,
+                                   "data": {"global_batch_samples": 40_000, "batch_samples": 20_000}})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*cmd, "--stop-after", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -259,7 +284,8 @@ def test_torchrun_ddp_gloo(corpus, tmp_path):
 def test_loss_decreases_on_the_demo_corpus(demo_corpus, tmp_path):
     torch.set_num_threads(2)
     cfg = {"preset": "tiny", "max_steps": 40, "log_interval": 5, "checkpoint_interval": 40,
-           "optim": {"lr": 2e-3, "warmup_steps": 4}, "data": {"batch_samples": 16_000 * 12},
+           "optim": {"lr": 2e-3, "warmup_steps": 4},
+           "data": {"global_batch_samples": 16_000 * 12, "batch_samples": 16_000 * 12},
            "model": {"dropout": 0.0, "attention_dropout": 0.0}}
     train(cfg, str(demo_corpus / "train" / "manifest.tsv"), str(tmp_path / "w"), str(tmp_path / "o.pt"))
     losses = [json.loads(ln)["loss"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
