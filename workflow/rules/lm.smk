@@ -12,15 +12,18 @@ rule train_lm:
         "logs/benchmarks/train_lm/{units}/{lm}.tsv"
     threads: 2
     resources:
+        # GPUs of the job (one node), or with nodes > 1 per node through gres ("gpu:8"); see slurm/README.md.
         gpu=0,
+        nodes=1,
+        gres="",
     params:
         hp=lambda wc: sorted_json(config["lms"][wc.lm]["train"]),
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/lm/{units}/{lm}",
     shell:
-        # torchrun forwards SIGUSR1 (SLURM's early warning) to the workers as it does SIGTERM: they checkpoint, exit
-        "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "
-        "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m lm.train "
+        # common.launch: see rule pretrain.
+        "python -m common.launch --nodes {resources.nodes} --gpus {resources.gpu} --gres '{resources.gres}' "
+        "--threads {threads} lm.train "
         "--units {input} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
 
 

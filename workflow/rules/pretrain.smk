@@ -12,7 +12,10 @@ rule pretrain:
         "logs/benchmarks/pretrain/{encoder}.tsv"
     threads: 2
     resources:
+        # GPUs of the job (one node), or with nodes > 1 per node through gres ("gpu:8"); see slurm/README.md.
         gpu=0,
+        nodes=1,
+        gres="",
     params:
         hp=lambda wc: sorted_json(
             {
@@ -23,8 +26,9 @@ rule pretrain:
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/pretrain/{encoder}",
     shell:
-        # torchrun forwards SIGUSR1 (SLURM's early warning) to the workers as it does SIGTERM: they checkpoint, exit
-        "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 "
-        "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )) -m spidr.train "
+        # common.launch: torchrun --standalone on one node, one torchrun per node through srun otherwise; in a SLURM
+        # job it stops the trainer (checkpoint, exit 75) before the time limit, and the retry resumes from workdir.
+        "python -m common.launch --nodes {resources.nodes} --gpus {resources.gpu} --gres '{resources.gres}' "
+        "--threads {threads} spidr.train "
         "--manifest {input.manifest} --workdir {params.workdir} --out {output} --config '{params.hp}' "
         "--threads {threads} > {log} 2>&1"

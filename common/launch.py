@@ -1,0 +1,162 @@
+"""The training rules' launcher: torchrun on one node, or one torchrun per node through srun (c10d rendezvous).
+
+    python -m common.launch --nodes N --gpus G [--gres GRES] [--threads T] MODULE [ARGS...]
+
+- One node (`--nodes 1`): `torchrun --standalone --nproc-per-node max(G, 1) -m MODULE ARGS`, as on a laptop.
+- N > 1 nodes (inside a SLURM job): `srun --nodes N --ntasks-per-node 1 torchrun --nnodes N ... --rdzv-backend c10d
+  --rdzv-endpoint FIRST_NODE:PORT`, the first node from `scontrol show hostnames`, a free port on it (the batch
+  script runs there). GPUs per node come from `--gres gpu[:type]:K` (sbatch's `--gpus` is a job total).
+- Inside a SLURM job, the trainer gets `--stop-after-seconds` = the job's time left minus a margin
+  (min(300 s, a quarter of it)): it checkpoints at a step boundary and exits 75 before SLURM's SIGTERM + KillWait,
+  whatever reaches which process. Snakemake's `retries` resubmit the job and the trainer resumes from its workdir.
+
+Exit status: the launched command's; 75 (EX_TEMPFAIL: retry) when it failed after a stop was due (that deadline,
+or SIGTERM / SIGUSR1 / SIGINT here). Those signals are recorded, never forwarded: SLURM (time limit, preemption)
+signals every process of the job step and Snakemake the rule's whole process group, so torchrun has them already
+(and forwards them to its workers once; a second signal would cut its grace period short). Waiting keeps this
+process, and so the SLURM step, alive until the workers have written their checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+# common.runtime.EXIT_INTERRUPTED (not imported: that would load torch in the launcher as well).
+EXIT_INTERRUPTED = 75
+# The trainers also stop on SIGUSR1 (SLURM's --signal): torchrun forwards it to the workers like SIGTERM.
+TORCHRUN_ENV = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+MAX_MARGIN_S = 300.0
+
+
+class LaunchError(RuntimeError):
+    """A launch that cannot work as asked (e.g. several nodes outside a SLURM job)."""
+
+
+def gpus_per_node(nodes: int, gpus: int, gres: str) -> int:
+    """GPUs on each node: K from a gres `gpu[:type]:K`, else `gpus` (a job total, so one node only)."""
+    match = re.fullmatch(r"gpu(?::[A-Za-z][\w.\-]*)?(?::(\d+))?", gres.strip()) if gres.strip() else None
+    if gres.strip() and match is None:
+        if gres.strip().startswith("gpu"):
+            raise LaunchError(f"gres {gres!r}: expected gpu, gpu:K or gpu:TYPE:K")
+        return gpus  # another generic resource
+    if match is not None:
+        return int(match.group(1) or 1)
+    if nodes > 1 and gpus > 0:
+        raise LaunchError(f"nodes={nodes} with gpu={gpus}: SLURM's --gpus is a job total; ask for GPUs per node "
+                          f"with gres: 'gpu:K' (and gpu: 0), e.g. slurm/profiles/2x8/config.yaml")
+    return gpus
+
+
+def parse_time_left(text: str) -> float | None:
+    """squeue's %L ([D-][HH:]MM:SS) in seconds; None for UNLIMITED / NOT_SET / INVALID."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", text.strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = ([0, 0, 0] + [int(x) for x in match.group(2).split(":")])[-3:]
+    return float(int(match.group(1) or 0) * 86400 + hours * 3600 + minutes * 60 + seconds)
+
+
+def stop_after(time_left_s: float) -> float:
+    """When the trainer should stop (seconds from now): before the limit by min(300 s, a quarter of what is left)."""
+    return max(0.0, time_left_s - min(MAX_MARGIN_S, time_left_s / 4))
+
+
+def slurm_job(job_id: str) -> tuple[list[str], float | None]:
+    """The job's node names (first = where the batch script runs) and its time left in seconds (None: unlimited)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N|%L"], capture_output=True, text=True)
+    if out.returncode != 0 or "|" not in out.stdout:
+        raise LaunchError(f"squeue -j {job_id} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    nodelist, left = out.stdout.strip().splitlines()[0].split("|", 1)
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return hosts.stdout.split(), parse_time_left(left)
+
+
+def rendezvous_port(first_node: str, job_id: str) -> int:
+    """A free port on the first node when we run there (the batch script does), else one derived from the job."""
+    if first_node.split(".")[0] != socket.gethostname().split(".")[0]:
+        return 29500 + int(job_id) % 10000
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def command(nodes: int, nproc: int, threads: int, module: str, args: Sequence[str], *, job_id: str | None,
+            hosts: Sequence[str], port: int | None) -> list[str]:
+    """The torchrun (or srun + torchrun) command line."""
+    if nodes == 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={max(nproc, 1)}", "-m", module, *args]
+    if job_id is None:
+        raise LaunchError(f"nodes={nodes} needs a SLURM job (no SLURM_JOB_ID): one torchrun per node runs through "
+                          "srun; run it with `snakemake --profile slurm`, or set nodes to 1")
+    if len(hosts) < nodes:
+        raise LaunchError(f"nodes={nodes} but SLURM job {job_id} has {len(hosts)} node(s): {' '.join(hosts)}")
+    # The plugin clears the job's SLURM_* variables before running the rule: the step states what it needs.
+    srun = ["srun", f"--jobid={job_id}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            f"--cpus-per-task={threads}", "--kill-on-bad-exit=1"]
+    if nproc > 0:
+        srun.append(f"--gpus-per-node={nproc}")
+    return [*srun, "torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(nproc, 1)}", "--rdzv-backend=c10d",
+            f"--rdzv-id={job_id}", f"--rdzv-endpoint={hosts[0]}:{port}", "-m", module, *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (one torchrun each)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs of the job on one node (0: one CPU process)")
+    parser.add_argument("--gres", default="", help="SLURM gres per node, e.g. gpu:8 (sets the GPUs per node)")
+    parser.add_argument("--threads", type=int, default=1, help="CPUs per node for the srun step")
+    parser.add_argument("module", help="the trainer module, e.g. spidr.train")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    opts = parser.parse_args(argv)
+    if opts.nodes < 1:
+        parser.error(f"--nodes must be >= 1, got {opts.nodes}")
+    try:
+        return launch(opts.nodes, gpus_per_node(opts.nodes, opts.gpus, opts.gres), opts.threads, opts.module,
+                      list(opts.args))
+    except LaunchError as err:
+        print(f"common.launch: error: {err}", file=sys.stderr)
+        return 2
+
+
+def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -> int:
+    """Run the trainer (see the module docstring); returns the exit status."""
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    hosts: list[str] = []
+    deadline = None
+    if job_id is not None:
+        hosts, left = slurm_job(job_id)
+        if left is not None:
+            seconds = stop_after(left)
+            args = [*args, "--stop-after-seconds", f"{seconds:.0f}"]
+            deadline = time.monotonic() + seconds
+            print(f"common.launch: SLURM job {job_id} has {left:.0f} s left: the trainer stops after {seconds:.0f} s",
+                  file=sys.stderr)
+    port = rendezvous_port(hosts[0], job_id) if nodes > 1 and hosts and job_id else None
+    cmd = command(nodes, nproc, threads, module, args, job_id=job_id, hosts=hosts, port=port)
+    print(f"common.launch: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+
+    received: list[str] = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: received.append(signal.Signals(signum).name))
+    code = subprocess.Popen(cmd, env={**os.environ, **TORCHRUN_ENV}).wait()
+    due = received or (deadline is not None and time.monotonic() >= deadline)
+    if code != 0 and due:
+        why = ", ".join(received) if received else "the stop before the time limit"
+        print(f"common.launch: exit {code} after {why}: exit {EXIT_INTERRUPTED} (retry to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
