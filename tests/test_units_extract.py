@@ -241,3 +241,92 @@ def test_demo_corpus_units_dedup_and_abx_features(tmp_path, demo_corpus, spidr_c
               "--out", str(tmp_path / "abx.json")])
     result = json.loads((tmp_path / "abx.json").read_text())
     assert result["details"]["items_used"] > 0
+
+
+def test_split_rows_balanced_consecutive_and_complete():
+    from units.shards import split_rows
+
+    sizes = [5, 1, 1, 1, 4, 4, 2, 10, 1]
+    for n in range(1, 12):
+        shards = split_rows(sizes, n)
+        assert len(shards) == n
+        assert [r for s in shards for r in s] == list(range(len(sizes)))  # every row once, in order
+    assert [list(s) for s in split_rows([1] * 6, 3)] == [[0, 1], [2, 3], [4, 5]]
+    assert [len(s) for s in split_rows([1, 1], 4)].count(0) == 2  # more shards than rows: some are empty
+
+
+@pytest.mark.parametrize("quantizer", ["kmeans", "codebook"])
+def test_sharded_units_equal_unsharded_bit_for_bit(tmp_path, corpus, spidr_ckpt, quantizer):
+    from units.extract import gather_units
+
+    spec = {"kind": "mfcc"} if quantizer == "kmeans" else {"kind": "spidr", "checkpoint": spidr_ckpt}
+    layer, km = (0, tmp_path / "km.npz") if quantizer == "kmeans" else (3, None)
+    if km is not None:
+        fit_from_corpus(spec, 0, corpus, k=5, seed=0, max_frames=200, out=km, run=RUN)
+    whole = tmp_path / "whole.parquet"
+    extract_units(spec, layer, quantizer, corpus, whole, kmeans=km, run=RUN)
+    for n in (2, 3, 9):  # 9 > 7 utterances: empty shards too
+        parts = [tmp_path / f"{i}-of-{n}.parquet" for i in range(n)]
+        for i, part in enumerate(parts):
+            extract_units(spec, layer, quantizer, corpus, part, kmeans=km, run=RUN, shard=(i, n))
+        gathered = tmp_path / f"gathered-{n}.parquet"
+        summary = gather_units(parts, gathered)
+        a, b = read_units(whole), read_units(gathered)
+        assert a["id"].tolist() == b["id"].tolist() and summary["utterances"] == len(a)
+        for x, y in zip(a["units"], b["units"], strict=True):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+        assert summary == read_units_meta(whole)["provenance"]["summary"]
+        assert read_units_meta(gathered)["vocab_size"] == read_units_meta(whole)["vocab_size"]
+
+
+def test_gather_refuses_missing_or_reordered_shards(tmp_path, corpus):
+    from units.extract import gather_units
+    from units.format import UnitsFileError
+
+    spec = {"kind": "mfcc"}
+    km = tmp_path / "km.npz"
+    fit_from_corpus(spec, 0, corpus, k=5, seed=0, max_frames=200, out=km, run=RUN)
+    parts = [tmp_path / f"{i}.parquet" for i in range(3)]
+    for i, part in enumerate(parts):
+        extract_units(spec, 0, "kmeans", corpus, part, kmeans=km, run=RUN, shard=(i, 3))
+    with pytest.raises(UnitsFileError, match=r"1\.parquet: shard 1 of 3, but it is given as shard 0 of 2"):
+        gather_units(parts[1:], tmp_path / "out.parquet")
+    with pytest.raises(UnitsFileError, match=r"2\.parquet: shard 2 of 3, but it is given as shard 1 of 3"):
+        gather_units([parts[0], parts[2], parts[1]], tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_killed_shard_job_resumes_alone(tmp_path, corpus, monkeypatch):
+    """Shard 1 of 2 is killed after its first piece: rerunning it reuses that piece, shard 0 is untouched."""
+    from units import extract as ex
+
+    spec = {"kind": "mfcc"}
+    km = tmp_path / "km.npz"
+    fit_from_corpus(spec, 0, corpus, k=5, seed=0, max_frames=200, out=km, run=RUN)
+    run = RunOptions(progress=False, shard_hours=1.5 / 3600)  # several pieces per shard
+    parts = [tmp_path / f"{i}-of-2.parquet" for i in range(2)]
+    extract_units(spec, 0, "kmeans", corpus, parts[0], kmeans=km, run=run, shard=(0, 2))
+    real, calls = ex.encode_batched, []
+
+    def killed_after_first_piece(wavs, *args, **kwargs):
+        if calls:
+            raise RuntimeError("killed")
+        calls.append(len(wavs))
+        return real(wavs, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "encode_batched", killed_after_first_piece)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_units(spec, 0, "kmeans", corpus, parts[1], kmeans=km, run=run, shard=(1, 2))
+    assert not parts[1].exists() and len(list(tmp_path.glob(".1-of-2.parquet.work/shard-*.parquet"))) == 1
+    monkeypatch.setattr(ex, "encode_batched", real)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        extract_units(spec, 0, "kmeans", corpus, parts[1], kmeans=km, run=run, shard=(1, 2), log=f)
+    assert "resuming: 1 of " in log.read_text()
+    whole = tmp_path / "whole.parquet"
+    extract_units(spec, 0, "kmeans", corpus, whole, kmeans=km, run=RUN)
+    ex.gather_units(parts, tmp_path / "gathered.parquet")
+    a, b = read_units(whole), read_units(tmp_path / "gathered.parquet")
+    assert a["id"].tolist() == b["id"].tolist()
+    for x, y in zip(a["units"], b["units"], strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -8,6 +8,10 @@ Usage:
   python -m units.extract units --config UNITS_JSON [--kmeans K.npz] --manifest M.tsv --out UNITS.parquet
       Frame-level units in the units.format format (vocab_size = codebook size or K). Resumable by shard from a
       work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
+      --shard I --num-shards N: only corpus shard I of N (consecutive manifest rows, balanced by audio), one
+      independent job each (run them in parallel), then:
+  python -m units.extract gather SHARD_0.parquet ... SHARD_N-1.parquet --out UNITS.parquet
+      Stream the shard files into one units file, identical in rows and order to an unsharded run.
   python -m units.extract text UNITS.parquet OUT.txt
       Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
   python -m units.extract validate --config UNITS_JSON [--train-config JSON]
@@ -30,7 +34,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
@@ -50,13 +53,14 @@ from units.config import (
     run_options_from_args,
 )
 from units.encoders import Encoder, check_units_config, get_encoder
-from units.format import UnitsWriter, iter_units, read_units_meta, write_text_units
+from units.format import UnitsFileError, UnitsWriter, read_units_meta, write_text_units
 from units.kmeans import KMeansError, KMeansModel, nearest_centroid
-from units.shards import iter_shards, plan_shards, progress_bar
+from units.shards import iter_shards, plan_shards, progress_bar, split_rows
 
 SUCCESS = "_SUCCESS.json"
 CONFIG = "_CONFIG.json"
 MAX_SKIPPED_RECORDED = 1000  # per result file; the log has them all
+GATHER_BATCH_ROWS = 1024  # rows per record batch when shards are streamed into one file
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,60 +138,100 @@ def _prepare_workdir(work: Path, key: dict[str, Any], log) -> None:
 
 def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, manifest: str | Path, out: str | Path,
                   *, kmeans: str | Path | None = None, run: RunOptions | None = None,
-                  work_dir: str | Path | None = None, log=sys.stderr) -> dict[str, Any]:
+                  work_dir: str | Path | None = None, shard: tuple[int, int] = (0, 1),
+                  log=sys.stderr) -> dict[str, Any]:
     """Write frame-level units of every usable utterance of the manifest (manifest order) to OUT.
 
-    Returns the summary recorded in the file's provenance (utterances, frames, seconds, skipped files).
+    shard=(i, n): only the rows of corpus shard i of n (units.shards.split_rows), for `gather_units`; the units of
+    an utterance do not depend on the shard it is in. Returns the summary recorded in the file's provenance
+    (utterances, frames, seconds, skipped files).
     """
     run = run or RunOptions()
     spec = EncoderSpec.parse(spec)
     out = Path(out)
+    index, count = shard
+    if not 0 <= index < count:
+        raise EncoderConfigError(f"--shard {index} of --num-shards {count}: expected 0 <= shard < num_shards")
     encoder = get_encoder(spec, run.device, run.precision)
     quant = make_quantizer(encoder, spec, layer, quantizer, kmeans)
     table = read_manifest(manifest)
     config = {"encoder": spec.to_dict(), "layer": layer, **quant.describe(), "manifest": str(manifest),
               **run.result_settings(encoder)}
-    key = {**config, "manifest_sha256": file_sha256(manifest), "shard_samples": run.shard_samples}
+    key = {**config, "manifest_sha256": file_sha256(manifest), "shard_samples": run.shard_samples,
+           "shard": [index, count]}
     work = Path(work_dir) if work_dir else out.with_name(f".{out.name}.work")
     _prepare_workdir(work, key, log)
 
+    # Resumable pieces of at most shard_hours of audio inside this job's rows.
     ids, paths = table["id"].tolist(), table["path"].tolist()
-    shards = list(enumerate(plan_shards(table["num_samples"].tolist(), run.shard_samples)))
-    parts = [work / f"shard-{i:06d}.parquet" for i, _ in shards]
-    todo = [(i, rows) for i, rows in shards if not parts[i].is_file()]
-    if len(todo) < len(shards):
-        print(f"resuming: {len(shards) - len(todo)} of {len(shards)} shards already done in {work}", file=log)
+    mine = split_rows(table["num_samples"].tolist(), count)[index]
+    sizes = table["num_samples"].iloc[mine.start:mine.stop].tolist()
+    pieces = [(i, [mine.start + r for r in rows]) for i, rows in enumerate(plan_shards(sizes, run.shard_samples))]
+    parts = [work / f"shard-{i:06d}.parquet" for i, _ in pieces]
+    todo = [(i, rows) for i, rows in pieces if not parts[i].is_file()]
+    if len(todo) < len(pieces):
+        print(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already done in {work}", file=log)
     seconds = sum(float(table["num_samples"].iloc[rows].sum()) for _, rows in todo) / SAMPLE_RATE
     with progress_bar(seconds, f"units {spec.kind} L{layer} {quantizer}", run.progress) as tick:
-        for shard in iter_shards(ids, paths, todo, bad_audio=run.bad_audio, min_samples=encoder.window,
+        for piece in iter_shards(ids, paths, todo, bad_audio=run.bad_audio, min_samples=encoder.window,
                                  workers=run.workers, log=log):
-            units = encode_batched(shard.wavs, quant, **run.batching(encoder), progress=tick)
-            with UnitsWriter(parts[shard.index], vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate,
-                             provenance={"skipped": shard.skipped}) as writer:
-                for uid, u in zip(shard.ids, units, strict=True):
-                    writer.write(uid, u.numpy())
+            units = [u.numpy() for u in encode_batched(piece.wavs, quant, **run.batching(encoder), progress=tick)]
+            totals = {"utterances": len(units), "frames": sum(u.size for u in units),
+                      "skipped_count": len(piece.skipped), "skipped": piece.skipped}
+            with UnitsWriter(parts[piece.index], vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate,
+                             provenance={"summary": totals}) as writer:
+                for uid, u in zip(piece.ids, units, strict=True):
+                    writer.write(uid, u)
 
-    # Merge the shards, streaming, with the totals in the final file's provenance.
-    skipped = [s for part in parts for s in read_units_meta(part)["provenance"]["skipped"]]
-    columns = [pq.read_table(part, columns=["units"]).column("units") for part in parts]
-    summary = {
-        "utterances": sum(len(c) for c in columns),
-        "frames": sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in columns),
-        "skipped_count": len(skipped),
-        "skipped": skipped[:MAX_SKIPPED_RECORDED],
-    }
-    del columns
-    summary["seconds"] = summary["frames"] / encoder.frame_rate
-    prov = {**provenance(config), "encoder_info": encoder.describe(), "summary": summary,
+    prov = {**provenance(config), "encoder_info": encoder.describe(),
             "run": {"device": str(encoder.device), "batch_seconds": run.batch_seconds_for(encoder),
                     "max_batch": run.max_batch}}
-    with UnitsWriter(out, vocab_size=quant.vocab_size, frame_rate=encoder.frame_rate, provenance=prov) as writer:
-        for part in parts:
-            for row in iter_units(part):
-                writer.write(row["id"], row["units"])
+    if count > 1:
+        prov["shard"] = {"index": index, "count": count, "rows": [mine.start, mine.stop]}
+    summary = _merge(parts, out, prov, quant.vocab_size, encoder.frame_rate)
     shutil.rmtree(work)
-    print(f"units: wrote {out}: {summary['utterances']} utterances, {summary['frames']} frames, "
+    what = f" (shard {index} of {count})" if count > 1 else ""
+    print(f"units: wrote {out}{what}: {summary['utterances']} utterances, {summary['frames']} frames, "
           f"{summary['skipped_count']} bad audio file(s) skipped", file=log)
+    return summary
+
+
+def _merge(parts: list[Path], out: Path, prov: dict[str, Any], vocab_size: int, frame_rate: float) -> dict[str, Any]:
+    """Stream units files into OUT record batch by record batch (memory flat in corpus size); their summaries are
+    added up into provenance['summary'] (utterances, frames, seconds, skipped files)."""
+    summaries = [read_units_meta(part)["provenance"]["summary"] for part in parts]
+    skipped = [s for summary in summaries for s in summary["skipped"]]
+    summary = {key: sum(s[key] for s in summaries) for key in ("utterances", "frames", "skipped_count")}
+    summary["skipped"] = skipped[:MAX_SKIPPED_RECORDED]
+    summary["seconds"] = summary["frames"] / frame_rate
+    with UnitsWriter(out, vocab_size=vocab_size, frame_rate=frame_rate,
+                     provenance={**prov, "summary": summary}) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=GATHER_BATCH_ROWS):
+                writer.write_batch(batch)
+    return summary
+
+
+def gather_units(shards: list[str | Path], out: str | Path, log=sys.stderr) -> dict[str, Any]:
+    """Stream the shard files of `extract_units(shard=(i, n))`, i = 0..n-1, into one units file: the same rows in
+    the same order as one unsharded run (whatever n), with the totals and the shards' provenance."""
+    shards, out = [Path(s) for s in shards], Path(out)
+    if not shards:
+        raise UnitsFileError(f"{out}: no shard files to gather")
+    metas = [read_units_meta(s) for s in shards]
+    first = metas[0]["provenance"]
+    for i, (path, meta) in enumerate(zip(shards, metas, strict=True)):
+        info = meta["provenance"].get("shard", {"index": 0, "count": 1})
+        if (info["index"], info["count"]) != (i, len(shards)):
+            raise UnitsFileError(f"{path}: shard {info['index']} of {info['count']}, but it is given as shard {i} of "
+                                 f"{len(shards)}; list every shard of one run, in order")
+        if meta["provenance"]["config"] != first["config"]:
+            raise UnitsFileError(f"{path}: extracted with another config than {shards[0]} "
+                                 f"({meta['provenance']['config']} vs {first['config']}); rerun its shards")
+    prov = {**provenance(first["config"]), "encoder_info": first["encoder_info"], "run": first["run"]}
+    summary = _merge(shards, out, prov, metas[0]["vocab_size"], metas[0]["frame_rate"])
+    print(f"units: gathered {len(shards)} shard(s) into {out}: {summary['utterances']} utterances, "
+          f"{summary['frames']} frames, {summary['skipped_count']} bad audio file(s) skipped", file=log)
     return summary
 
 
@@ -280,8 +324,15 @@ def main(argv: list[str] | None = None) -> None:
     units.add_argument("--kmeans", type=Path, help="k-means file of units.kmeans fit (quantizer kmeans)")
     units.add_argument("--manifest", type=Path, required=True)
     units.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
-    units.add_argument("--work-dir", type=Path, help="resumable shards (default: .OUT.work beside OUT)")
+    units.add_argument("--work-dir", type=Path, help="resumable pieces (default: .OUT.work beside OUT)")
+    units.add_argument("--shard", type=int, default=0, help="extract only corpus shard I (0-based) of --num-shards")
+    units.add_argument("--num-shards", type=int, default=1,
+                       help="split the manifest into N shards of consecutive rows balanced by audio (default 1)")
     add_run_options(units)
+
+    gather = sub.add_parser("gather", help="stream the shard files of one units run into the units file")
+    gather.add_argument("shards", type=Path, nargs="+", help="shard files 0..N-1 of `units --num-shards N`, in order")
+    gather.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
 
     text = sub.add_parser("text", help="export a units file to `id<TAB>u1 u2 ...` lines")
     text.add_argument("units", type=Path)
@@ -293,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     try:
-        cfg = loads(UnitsConfig, args.config) if args.command != "text" else None
+        cfg = loads(UnitsConfig, args.config) if args.command not in ("text", "gather") else None
         if args.command == "features":
             if cfg.quantizer is not None:
                 raise EncoderConfigError(f"--config: features are continuous: quantizer must be null, got "
@@ -304,14 +355,17 @@ def main(argv: list[str] | None = None) -> None:
             if cfg.quantizer is None:
                 raise EncoderConfigError("--config: units need a quantizer ('codebook' or 'kmeans')")
             extract_units(cfg.encoder, cfg.layer, cfg.quantizer, args.manifest, args.out, kmeans=args.kmeans,
-                          run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir)
+                          run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir,
+                          shard=(args.shard, args.num_shards))
+        elif args.command == "gather":
+            gather_units(args.shards, args.out)
         elif args.command == "text":
             write_text_units(args.units, args.out)
         else:
             train = json.loads(args.train_config) if args.train_config else None
             check_units_config(cfg.encoder, cfg.layer, cfg.quantizer, train_config=train)
             print("ok")
-    except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, ValueError) as err:
+    except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, UnitsFileError, ValueError) as err:
         sys.exit(f"error: {err}")
 
 

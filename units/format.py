@@ -63,6 +63,12 @@ class UnitsWriter:
         if len(self.buffer) >= self.rows_per_group:
             self._flush()
 
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Append the rows of another units file's record batch as they are (no per-row Python work)."""
+        self._flush()
+        self.writer.write_table(pa.Table.from_batches([batch]).select(self.schema.names).cast(self.schema))
+        self.count += batch.num_rows
+
     def _flush(self) -> None:
         if self.buffer:
             cols = {name: [r[name] for r in self.buffer] for name in self.schema.names}

@@ -1,5 +1,5 @@
-"""Corpus reading for the units stage: shards of consecutive manifest rows, audio loaded ahead in threads, bad
-audio handled per policy (never silently), and a progress bar in seconds of audio."""
+"""Corpus reading for the units stage: corpus shards (one extraction job each), resumable pieces of consecutive
+manifest rows, audio loaded ahead in threads, bad audio handled per policy (never silently), a progress bar."""
 
 from __future__ import annotations
 
@@ -45,6 +45,24 @@ def plan_shards(num_samples: Sequence[int], shard_samples: int) -> list[list[int
     if current:
         shards.append(current)
     return shards
+
+
+def split_rows(num_samples: Sequence[int], num_shards: int) -> list[range]:
+    """The manifest rows of each of `num_shards` corpus shards (one extraction job each): consecutive rows,
+    balanced by audio, each row in exactly one shard (a shard may be empty when there are few rows).
+
+    Row r goes to the shard its audio's midpoint falls in, so the split depends only on the manifest and N.
+    """
+    if num_shards < 1:
+        raise EncoderConfigError(f"num_shards={num_shards} must be >= 1")
+    sizes = np.asarray(num_samples, dtype=np.float64)
+    ends = np.cumsum(sizes)
+    total = float(ends[-1]) if len(ends) else 0.0
+    if total <= 0:
+        return [range(0, len(sizes))] + [range(len(sizes), len(sizes))] * (num_shards - 1)
+    shard_of = np.minimum((ends - sizes / 2) * num_shards // total, num_shards - 1).astype(np.int64)
+    bounds = np.searchsorted(shard_of, np.arange(num_shards + 1), side="left")  # shard_of is non-decreasing
+    return [range(int(bounds[i]), int(bounds[i + 1])) for i in range(num_shards)]
 
 
 def _load_checked(path: str, min_samples: int) -> np.ndarray:
