@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
-from spidr.config import ConfigError, ModelConfig, from_dict, preset
+from spidr.config import ConfigError, ModelConfig, batch_plan, from_dict, preset
 from spidr.masking import mask_indices
 from spidr.model import Codebook, Codebooks, build_model, compile_model, layer_norm_gelu, standardize
 from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
@@ -92,6 +92,26 @@ def test_codebook_statistics_accumulate_over_the_update_interval():
     ref.update(c1 + c2, m1 + m2)
     for books in (cbs, fresh):
         assert torch.allclose(books[0].codebook, ref.codebook) and torch.allclose(books[0].counts, ref.counts)
+
+
+def test_codebook_step_over_micro_batches_equals_one_large_batch():
+    """The trainer's mode: forwards only add statistics; `step()` makes the one update, as one batch of all of them."""
+    torch.manual_seed(0)
+    parts = [torch.randn(n, 4) for n in (5, 7, 3)]
+    for interval in (1, 2):
+        big = Codebooks([Codebook(dim=4, size=8, decay=0.9)], update_interval=interval)
+        micro = copy.deepcopy(big)
+        micro.update_per_forward = False
+        for _ in range(interval):  # `interval` optimiser steps, each of three micro-batches
+            labels = [micro.quantize([t], update=True)[0] for t in parts]
+            assert torch.equal(micro[0].codebook, big[0].codebook)  # nothing moves before the step
+            micro.step()
+            assert torch.equal(torch.cat(labels), big.quantize([torch.cat(parts)], update=True)[0])
+            assert not micro.step_stats.any()
+        assert micro.pending_steps == big.pending_steps == 0
+        torch.testing.assert_close(micro[0].counts, big[0].counts, rtol=0, atol=0)  # integer counts: exact
+        torch.testing.assert_close(micro[0].codebook, big[0].codebook, rtol=1e-6, atol=1e-6)  # summation order
+        assert not torch.equal(micro[0].counts, torch.ones(8))
 
 
 def test_small_batches_collapse_the_codebook_unless_statistics_accumulate():
@@ -448,6 +468,31 @@ def test_random_model_checkpoint_for_other_stages(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config
+
+
+def test_global_batch_is_reached_on_any_world_size_that_divides_it():
+    base = from_dict({}).data
+    assert (base.global_batch_samples, base.batch_samples) == (60_800_000, 3_800_000)  # the paper: 16 x 3.8M
+    for world, accumulation in ((1, 16), (2, 8), (4, 4), (8, 2), (16, 1)):
+        plan = batch_plan(base, world)
+        assert (plan.accumulation, plan.effective_batch_samples, plan.exact) == (accumulation, 60_800_000, True)
+    assert batch_plan(base, 16).describe().startswith("16 process(es) x 1 accumulation x 3800000 samples = 60800000")
+    # the demo presets keep their single-process batch: one micro-batch per step
+    for name, samples in (("small", 128_000), ("tiny", 64_000)):
+        plan = batch_plan(from_dict({"preset": name}).data, 1)
+        assert (plan.accumulation, plan.effective_batch_samples) == (1, samples)
+    with pytest.raises(ConfigError, match=r"data\.global_batch_samples=60800000 cannot be reached exactly on world "
+                                          r"size 3 with data\.batch_samples=3800000.*\[1, 2, 4, 8, 16\].*"
+                                          r"data\.inexact_global_batch: true to train at 57000000"):
+        batch_plan(base, 3)
+    with pytest.raises(ConfigError, match=r"world size 32"):
+        batch_plan(base, 32)
+    inexact = batch_plan(from_dict({"data": {"inexact_global_batch": True}}).data, 3)
+    assert (inexact.accumulation, inexact.effective_batch_samples, inexact.exact) == (5, 57_000_000, False)
+    assert "NOT data.global_batch_samples=60800000" in inexact.describe() and not inexact.to_dict()["exact"]
+    with pytest.raises(ConfigError, match=r"encoders\.x\.train\.data.*global_batch_samples=1000000 is not a "
+                                          r"multiple of data\.batch_samples=300000"):
+        from_dict({"data": {"global_batch_samples": 1_000_000, "batch_samples": 300_000}}, "encoders.x.train")
 
 
 def test_config_overrides_and_unknown_keys():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -22,6 +24,7 @@ from spidr.checkpoint import load_encoder, read_checkpoint
 from spidr.config import DataConfig, MaskConfig, from_dict
 from spidr.dataset import PretrainBatches, plan_batches
 from spidr.model import DinoSR
+from spidr.schedules import ema_decay_at
 from spidr.train import Trainer, TrainingDiverged, WorkdirMismatch, main, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,6 +251,21 @@ def test_stop_signal_checkpoints_exits_75_and_resumes_bit_identically(corpus, tm
     assert read_checkpoint(tmp_path / "c.pt")["provenance"]["training"]["init_from"]["changed"] == {}
 
 
+def test_teacher_ema_uses_the_decay_of_the_step_just_taken(corpus, tmp_path, monkeypatch):
+    """As the official code: the first update (after optimiser step 1) uses decay(1), not decay(0)."""
+    base = from_dict({})
+    assert ema_decay_at(1, base) == pytest.approx(1 - 0.001 * math.exp(-1 / 20_000), rel=0, abs=1e-15)  # 0.99900005
+    assert ema_decay_at(1, base) != ema_decay_at(0, base) == 0.999
+    seen = []
+    update = DinoSR.update_ema
+    monkeypatch.setattr(DinoSR, "update_ema", lambda self, decay: (seen.append(decay), update(self, decay)))
+    cfg = {**TINY, "max_steps": 3}
+    train(cfg, str(corpus), str(tmp_path / "w"), None)
+    assert seen == [ema_decay_at(step, from_dict(cfg)) for step in (1, 2, 3)]
+    logged = [json.loads(ln)["ema_decay"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == seen
+
+
 def test_workdir_of_another_recipe_is_refused(corpus, tmp_path):
     train({**TINY, "max_steps": 2}, str(corpus), str(tmp_path / "w"), None, stop_after=2)
     with pytest.raises(WorkdirMismatch, match=r"optim\.lr"):
@@ -278,6 +296,46 @@ def test_torchrun_ddp_gloo(corpus, tmp_path):
     assert final["step"] == 3 and final["provenance"]["training"]["world_size"] == 2
     records = [json.loads(ln) for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one_accumulating(corpus, tmp_path):
+    """Same global batch and data order: 2 gloo processes x 1 micro-batch == 1 process x 2 micro-batches, weights,
+    teacher and codebooks included (across the CNN freeze at step 3, dropout on). Bit for bit (tolerance 0), as
+    measured: with two terms every sum is order-free (a + b == b + a) and the per-rank loss scaling by the world size
+    (a power of two) is exact; more processes or micro-batches may differ by float summation order only.
+    A world size that cannot reach the global batch is refused before training, naming the keys."""
+    torch.set_num_threads(1)
+    cfg = {**TINY, "max_steps": 4, "progress": False,
+           "data": {"global_batch_samples": 40_000, "batch_samples": 20_000}}
+    one = train(cfg, str(corpus), str(tmp_path / "one"), str(tmp_path / "one.pt"))
+    assert (one.world, one.accumulation) == (1, 2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spidr.train",
+           "--manifest", str(corpus), "--workdir", str(tmp_path / "two"), "--out", str(tmp_path / "two.pt"),
+           "--config", json.dumps(cfg)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es) x 1 accumulation x 20000 samples = 40000 samples" in done.stderr
+    a, b = read_checkpoint(tmp_path / "one.pt"), read_checkpoint(tmp_path / "two.pt")
+    assert a["provenance"]["training"]["batch"] == {**b["provenance"]["training"]["batch"], "world_size": 1,
+                                                    "accumulation": 2}
+    assert set(a["model"]) == set(b["model"])
+    for key in a["model"]:  # teacher.*, codebooks.* and current_step included
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    logs = [[json.loads(ln) for ln in (tmp_path / w / "metrics.jsonl").read_text().splitlines()]
+            for w in ("one", "two")]
+    for ra, rb in zip(*logs, strict=True):
+        assert ra["masked_frames_per_step"] == rb["masked_frames_per_step"]
+        assert ra["target_ppl"] == rb["target_ppl"] and ra["loss"] == rb["loss"]
+        assert (rb["world_size"], rb["accumulation"], rb["effective_batch_samples"]) == (2, 1, 40_000)
+
+    refused = {**cfg, "data": {"global_batch_samples": 40_000, "batch_samples": 40_000}}
+    done = subprocess.run([*cmd[:-1], json.dumps(refused)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert re.search(r"data\.global_batch_samples=40000 cannot be reached exactly on world size 2 with "
+                     r"data\.batch_samples=40000", done.stderr), done.stderr[-3000:]
 
 
 @pytest.mark.slow
