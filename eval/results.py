@@ -2,12 +2,15 @@
 
 Every entry point of eval/ writes one JSON file:
 
-    {"format": "textless-slm/metrics-v1", "task": ..., "labels": {"experiment", "encoder", "units", "layer", "k",
-     "lm"}, "inputs": {...}, "metrics": [{"metric", "value", "unit", "n", "conventions": {...}}, ...],
-     "details": {...}, "provenance": {config, code_version, command, created}}
+    {"format": "textless-slm/metrics-v1", "task": ..., "labels": {"experiment", "set", "encoder", "units", "layer",
+     "k", "lm", "seed", "kmeans_seed"}, "inputs": {...}, "metrics": [{"metric", "value", "unit", "n",
+     "conventions": {...}, "ci95": [low, high] | null, "items": {item id: score} | null}, ...], "details": {...},
+     "provenance": {config, code_version, command, created}}
 
 One record per number, each with the conventions needed to read it (set, normalisation, slicing, distance, ...),
-so that `eval.report` can put any number in a table without guessing how it was computed.
+so that `eval.report` can put any number in a table without guessing how it was computed. Accuracies also carry
+their 95% bootstrap interval over items (eval.stats) and the per-item scores it was computed from (in [0, 1]),
+which the report's paired tests compare item by item.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import numpy as np
 import pandas as pd
 
 from common.io import atomic_write_json, provenance
+from eval.stats import bootstrap_ci, ci_convention
 
 METRICS_FORMAT = "textless-slm/metrics-v1"
-LABEL_KEYS = ("experiment", "encoder", "encoder_kind", "units", "quantizer", "layer", "k", "lm")
+LABEL_KEYS = ("experiment", "set", "encoder", "encoder_kind", "units", "quantizer", "layer", "k", "lm", "seed",
+              "kmeans_seed")
 NORMALISATIONS = ("mean", "sum")
 
 
@@ -39,18 +44,44 @@ class ScoresFileError(ValueError):
 
 @dataclass(frozen=True)
 class Metric:
-    """One reported number: `value` in `unit` ("%" for accuracies and ABX error rates), over `n` items."""
+    """One reported number: `value` in `unit` ("%" for accuracies and ABX error rates), over `n` items.
+
+    `ci` is its 95% confidence interval in the same unit; `items` the per-item scores its value is the mean of
+    (in [0, 1], so `value` = 100 * mean for a "%" accuracy), for paired tests between experiments.
+    """
 
     metric: str
     value: float | None
     unit: str = ""
     n: int | None = None
     conventions: Mapping[str, Any] = field(default_factory=dict)
+    ci: tuple[float, float] | None = None
+    items: Mapping[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         value = None if self.value is None or not math.isfinite(self.value) else float(self.value)
-        return {"metric": self.metric, "value": value, "unit": self.unit, "n": self.n,
-                "conventions": dict(self.conventions)}
+        doc = {"metric": self.metric, "value": value, "unit": self.unit, "n": self.n,
+               "conventions": dict(self.conventions)}
+        if self.ci is not None:
+            doc["ci95"] = [float(self.ci[0]), float(self.ci[1])]
+        if self.items is not None:
+            doc["items"] = {str(k): float(v) for k, v in self.items.items()}
+        return doc
+
+
+def accuracy(name: str, scores: pd.Series, conventions: Mapping[str, Any], resampled: str,
+             value: float | None = None) -> Metric:
+    """An accuracy in % from per-item scores in [0, 1] (index = item id), with its bootstrap interval over items.
+
+    `value` (in [0, 1]) is the accuracy as the scorer aggregates it, when that is not literally `scores.mean()`
+    (sWUGGY in-vocab: a weighted mean of band means, equal up to rounding); default the mean.
+    """
+    if len(scores) == 0:
+        return Metric(name, None, "%", 0, conventions)
+    low, high = bootstrap_ci(scores.to_numpy())
+    value = float(scores.mean()) if value is None else value
+    return Metric(name, 100 * value, "%", len(scores), {**conventions, "ci": ci_convention(resampled)},
+                  ci=(100 * low, 100 * high), items={str(k): float(v) for k, v in scores.items()})
 
 
 def parse_labels(text: str | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -10,9 +10,11 @@ Rules (zerospeech/benchmarks `tasks/lm/{lexical,syntactic}.py`, `submissions/sLM
 * sWUGGY: words and non-words joined on (id, voice); mean over voices per id, then mean over ids ("all");
   frequency bands of the word's LibriSpeech count with left-closed bins [0,1) oov, [1,5) "1-5", [5,20) "6-20",
   [20,100) "21-100", [100,inf) ">100" (the official labels, bins as the code cuts them); "in-vocab" = the
-  count-weighted mean of the non-oov bands (= the mean over in-vocabulary ids);
+  count-weighted mean of the non-oov bands (= the mean over in-vocabulary ids); the 95% bootstrap interval
+  resamples ids (eval.stats), so a word, its non-word and all their voices stay together;
 * sBLIMP: the k-th correct row of gold.csv paired with its k-th incorrect row; mean over voices per
-  (type, subtype, id); "pairs" = mean over those (the leaderboard number), "macro" = mean of the per-type means.
+  (type, subtype, id); "pairs" = mean over those (the leaderboard number, its interval resampling those pairs),
+  "macro" = mean of the per-type means.
 Differences from the official code, both cosmetic: it rounds per-id scores to 4 decimals in an intermediate CSV
 (at most 5e-5 per id; we keep full precision), and an empty frequency band would make its in-vocab NaN (we skip
 empty bands).
@@ -39,6 +41,7 @@ from eval.config import ScoresJob, labels_of
 from eval.results import (
     Metric,
     ScoresFileError,
+    accuracy,
     pair_outcome,
     read_scores,
     records,
@@ -158,13 +161,16 @@ def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission:
         gold = read_lexical_gold(gold_path, check_wavs=check_wavs)
         res = score_lexical(gold, scores, str(scores_path))
         conv = {**base, "aggregation": "pairs joined on (id, voice); mean over voices per id, then over ids"}
+        per_id = res.by_id.set_index(res.by_id["id"].astype(str))["score"]
+        in_vocab_ids = per_id[(res.by_id["frequency"].astype("float64") >= FREQUENCY_BINS[1]).to_numpy()]
         metrics = [
-            Metric("swuggy_all", 100 * res.all, "%", res.n_ids, conv),
-            Metric("swuggy_in_vocab", None if np.isnan(res.in_vocab) else 100 * res.in_vocab, "%",
-                   int(res.by_frequency.query("band != 'oov'")["n"].sum()),
-                   {**conv, "subset": "frequency-band weighted mean excluding oov (frequency > 0)"
-                    + ("" if res.n_ids > res.by_frequency.query("band == 'oov'")["n"].sum()
-                       else "; not computed: every word is out of vocabulary")}),
+            accuracy("swuggy_all", per_id, conv, "ids (a word, its non-word and their voices stay together)",
+                     value=res.all),
+            accuracy("swuggy_in_vocab", in_vocab_ids,
+                     {**conv, "subset": "frequency-band weighted mean excluding oov (frequency > 0)"
+                      + ("" if res.n_ids > res.by_frequency.query("band == 'oov'")["n"].sum()
+                         else "; not computed: every word is out of vocabulary")},
+                     "in-vocabulary ids", value=None if np.isnan(res.in_vocab) else res.in_vocab),
         ]
         for row in res.by_frequency.itertuples():
             metrics.append(Metric(f"swuggy_band_{row.band}", 100 * row.score if row.n else None, "%", int(row.n),
@@ -175,9 +181,11 @@ def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission:
         gold = read_syntactic_gold(gold_path, check_wavs=check_wavs)
         res = score_syntactic(gold, scores, str(scores_path), str(gold_path))
         conv = {**base, "pairing": "k-th correct row with k-th incorrect row of gold.csv"}
+        per_pair = res.by_id.set_index(res.by_id[["type", "subtype", "id"]].astype(str).agg("/".join, axis=1))["score"]
         metrics = [
-            Metric("sblimp", 100 * res.pairs, "%", res.n_ids,
-                   {**conv, "aggregation": "pair-level: mean over voices per (type, subtype, id), then over pairs"}),
+            accuracy("sblimp", per_pair,
+                     {**conv, "aggregation": "pair-level: mean over voices per (type, subtype, id), then over pairs"},
+                     "(type, subtype, id) pairs, their voices together", value=res.pairs),
             Metric("sblimp_macro", 100 * res.macro, "%", len(res.by_type),
                    {**conv, "aggregation": "macro: mean over voices per (type, subtype, id), mean per type, then "
                                            "mean over types"}),

@@ -7,7 +7,8 @@ Usage:
 Each wav holds a whole story (four context sentences and an ending); `<2i>_<story>_correct.wav` pairs with
 `<2i+1>_<story>_incorrect.wav`. A pair scores 1 when the correct story's log-likelihood is higher, 0.5 on a tie,
 0 otherwise; the accuracy is the mean over pairs. The published numbers (slamkit, SpidR) score the whole story
-with the mean per-token log-likelihood; the normalisation used is stated in every output.
+with the mean per-token log-likelihood; the normalisation used is stated in every output. The 95% bootstrap
+interval resamples story pairs (eval.stats).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from common.config import loads
 from eval.benchmarks import read_storycloze
 from eval.config import ScoresJob, labels_of
 from eval.results import (
-    Metric,
     ScoresFileError,
     pair_outcome,
     read_scores,
     scoring_conventions,
     write_metrics,
 )
+from eval.results import accuracy as accuracy_metric
 
 TASKS = ("sSC", "tSC")
 
@@ -65,7 +66,8 @@ def run(folder: Path, scores_path: Path, out: Path, *, task: str | None, normali
             "normalisation": f"{norm} log-likelihood of the whole story",
             "pair_rule": "1 if score(correct) > score(incorrect), 0.5 on a tie, else 0",
             "aggregation": "mean over story pairs"}
-    metric = Metric(task.lower(), 100 * accuracy, "%", len(result), conv)
+    metric = accuracy_metric(task.lower(), result.set_index(result["correct"].astype(str))["outcome"], conv,
+                             "story pairs", value=accuracy)
     details = {"ties": int((result["outcome"] == 0.5).sum()),
                "mean_margin": float((result["score_correct"] - result["score_incorrect"]).mean())}
     return write_metrics(out, task=task, metrics=[metric], labels=labels,

@@ -51,7 +51,7 @@ def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None
         assert (out / name).is_file(), name
 
     table = pd.read_csv(out / "table.csv")
-    assert list(table.columns[:6]) == ["encoder", "units", "quantizer", "layer", "k", "lm"]
+    assert list(table.columns[:7]) == ["set", "encoder", "units", "quantizer", "layer", "k", "lm"]
     l6 = table[(table.encoder == "spidr") & (table.layer == 6)].iloc[0]
     assert l6["abx_triphone_within_speaker"] == 10.0 and l6["pnmi"] == 0.5 and l6["swuggy_all"] == 66.0
     assert l6["lm"] == "tiny" and l6["experiment"] == "spidr-l6"
@@ -65,7 +65,11 @@ def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None
     assert "[4] sWUGGY all: normalisation: mean log-likelihood; set: dev" in md
     tex = (out / "table.tex").read_text()
     assert r"\begin{tabular}{lllllrrrrrrr}" in tex and r"ABX within (\%) [1]" in tex
-    assert r"spidr & kmeans & 6 & 16 & tiny & 10.00 & 12.00 & 0.500 & 66.00 & 67.00 & 61.00 & 70.00 \\" in tex
+    # Layer 6 is best everywhere (tSC ties at 70 on every row: all bold); no per-item scores, so nothing underlined.
+    assert (r"spidr & kmeans & 6 & 16 & tiny & \textbf{10.00} & \textbf{12.00} & \textbf{0.500} & \textbf{66.00} & "
+            r"\textbf{67.00} & \textbf{61.00} & \textbf{70.00} \\") in tex
+    assert r"spidr & kmeans & 5 & 16 & tiny & 15.00 & 17.00 & 0.400 & 60.00 & 61.00 & 55.00 & \textbf{70.00} \\" in tex
+    assert r"\underline" not in tex
 
     corr = pd.read_csv(out / "correlations.csv").set_index(["unit_metric", "lm_metric"])
     r = corr.loc[("abx_triphone_within_speaker", "swuggy_all")]
@@ -130,3 +134,64 @@ def test_labels_of_the_workflow_are_accepted_and_unknown_keys_named() -> None:
     assert parse_labels(json.dumps(labels)) == labels
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['layers'\]"):
         parse_labels('{"layers": 6}')
+
+
+def accuracy_file(root: Path, name: str, outcomes: dict[str, float], *, seed: int | None = None, lm: str = "tiny",
+                  layer: int = 6, eval_set: str | None = None) -> Path:
+    """A tSC metrics file from per-pair outcomes, as eval.storycloze writes it (value, CI, items)."""
+    import pandas as pd
+
+    from eval.results import accuracy
+
+    out = root / f"{name}-{seed}-{eval_set}.json"
+    labels = {"experiment": name, "encoder": "spidr", "units": "kmeans", "layer": layer, "k": 16, "lm": lm,
+              "seed": seed, "set": eval_set}
+    write_metrics(out, task="tSC", config={}, inputs={}, labels=labels,
+                  metrics=[accuracy("tsc", pd.Series(outcomes), {"set": "test"}, "story pairs")])
+    return out
+
+
+def test_cells_show_ci_seeds_mean_std_and_the_set_column(tmp_path: Path) -> None:
+    good = {f"p{i}": 1.0 for i in range(20)}
+    half = {f"p{i}": float(i % 2) for i in range(20)}
+    files = [accuracy_file(tmp_path, "all_right", good, layer=4),
+             accuracy_file(tmp_path, "half_s0", half, seed=0, lm="small"),
+             accuracy_file(tmp_path, "half_s1", {**half, "p0": 1.0}, seed=1, lm="small")]
+    index = build_report(files, tmp_path / "r")
+    assert index["rows"] == 2
+    table = pd.read_csv(tmp_path / "r" / "table.csv")
+    right = table[table.layer == 4].iloc[0]
+    assert (right["tsc"], right["tsc__ci_low"], right["tsc__ci_high"], right["tsc__draws"]) == (100, 100, 100, 1)
+    seeds = table[table.layer == 6].iloc[0]
+    assert seeds["tsc"] == pytest.approx(52.5) and seeds["tsc__draws"] == 2
+    assert seeds["tsc__std"] == pytest.approx(pd.Series([50.0, 55.0]).std())
+    md = (tmp_path / "r" / "table.md").read_text()
+    assert "| Encoder | Units | Layer | K | LM | Seeds | tSC [1] |" in md
+    assert "| spidr | kmeans | 4 | 16 | tiny | 1 | 100.00 ± 0.00 |" in md
+    assert "| spidr | kmeans | 6 | 16 | small | 2 | 52.50 ± 3.54 |" in md
+    assert "95% bootstrap confidence interval over items" in md and "standard deviation over seeds" in md
+
+    # Two sets in one report: one row per set, and a Set column.
+    both = [accuracy_file(tmp_path, "x", good, eval_set="dev"), accuracy_file(tmp_path, "x", half, eval_set="test")]
+    build_report(both, tmp_path / "sets")
+    md = (tmp_path / "sets" / "table.md").read_text()
+    assert "| Set | Encoder |" in md and "| dev | spidr |" in md and "| test | spidr |" in md
+
+
+def test_paired_tests_underline_ties_and_compare_prints_p(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    best = {f"p{i}": 1.0 for i in range(30)}
+    close = {**best, "p0": 0.0}  # one item worse: not significantly different
+    far = {f"p{i}": float(i % 3 == 0) for i in range(30)}  # much worse
+    files = [accuracy_file(tmp_path, "best", best, layer=4), accuracy_file(tmp_path, "close", close, layer=5),
+             accuracy_file(tmp_path, "far", far, layer=6)]
+    build_report(files, tmp_path / "r")
+    sig = pd.read_csv(tmp_path / "r" / "significance.csv").set_index("experiment")
+    assert sig.loc["best", "note"] == "best" and sig.loc["close", "p_value"] == pytest.approx(1.0)
+    assert sig.loc["far", "p_value"] < 0.001
+    tex = (tmp_path / "r" / "table.tex").read_text()
+    assert r"\textbf{100.00 ± 0.00}" in tex and r"\underline{96.67 ± " in tex and r"\underline{33.33" not in tex
+    main(["--metrics", *map(str, files), "--compare", "close", "far"])
+    out = capsys.readouterr().out
+    assert "tsc: close 96.67 vs far 33.33 (difference +63.33 over 30 items), p = " in out
+    with pytest.raises(SystemExit, match="no experiment named 'nope'"):
+        main(["--metrics", *map(str, files), "--compare", "close", "nope"])
