@@ -8,8 +8,10 @@ Snakemake run is wrapped in `timeout -s INT`: a mis-set status query makes the p
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm" / "local_cluster.sh"
@@ -36,6 +40,8 @@ WORKFLOW_TIMEOUT_S = 900
 FAIL_TIMEOUT_S = 300
 # The plugin waits 40 s before its first status query; on a test cluster whose jobs last seconds, ask sooner.
 POLL = ("--slurm-init-seconds-before-status-checks", "2")
+# Training steps that outlast one 1-minute job here (each job stops ~10-25 s before its limit), but not many.
+LM_STEPS, SPIDR_STEPS = 500, 150
 
 
 def _skip_reason() -> str | None:
@@ -293,3 +299,130 @@ def test_unset_account_is_a_clear_error(slurm_cluster: Path, tmp_path: Path) -> 
     code, log = _snakemake(repo, "all", *POLL, "--retries", "0", timeout_s=120, env=env)
     assert code != 0
     assert "The given account $SBATCH_ACCOUNT appears to be invalid" in log, log[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training jobs that outlive their time limit, and multi-node training (srun + torchrun c10d)
+
+
+def _training_config(lm_steps: int, spidr_steps: int, micro_batch: int = 8) -> dict:
+    """configs/test.yaml with longer training: each run lasts more than one 1-minute job on this machine."""
+    config = _small_config()
+    config["experiments"] = {"mfcc_kmeans": {"units": "mfcc_kmeans", "lm": "tiny"}}
+    config["encoders"]["spidr_tiny"]["train"].update(max_steps=spidr_steps)
+    config["lms"]["tiny"]["train"].update(max_steps=lm_steps, eval_interval=lm_steps, micro_batch_size=micro_batch,
+                                          checkpoint_interval=lm_steps)
+    return config
+
+
+def _launched(log: Path) -> list[str]:
+    """The trainer command line of the last attempt, as common.launch wrote it into the rule's log."""
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("common.launch: ") and " -m " in ln]
+    assert lines, log.read_text()[-3000:]
+    return shlex.split(lines[-1].removeprefix("common.launch: "))
+
+
+def _uninterrupted(repo: Path, log: Path, tmp: Path) -> Path:
+    """Rerun the rule's trainer on this machine in one go, into a new workdir and output; returns the output."""
+    words = _launched(log)
+    args = words[words.index("-m") + 1:]
+    if "--stop-after-seconds" in args:
+        del args[args.index("--stop-after-seconds"):args.index("--stop-after-seconds") + 2]
+    args[args.index("--workdir") + 1] = str(tmp / "work")
+    out = tmp / Path(args[args.index("--out") + 1]).name
+    args[args.index("--out") + 1] = str(out)
+    done = subprocess.run([sys.executable, "-m", *args], cwd=repo, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a SpidR checkpoint (.pt) or a unit-LM model directory, by key path."""
+    if path.is_dir():
+        return load_file(path / "model.safetensors")
+    found: dict[str, torch.Tensor] = {}
+
+    def walk(obj: object, key: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            found[key] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(obj, list | tuple):
+            for i, v in enumerate(obj):
+                walk(v, f"{key}.{i}")
+
+    walk(torch.load(path, map_location="cpu", weights_only=True), "")
+    return found
+
+
+def _sacct_exit_codes(before: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(rule, state, exit code) of every job run since `before`, in submission order."""
+    seen = {job["id"] for job in before}
+    out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-S", "now-1days", "-o", "JobID,State,ExitCode,Comment"],
+                         capture_output=True, text=True, check=True)
+    jobs = []
+    for line in out.stdout.splitlines():
+        job_id, state, code, comment = line.split("|", 3)
+        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment)
+        if job_id not in seen and rule:
+            jobs.append((rule.group(1), state, code))
+    return jobs
+
+
+@pytest.mark.slow
+def test_training_jobs_stop_before_the_time_limit_and_resume_to_the_same_weights(slurm_cluster: Path,
+                                                                                  tmp_path: Path) -> None:
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=LM_STEPS, spidr_steps=SPIDR_STEPS)))
+    targets = ["results/encoders/spidr_tiny/checkpoint.pt", "results/lm/mfcc_kmeans/tiny/model"]
+    threads = ("--max-threads", "1")
+    code, dry = _snakemake(repo, *targets, "-n", *threads, timeout_s=120)
+    assert code == 0, dry
+    overrides = _cpu_cluster_resources(repo, _resources(dry), _node_memory_mb())
+    # A 1-minute time limit for both training rules (the smallest SLURM has).
+    overrides += ["pretrain:runtime=1", "train_lm:runtime=1"]
+
+    before = _sacct()
+    code, log = _snakemake(repo, *targets, *threads, *POLL, *overrides, timeout_s=WORKFLOW_TIMEOUT_S)
+    assert code == 0, log[-8000:]
+
+    jobs = _sacct_exit_codes(before)
+    for rule in ("pretrain", "train_lm"):
+        attempts = [(state, exit_code) for name, state, exit_code in jobs if name == rule]
+        # Stopped with a checkpoint (exit 75) at least once, then resubmitted by Snakemake until it completed.
+        assert len(attempts) >= 2 and attempts[-1] == ("COMPLETED", "0:0"), (rule, jobs)
+        assert all(exit_code == "75:0" for _, exit_code in attempts[:-1]), (rule, jobs)
+    pretrain_log = repo / "logs" / "pretrain" / "spidr_tiny.log"
+    lm_log = repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log"
+    assert "resum" in lm_log.read_text() and "resum" in pretrain_log.read_text()
+
+    for log_path, target in ((pretrain_log, targets[0]), (lm_log, targets[1])):
+        reference = _tensors(_uninterrupted(repo, log_path, tmp_path / log_path.stem))
+        resumed = _tensors(repo / target)
+        assert reference.keys() == resumed.keys() and reference, target
+        assert all(torch.equal(reference[k], resumed[k]) for k in reference), target
+
+
+@pytest.mark.slow
+def test_two_node_training_through_srun_and_a_c10d_rendezvous(slurm_cluster: Path, tmp_path: Path) -> None:
+    """The local cluster's two nodes (two slurmd on this host): one torchrun each, gloo, world size 2."""
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=10, spidr_steps=6, micro_batch=4)))
+    target = "results/lm/mfcc_kmeans/tiny/model"
+    code, dry = _snakemake(repo, target, "-n", "--max-threads", "1", timeout_s=120)
+    assert code == 0, dry
+    overrides = _cpu_cluster_resources(repo, _resources(dry), _node_memory_mb())
+    # What slurm/profiles/2x8/config.yaml sets, without GPUs: the plugin runs the rule in the batch step (mpi), and
+    # common.launch starts one task per node.
+    overrides += ["train_lm:nodes=2", "train_lm:tasks=2", "train_lm:mpi=srun"]
+
+    code, log = _snakemake(repo, target, "--max-threads", "1", *POLL, *overrides, timeout_s=WORKFLOW_TIMEOUT_S)
+    assert code == 0, log[-8000:]
+    words = _launched(repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log")
+    assert words[0] == "srun" and "--nodes=2" in words and "--ntasks-per-node=1" in words, words
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    assert "--rdzv-backend=c10d" in words and any(w.startswith(f"--rdzv-endpoint={host}:") for w in words), words
+    provenance = json.loads((repo / target / "provenance.json").read_text())
+    assert provenance["training"]["world_size"] == 2, provenance["training"]
