@@ -59,10 +59,20 @@ class Experiment:
     units: UnitsConfig
     name: str | None = None  # the workflow's experiment name (LM tasks)
     lm: str | None = None
+    eval_set: str | None = None  # the evaluation set (benchmark name): the report's Set column
+    # Seed draws of one grid row (pipeline.grids.draw_labels): the seeds, and the seed-free names of the row.
+    seed: int | None = None  # LM training seed
+    kmeans_seed: int | None = None
+    lm_group: str | None = None
+    units_group: str | None = None
 
     def labels(self) -> dict[str, Any]:
         """The labels of every metric (eval.results.LABEL_KEYS), which the report groups rows by."""
-        return {"experiment": self.name, "lm": self.lm, **self.units.labels()}
+        labels = {"experiment": self.name, "lm": self.lm_group or self.lm, **self.units.labels(), "set": self.eval_set,
+                  "seed": self.seed, "kmeans_seed": self.kmeans_seed}
+        if self.units_group is not None:
+            labels["units"] = self.units_group
+        return labels
 
 
 def labels_of(experiment: Experiment | None) -> dict[str, Any]:

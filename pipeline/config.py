@@ -15,6 +15,7 @@ from common.config import ConfigError, load
 from data.config import DemoConfig, ManifestConfig
 from eval.config import EvalConfig, Experiment
 from lm.config import TrainConfig as LMTrainConfig
+from pipeline import grids
 from spidr.config import from_dict as spidr_train_config
 from units.config import EncoderConfigError, ExtractionConfig, UnitsConfig, validate_units_request
 
@@ -59,9 +60,18 @@ def features_config(config: dict[str, Any], encoder: str, layer: int) -> UnitsCo
     return load(UnitsConfig, values, f"encoders.{encoder}")
 
 
-def experiment(config: dict[str, Any], name: str) -> Experiment:
+def experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -> Experiment:
+    """What an experiment's LM-task jobs evaluate, with its labels (seed draws of a grid row: pipeline.grids)."""
     exp = config["experiments"][name]
-    return Experiment(units=units_config(config, exp["units"]), name=name, lm=exp.get("lm"))
+    draws = grids.draw_labels(config)[0].get(name, {})
+    return Experiment(units=units_config(config, exp["units"]), name=name, lm=exp.get("lm"), eval_set=eval_set,
+                      **draws)
+
+
+def units_experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -> Experiment:
+    """What a units entry's own jobs (ABX, PNMI) evaluate, labelled like the experiments that use it."""
+    draws = grids.draw_labels(config)[1].get(name, {})
+    return Experiment(units=units_config(config, name), eval_set=eval_set, **draws)
 
 
 def eval_config(config: dict[str, Any]) -> EvalConfig:
@@ -97,6 +107,9 @@ def validate(config: dict[str, Any]) -> None:
     for (section, key), new in MOVED.items():
         if key in (config.get(section) or {}):
             raise ConfigError(f"'{section}.{key}' has moved to {new}")
+    config = grids.expand_grids(config)  # grid entries are checked as the ordinary entries they become
+    if not config["experiments"]:
+        raise ConfigError("no experiment: define 'experiments' or 'grids'")
     demo_config(config)
     extraction(config)
     for name, corpus in config["corpora"].items():

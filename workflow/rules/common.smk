@@ -23,6 +23,8 @@ os.environ["PATH"] = (
 # the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
 # naming the key path. Cheap (no torch), so every parse checks, jobs included.
 validate(config, schema="../schemas/config.schema.yaml")
+# Grids become ordinary units, LMs and experiments (pipeline.grids), so every rule below sees only those.
+config.update(pipeline.grids.expand_grids(config))
 pipeline.validate(config)
 
 DEMO = "resources/demo"
@@ -144,29 +146,25 @@ def features_json(wildcards):
 
 
 def abx_units_json(wildcards):
-    units = pipeline.units_config(config, wildcards.units)
-    return dumps(AbxJob(abx=EVAL.abx, experiment=Experiment(units=units)))
+    exp = pipeline.units_experiment(config, wildcards.units, wildcards.benchmark)
+    return dumps(AbxJob(abx=EVAL.abx, experiment=exp))
 
 
 def abx_features_json(wildcards):
     units = pipeline.features_config(config, wildcards.encoder, int(wildcards.layer))
-    return dumps(AbxJob(abx=EVAL.abx, experiment=Experiment(units=units)))
+    exp = Experiment(units=units, eval_set=wildcards.benchmark)
+    return dumps(AbxJob(abx=EVAL.abx, experiment=exp))
 
 
 def unit_quality_json(wildcards):
-    units = pipeline.units_config(config, wildcards.units)
-    return dumps(
-        UnitQualityJob(
-            unit_quality=EVAL.unit_quality, experiment=Experiment(units=units)
-        )
-    )
+    exp = pipeline.units_experiment(config, wildcards.units, wildcards.benchmark)
+    return dumps(UnitQualityJob(unit_quality=EVAL.unit_quality, experiment=exp))
 
 
 def scores_job_json(wildcards):
     """eval.slm21 / eval.storycloze: the normalisation comes from lm.score's sidecar, the labels from here."""
-    return dumps(
-        ScoresJob(experiment=pipeline.experiment(config, wildcards.experiment))
-    )
+    exp = pipeline.experiment(config, wildcards.experiment, wildcards.benchmark)
+    return dumps(ScoresJob(experiment=exp))
 
 
 def score_config():
