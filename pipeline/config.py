@@ -46,6 +46,8 @@ def extraction(config: dict[str, Any]) -> ExtractionConfig:
 
 def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
     """The `--config` of every job of units entry `name` (k-means fit, extraction, dedup, its evaluations)."""
+    if name not in config["units"]:
+        config = grids.expand_grids(config)  # an entry of a grid (the workflow expands them once, up front)
     entry = dict(config["units"][name])
     entry["encoder"] = encoder_spec(config, entry["encoder"])
     values = {**entry, "name": name, "encoder_name": config["units"][name]["encoder"],
@@ -62,6 +64,8 @@ def features_config(config: dict[str, Any], encoder: str, layer: int) -> UnitsCo
 
 def experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -> Experiment:
     """What an experiment's LM-task jobs evaluate, with its labels (seed draws of a grid row: pipeline.grids)."""
+    if name not in config["experiments"]:
+        config = grids.expand_grids(config)
     exp = config["experiments"][name]
     draws = grids.draw_labels(config)[0].get(name, {})
     return Experiment(units=units_config(config, exp["units"]), name=name, lm=exp.get("lm"), eval_set=eval_set,

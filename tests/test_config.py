@@ -154,7 +154,7 @@ def test_job_configs_carry_the_resolved_defaults_and_the_labels() -> None:
     assert units.encoder.checkpoint == "results/encoders/spidr_small/checkpoint.pt"
     assert experiment(config, "mfcc_kmeans").labels() == {
         "experiment": "mfcc_kmeans", "lm": "tiny", "units": "mfcc_kmeans", "encoder": "mfcc", "encoder_kind": "mfcc",
-        "layer": 0, "quantizer": "kmeans", "k": 256}
+        "layer": 0, "quantizer": "kmeans", "k": 256, "set": None, "seed": None, "kmeans_seed": None}
 
 
 # --- the same checks at each entry point's --config -----------------------------------------------------------------
