@@ -7,8 +7,10 @@ Our format is a dict written with `torch.save` and read with `torch.load(weights
 
 `model` uses the official key layout (reference §8), so `export_official` only re-wraps it. Official files are
 either `{"model": state_dict, ...}` (spidr_base.pt, dinosr_base_reproduced.pt) or a bare state dict (HF
-`final.pt`). Their architecture is read from the tensor shapes (and a sibling official `config.json` if present);
-their kind from the `kind` argument, that config.json, or the file name (`dinosr` in it), SpidR otherwise.
+`final.pt`). Their architecture comes from the official `config.json` beside the file, which must be there: the
+head count is not in any tensor shape, and a wrong guess changes every output (the tensor shapes fill in only what
+the config leaves out). Their kind comes from the `kind` argument, that config.json, or the file name (`dinosr`
+in it), SpidR otherwise.
 Anything else is refused with a CheckpointError naming the file and the missing / unexpected keys.
 """
 
@@ -131,14 +133,19 @@ def load_model(
     else:
         state = _official_state_dict(obj, path)
         official = _sibling_official_config(path)
+        if official is None:
+            raise CheckpointError(
+                f"{path}: an official SpidR/DinoSR state dict needs its architecture, and "
+                f"{path.with_name('config.json')} is missing (or not an official config): put the config.json that "
+                "comes with the release next to the file, or write one from a loaded model with "
+                "spidr.checkpoint.export_official(model, path, write_config=True). The attention head count is not "
+                "in any tensor shape, so it is never guessed")
         cfg = _infer_config(state, path, official)
         kind = kind or _official_kind(path, official)
         if kind not in MODELS:
             raise CheckpointError(f"{path}: unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
         if "current_step" not in state:  # not essential for inference; tolerated
             state = {**state, "current_step": torch.zeros(1, dtype=torch.int64)}
-        if kind == "dinosr" and cfg.layer_drop == 0.0 and official is None:
-            cfg = dataclasses.replace(cfg, layer_drop=0.05)
 
     model = MODELS[kind](cfg, teacher=teacher)
     _load_state(model, state, path, teacher=teacher)
@@ -278,7 +285,9 @@ def _infer_config(state: dict[str, torch.Tensor], path: Path, official: dict | N
         d = state["feature_projection.projection.weight"].shape[0]
         values.setdefault("embed_dim", d)
         values.setdefault("num_layers", _count(state, r"student\.layers\.(\d+)\."))
-        values.setdefault("num_heads", max(1, d // 64))
+        if "num_heads" not in values:
+            raise CheckpointError(f"{path.with_name('config.json')}: no encoder_num_heads (the head count is not in "
+                                  "any tensor shape; add it from the release's config)")
         values.setdefault("ffn_dim", state["student.layers.0.feed_forward.intermediate_dense.weight"].shape[0])
         values.setdefault("qkv_bias", "student.layers.0.attention.qkv.bias" in state)
         depth = _count(state, r"student\.pos_conv_embed\.convs\.(\d+)\.weight")

@@ -415,15 +415,16 @@ def test_official_layout_loads_and_round_trips(tmp_path, wrapped):
     assert encoder.layer_outputs(torch.randn(1, 8000), [4])[4].shape == (1, 24, cfg.embed_dim)
 
 
-@pytest.mark.slow
-def test_official_base_layout_without_config(tmp_path):
-    """A release-sized file (base shapes, no config.json): the architecture is read from the tensor shapes."""
-    cfg = preset("base").model
-    sd = {k: torch.zeros_like(v) for k, v in official_layout(cfg, torch.Generator().manual_seed(0)).items()}
-    path = tmp_path / "dinosr_base_reproduced.pt"
-    torch.save({"model": sd}, path)
-    model = load_encoder(path)
-    assert model.kind == "dinosr" and model.cfg == ModelConfig(layer_drop=0.05)
+def test_official_layout_without_config_is_an_error_naming_it(tmp_path):
+    """No config.json beside an official file: the head count is in no tensor shape, so it is never guessed."""
+    cfg = preset("tiny").model
+    path = tmp_path / "dinosr_tiny.pt"
+    torch.save({"model": official_layout(cfg, torch.Generator().manual_seed(0))}, path)
+    with pytest.raises(CheckpointError, match=r"dinosr_tiny\.pt: .*config\.json is missing.*write_config=True"):
+        load_encoder(path)
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"encoder_embed_dim": cfg.embed_dim}}))
+    with pytest.raises(CheckpointError, match=r"config\.json: no encoder_num_heads"):
+        load_encoder(path)
 
 
 def test_refuses_other_files_with_clear_errors(tmp_path):
