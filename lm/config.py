@@ -15,6 +15,8 @@ from common.config import ConfigError, field, load
 Preset = Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"]
 PRESET_NAMES = typing.get_args(Preset)
 NORMALISATIONS = ("mean", "sum")
+# Attention implementations that keep utterances apart (lm.model.document_attention_mask builds their mask).
+DOCUMENT_MASK_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 @dataclass(frozen=True)
@@ -35,48 +37,69 @@ class TrainConfig:
     grad_clip: float = field(1.0, ge=0)
     max_steps: int | None = field(120, ge=1)
     max_tokens: int | None = field(None, ge=1)  # token budget (block tokens processed); with max_steps the smaller
+    max_epochs: float | None = field(None, gt=0)  # passes over the packed training blocks; the smallest budget wins
     max_time_s: float | None = field(None, gt=0)  # wall-clock budget of the training loop, summed over resumed runs
     valid_fraction: float = field(0.05, ge=0, lt=1)
-    eval_interval: int = field(40, ge=1)
+    # Validation (which also picks the `best` model) and resumable checkpoints: every N steps and/or every M minutes
+    # of rank 0's wall clock, whichever comes first, and always at the end. Defaults suit paper scale (a 125M LM
+    # checkpoint is ~1.5 GB with its optimizer state); the demo config sets 40 / 40 steps. Validation by steps keeps
+    # the choice of `best` reproducible; by minutes it depends on speed (the weights never do).
+    eval_interval: int | None = field(1000, ge=1)
+    eval_minutes: float | None = field(None, gt=0)
     eval_blocks: int = field(512, ge=1)  # at most this many validation blocks per evaluation
-    checkpoint_interval: int = field(40, ge=1)
+    checkpoint_interval: int | None = field(None, ge=1)
+    checkpoint_minutes: float | None = field(30.0, gt=0)
     log_interval: int = field(10, ge=1)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a bf16-capable GPU, else fp32
     compile: bool = False
+    # sdpa (CPU default: a dense per-utterance mask, exact), eager, or flex_attention (a block-sparse per-utterance
+    # mask that keeps a fused kernel on GPU; CPU runs it forward only). Others need cross_document_attention.
     attn_implementation: str = "sdpa"
     cross_document_attention: bool = False  # True: separators only, plain causal attention (faster on GPU)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "") -> TrainConfig:
         """Through the typed loader; `where` is the key path of `raw` in error messages (e.g. lms.tiny.train)."""
-        if isinstance(raw, dict) and "max_tokens" in raw and "max_steps" not in raw:
-            raise ConfigError(f"{where or 'config'}: sets 'max_tokens' but not 'max_steps', whose demo default "
-                              "(120) would cap it; set 'max_steps' too (null: no step limit)")
+        for budget in ("max_tokens", "max_epochs"):
+            if isinstance(raw, dict) and budget in raw and "max_steps" not in raw:
+                raise ConfigError(f"{where or 'config'}: sets '{budget}' but not 'max_steps', whose demo default "
+                                  "(120) would cap it; set 'max_steps' too (null: no step limit)")
         return load(cls, raw, where)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"'batch_size' ({self.batch_size}) must be a multiple of 'micro_batch_size' "
                               f"({self.micro_batch_size})")
-        if self.max_steps is None and self.max_tokens is None:
-            raise ConfigError("needs 'max_steps' or 'max_tokens' (they set the cosine schedule's length); "
-                              "'max_time_s' may be added as a further stop")
-        if not self.cross_document_attention and self.attn_implementation not in ("sdpa", "eager"):
+        if self.max_steps is None and self.max_tokens is None and self.max_epochs is None:
+            raise ConfigError("needs 'max_steps', 'max_tokens' or 'max_epochs' (they set the cosine schedule's "
+                              "length); 'max_time_s' may be added as a further stop")
+        if not self.cross_document_attention and self.attn_implementation not in DOCUMENT_MASK_ATTENTION:
             raise ConfigError(f"'attn_implementation' {self.attn_implementation!r}: per-utterance attention "
-                              "masks are built for 'sdpa' and 'eager'; set cross_document_attention for others")
+                              f"masks are built for {', '.join(DOCUMENT_MASK_ATTENTION)}; set "
+                              "cross_document_attention for others")
         if not self.min_lr <= self.lr:
             raise ConfigError(f"'min_lr' ({self.min_lr}) must be in [0, lr={self.lr}]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def total_steps(self) -> int:
-        tokens_per_step = self.batch_size * self.context_length
-        limits = [self.max_steps] if self.max_steps is not None else []
+    def budgets(self, train_blocks: int | None = None) -> dict[str, int]:
+        """Optimizer steps allowed by each configured budget; `max_epochs` needs the packed corpus's block count."""
+        out = {}
+        if self.max_steps is not None:
+            out["max_steps"] = self.max_steps
         if self.max_tokens is not None:
-            limits.append(math.ceil(self.max_tokens / tokens_per_step))
-        return min(limits)
+            out["max_tokens"] = math.ceil(self.max_tokens / (self.batch_size * self.context_length))
+        if self.max_epochs is not None:
+            if train_blocks is None:
+                raise ValueError("'max_epochs' is resolved against the packed corpus: pass its number of blocks")
+            out["max_epochs"] = max(1, math.ceil(self.max_epochs * train_blocks / self.batch_size))
+        return out
+
+    def total_steps(self, train_blocks: int | None = None) -> int:
+        """The run's length in optimizer steps (the cosine schedule's too): the smallest budget."""
+        return min(self.budgets(train_blocks).values())
 
 
 @dataclass(frozen=True)
@@ -85,3 +108,4 @@ class ScoreConfig:
 
     normalisation: Literal["mean", "sum"] = "mean"  # log-likelihood per scored token, or the total
     eos: bool = True  # append <eos> and score it
+    model: Literal["best", "last"] = "best"  # the lowest-validation-loss weights (MODEL_DIR) or the final (/last)

@@ -6,7 +6,7 @@ fixed-length blocks cut from that stream, so no token is padding except in the v
 
 Document boundaries: by default no token attends across utterances. Position ids restart at 0 at every utterance
 start and at every block start (a block that begins inside an utterance sees only that utterance's remainder),
-and `lm.model.document_causal_mask` turns those restarts into a block-diagonal causal mask. The prediction of the
+and `lm.model.document_attention_mask` turns those restarts into a block-diagonal causal mask. The prediction of the
 next utterance's `<bos>` from an `<eos>` is never a target. With `cross_document_attention` the `<bos>`/`<eos>`
 separators alone mark boundaries (plain causal attention, positions 0..T-1), which is faster on GPU.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from common.io import atomic_write
 from lm.model import UnitVocab
 from units.format import UnitsFileError, read_units_meta
 
@@ -167,15 +167,13 @@ def prepare_token_arrays(units_path: str | Path, data_dir: str | Path, *, valid_
            "valid_fraction": valid_fraction, "seed": seed}
     meta_path = data_dir / "meta.json"
     if not (meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key):
-        tmp = data_dir.with_name(f".{data_dir.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        counts, forced = _assign_splits(units_path, valid_fraction, seed)
-        _fill(units_path, tmp, vocab, valid_fraction, seed, counts, forced)
-        stats = {s: {"utterances": counts[s][0], "tokens": counts[s][1]} for s in SPLITS}
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2) + "\n")
-        shutil.rmtree(data_dir, ignore_errors=True)
-        os.replace(tmp, data_dir)
+        with atomic_write(data_dir) as tmp:  # a failure (full disk, Ctrl-C) leaves neither a tmp nor half a folder
+            tmp.mkdir()
+            counts, forced = _assign_splits(units_path, valid_fraction, seed)
+            _fill(units_path, tmp, vocab, valid_fraction, seed, counts, forced)
+            stats = {s: {"utterances": counts[s][0], "tokens": counts[s][1]} for s in SPLITS}
+            (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2) + "\n")
+            shutil.rmtree(data_dir, ignore_errors=True)  # a folder is replaced by a rename only once it is gone
     meta = json.loads(meta_path.read_text())
     arrays = {s: TokenArrays(np.load(data_dir / f"{s}_tokens.npy", mmap_mode="r"),
                              np.load(data_dir / f"{s}_doc_starts.npy", mmap_mode="r")) for s in SPLITS}

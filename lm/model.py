@@ -133,6 +133,28 @@ def count_parameters(model: torch.nn.Module, non_embedding: bool = False) -> int
     return sum(seen.values())
 
 
+def document_attention_mask(position_ids: torch.Tensor, attn_implementation: str) -> Any:
+    """The per-utterance causal mask in the form `attn_implementation` takes: a BlockMask for flex_attention (its
+    fully masked tiles are skipped and a fused kernel runs on GPU), else the dense 4D mask (exact and fastest on CPU).
+    Both allow the same (query, key) pairs."""
+    if attn_implementation == "flex_attention":
+        return document_block_mask(position_ids)
+    return document_causal_mask(position_ids, attn_implementation)
+
+
+def document_block_mask(position_ids: torch.Tensor) -> Any:
+    """FlexAttention BlockMask [B, 1, T, T] with the pairs `document_causal_mask` allows (documents start at 0)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segment = (position_ids == 0).cumsum(dim=-1)
+
+    def same_document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (kv <= q) & (segment[b, q] == segment[b, kv])
+
+    batch, length = position_ids.shape
+    return create_block_mask(same_document_causal, batch, None, length, length, device=position_ids.device)
+
+
 def document_causal_mask(position_ids: torch.Tensor, attn_implementation: str) -> torch.Tensor:
     """4D mask [B, 1, T, T] letting each token see only earlier tokens of its own document.
 

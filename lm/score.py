@@ -3,7 +3,8 @@
 Conventions (also written beside every score file): each sequence is scored as `<bos> u_1 ... u_n <eos>`; `<bos>`
 is context only (never scored), the n units and, by default, `<eos>` are scored (as slamkit and the ZeroSpeech
 2021 LSTM baseline). `sum` is the total log-probability (natural log) of the scored tokens; `mean` divides it by
-their number (n + 1 with `<eos>`, n without), as the SpidR paper and slamkit do.
+their number (n + 1 with `<eos>`, n without), as the SpidR paper and slamkit do. The model is the best one (lowest
+validation loss: MODEL_DIR itself) unless `model: last` picks the final weights (MODEL_DIR/last).
 
 Batching: sequences are grouped by a padded length that depends only on their own length (a multiple of
 `PAD_MULTIPLE`), padded on the right and masked, and run in fp32. A sequence therefore goes through exactly the
@@ -110,11 +111,25 @@ def score_sequences(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
     return scores
 
 
+def select_model(model_dir: str | Path, which: str = "best") -> Path:
+    """The directory of lm.train's `best` model (MODEL_DIR) or of its `last` (final) one (MODEL_DIR/last)."""
+    model_dir = Path(model_dir)
+    if which == "best":
+        return model_dir
+    if which != "last":
+        raise ValueError(f"'model': {which!r}; expected best or last")
+    if not (model_dir / "last").is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no final model in {model_dir} (written by an older lm.train; "
+                                "rerun train_lm, or score with model: best)", str(model_dir / "last"))
+    return model_dir / "last"
+
+
 def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, normalisation: str = "mean",
                      batch_size: int = 64, eos: bool = True, device: str | None = None,
-                     chunk_utterances: int = 8192) -> None:
+                     chunk_utterances: int = 8192, which: str = "best") -> None:
     """Write `id<TAB>score` for every utterance of a units file, plus the conventions in `<out>.json`."""
-    out = Path(out)
+    out, trained = Path(out), Path(model_dir)
+    model_dir = select_model(trained, which)
     meta = read_units_meta(units)
     model = load_lm(model_dir, device)
     vocab = UnitVocab.load(model_dir)
@@ -141,12 +156,16 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
                 if len(ids) == chunk_utterances:
                     flush()
             flush()
-        lm_info: dict[str, Any] = json.loads((Path(model_dir) / "provenance.json").read_text()) \
-            if (Path(model_dir) / "provenance.json").is_file() else {}
+        lm_info: dict[str, Any] = json.loads((trained / "provenance.json").read_text()) \
+            if (trained / "provenance.json").is_file() else {}
+        training = lm_info.get("training", {})
+        chosen = (f"best: lowest validation loss {training.get('best_valid_loss')} at step "
+                  f"{training.get('best_step')} of {training.get('steps')}") if which == "best" else \
+            f"last: the final weights (step {training.get('steps')})"
         atomic_write_json(out.with_name(out.name + ".json"), {
             **provenance({"model": str(model_dir), "units": str(units), "normalisation": normalisation,
-                          "eos": eos, "batch_size": batch_size}),
-            "conventions": {"normalisation": normalisation, "log_base": "e",
+                          "eos": eos, "batch_size": batch_size, "which": which}),
+            "conventions": {"normalisation": normalisation, "log_base": "e", "model": chosen,
                             "bos": "prepended, context only (not scored)",
                             "eos": "appended and scored" if eos else "not appended",
                             "scored_tokens": "n units + 1 (eos)" if eos else "n units",
@@ -162,12 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units", required=True, help="units file to score (Parquet, units.format)")
     parser.add_argument("--out", required=True, help="TSV of `id<TAB>score` lines; conventions go to OUT.json")
     parser.add_argument("--config", default="{}",
-                        help='lm.config.ScoreConfig JSON: {"normalisation": "mean"|"sum", "eos": true|false}')
+                        help='lm.config.ScoreConfig JSON: {"normalisation": "mean"|"sum", "eos": true|false, '
+                        '"model": "best"|"last"}')
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     cfg = loads(ScoreConfig, args.config)
-    score_units_file(args.model, args.units, args.out, cfg.normalisation, args.batch_size, cfg.eos, args.device)
+    score_units_file(args.model, args.units, args.out, cfg.normalisation, args.batch_size, cfg.eos, args.device,
+                     which=cfg.model)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 
 AdamW with linear warmup and cosine decay to a floor, gradient clipping, bf16 autocast on GPU, gradient
 accumulation to a global batch that does not depend on the GPU count, DDP under torchrun (NCCL on GPU, gloo on
-CPU), JSONL metrics and periodic resumable checkpoints in WORKDIR, and the final Hugging Face model written
-atomically and last. Stopping: step budget and/or token budget (these also set the cosine length) and/or
-wall-clock budget. Rerunning the same command resumes from WORKDIR; on CPU the resumed run is bit-identical.
+CPU), JSONL metrics, validation and resumable checkpoints every N steps and/or M minutes, and the final Hugging Face
+model written atomically and last. Stopping: step, token and/or epoch budgets (the smallest wins; it also sets the
+cosine length) and/or a wall-clock budget. Rerunning the same command resumes from WORKDIR; on CPU the resumed run
+is bit-identical.
+
+Layout: WORKDIR/checkpoint.pt is the last resumable state; WORKDIR/best-stepNNNNNNNN/ the model of the lowest
+validation loss so far. MODEL_DIR (the declared output) holds the best model at its top level (what
+`AutoModelForCausalLM.from_pretrained` and `lm.score` read) and the final weights in MODEL_DIR/last/; without
+validation data the top level is the final model too.
 
 Stopping early (common/runtime.py): a NaN/Inf loss or gradient stops with exit code 3, nothing saved after the last
 good checkpoint, and prints the command that continues from it with a lower learning rate in a new work directory
@@ -55,14 +61,16 @@ from common.runtime import (
 )
 from lm.config import TrainConfig
 from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
-from lm.model import UnitVocab, build_config, build_model, count_parameters, document_causal_mask
+from lm.model import UnitVocab, build_config, build_model, count_parameters, document_attention_mask
 from units.format import read_units_meta
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # Keys that change neither the maths nor the data order: a run may resume after they change.
-RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_blocks", "checkpoint_interval", "log_interval",
-                  "compile", "max_time_s")
+RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_minutes", "eval_blocks", "checkpoint_interval",
+                  "checkpoint_minutes", "log_interval", "compile", "max_time_s")
+BEST_PREFIX = "best-step"
+LAST = "last"
 DIVERGED_ADVICE = "Try a lower lr (and min_lr), a smaller grad_clip or precision fp32."
 
 
@@ -77,11 +85,32 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
     """Summed next-token cross-entropy of one micro batch (fp32 logits), targets only where labels are set."""
     position_ids = batch["position_ids"]
-    mask = None if cfg.cross_document_attention else document_causal_mask(position_ids, cfg.attn_implementation)
+    mask = None if cfg.cross_document_attention else document_attention_mask(position_ids, cfg.attn_implementation)
     logits = model(input_ids=batch["input_ids"], position_ids=position_ids, attention_mask=mask,
                    use_cache=False).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX,
                            reduction="sum")
+
+
+class Interval:
+    """Due every `steps` optimizer steps and/or every `minutes` since it last fired (rank 0's clock decides)."""
+
+    def __init__(self, steps: int | None, minutes: float | None, clock: Any = time.monotonic) -> None:
+        self.steps, self.minutes, self.clock = steps, minutes, clock
+        self.since = clock()
+
+    def by_steps(self, step: int) -> bool:
+        return self.steps is not None and step % self.steps == 0
+
+    def by_clock(self, dist: Dist) -> bool:
+        """Rank 0's verdict on every rank: ranks' clocks differ, and all must evaluate or checkpoint together."""
+        if self.minutes is None:
+            return False
+        late = dist.is_main and self.clock() - self.since >= 60.0 * self.minutes
+        return dist.any(late)[0]  # only rank 0 can be true: the OR is its flag
+
+    def done(self) -> None:
+        self.since = self.clock()
 
 
 def micro_batches(blocks: PackedBlocks, cfg: TrainConfig, step: int,
@@ -140,14 +169,32 @@ def origin_changes(state: dict[str, Any], cfg: TrainConfig, data_key: dict[str, 
     return changes
 
 
-def write_model_dir(model: torch.nn.Module, vocab: UnitVocab, out: Path, info: dict[str, Any]) -> None:
-    """save_pretrained + unit vocabulary + provenance, built in a temporary sibling directory and renamed."""
+def write_model_dir(model: torch.nn.Module, vocab: UnitVocab, out: Path, info: dict[str, Any], *,
+                    best: Path | None = None) -> None:
+    """OUT = the `best` model directory (or `model` when None) + provenance, OUT/last = `model`; each a
+    save_pretrained directory with the unit vocabulary, built in a temporary sibling directory and renamed."""
     with atomic_write(out) as tmp:
-        model.save_pretrained(tmp)
+        if best is None:
+            model.save_pretrained(tmp)
+        else:
+            shutil.copytree(best, tmp)
         vocab.save(tmp)
+        model.save_pretrained(tmp / LAST)
+        vocab.save(tmp / LAST)
         atomic_write_json(tmp / "provenance.json", info)
         if out.exists():  # a directory cannot be replaced by a rename unless it is empty
             shutil.rmtree(out)
+
+
+def best_dir(workdir: Path, step: int) -> Path:
+    return workdir / f"{BEST_PREFIX}{step:08d}"
+
+
+def prune_best(workdir: Path, keep: set[int | None]) -> None:
+    """Delete the best-model directories of WORKDIR other than those of the steps in `keep`."""
+    for path in workdir.glob(f"{BEST_PREFIX}*"):
+        if path.is_dir() and path.name[len(BEST_PREFIX):].isdigit() and int(path.name[len(BEST_PREFIX):]) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainConfig, *,
@@ -222,6 +269,8 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
     step, tokens_seen, train_time = 0, 0, 0.0
     last_valid: float | None = None
     valid_step = saved_step = -1
+    best_valid: float | None = None  # the lowest validation loss so far, at best_step (its model: best_dir)
+    best_step: int | None = None
     last_good = None  # the newest checkpoint known to be finite: what a diverged run can continue from
     init_info = None  # where this run (or the run it resumes) came from, with --init-from
     if state is not None:
@@ -241,11 +290,20 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
         last_good = origin or ckpt_path
         if origin is None:
             saved_step = step
+            best_valid, best_step = state.get("best_valid"), state.get("best_step")
+            if best_step is not None and not best_dir(workdir, best_step).is_dir():
+                if dist.is_main:
+                    print(f"lm.train: {best_dir(workdir, best_step)} is missing: the best model is chosen afresh",
+                          file=sys.stderr)
+                best_valid, best_step = None, None
         else:
             init_info = init_record(origin, state, origin_changes(state, cfg, data_key))
         if dist.is_main:
             print(f"lm.train: {'resumed' if origin is None else 'initialised'} from {last_good} at step {step}",
                   file=sys.stderr)
+    if dist.is_main:  # best models newer than the checkpoint (a crash) or of another run are not ours
+        prune_best(workdir, {best_step})
+    saved_best = best_step  # the best model that WORKDIR's checkpoint refers to
     metrics = MetricsLog(workdir / METRICS, step, dist.is_main)
     if origin is not None:
         metrics.write({"step": step, "event": "init_from", **init_info})
@@ -258,14 +316,19 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     precision = choose_precision(cfg.precision, dist.device)
-    total_steps = cfg.total_steps()
+    budgets = cfg.budgets(len(train_blocks))
+    total_steps = min(budgets.values())
     tokens_per_step = cfg.batch_size * cfg.context_length
     accumulation = cfg.batch_size // (cfg.micro_batch_size * dist.world)
     guard = FiniteGuard(dist.device, step)
 
+    eval_timer = Interval(cfg.eval_interval, cfg.eval_minutes)
+    checkpoint_timer = Interval(cfg.checkpoint_interval, cfg.checkpoint_minutes)
+
     def checkpoint() -> None:
         """Save WORKDIR's resumable state (once per step; never after a NaN/Inf)."""
-        nonlocal saved_step, last_good
+        nonlocal saved_step, last_good, saved_best
+        checkpoint_timer.done()
         if saved_step == step:
             return
         guard.check(step, dist, last_good, DIVERGED_ADVICE)
@@ -275,9 +338,27 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "tokens": tokens_seen, "train_time_s": train_time, "valid_loss": last_valid,
-                "valid_step": valid_step, "rng": rng, "resume_key": resume_key, "config": cfg.to_dict(),
-                "init_from": init_info}, ckpt_path)
+                "valid_step": valid_step, "best_valid": best_valid, "best_step": best_step, "rng": rng,
+                "resume_key": resume_key, "config": cfg.to_dict(), "init_from": init_info}, ckpt_path)
+            prune_best(workdir, {best_step})
+        saved_best = best_step
         last_good = ckpt_path
+
+    def validate() -> bool:
+        """Evaluate at this step; a new lowest loss saves the model as WORKDIR's best. True when it did."""
+        nonlocal last_valid, valid_step, best_valid, best_step
+        eval_timer.done()
+        last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, precision), step
+        if best_valid is not None and not last_valid < best_valid:
+            return False
+        guard.check(step, dist, last_good, DIVERGED_ADVICE)  # never keep weights after a NaN/Inf
+        best_valid, best_step = last_valid, step
+        if dist.is_main:
+            with atomic_write(best_dir(workdir, step)) as tmp:
+                raw_model.save_pretrained(tmp)
+                vocab.save(tmp)
+            prune_best(workdir, {saved_best, best_step})  # the checkpoint's best stays until the next checkpoint
+        return True
 
     def stop_if_requested() -> None:
         """At a step boundary: on SIGTERM / SIGUSR1 (any rank), checkpoint and raise TrainingInterrupted."""
@@ -339,13 +420,15 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
                 window_loss, window_count, window_steps = torch.zeros((), device=dist.device), 0, 0
                 window_start = time.perf_counter()
             aux_start = time.perf_counter()  # evaluation and checkpoints do not count in tokens/s
-            if len(valid_blocks) and (step % cfg.eval_interval == 0 or step == total_steps):
-                last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, precision), step
+            # Every rank takes the same decisions: steps are shared, and a clock verdict is rank 0's.
+            if (eval_timer.by_clock(dist) or eval_timer.by_steps(step) or step == total_steps) and len(valid_blocks):
+                if validate():
+                    record["best"] = True
                 record["valid_loss"] = last_valid
             if record:
                 elapsed = train_time + time.perf_counter() - step_start
                 metrics.write({"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **record})
-            if step % cfg.checkpoint_interval == 0:
+            if checkpoint_timer.by_clock(dist) or checkpoint_timer.by_steps(step):
                 checkpoint()
             window_start += time.perf_counter() - aux_start
             train_time += time.perf_counter() - step_start  # the wall-clock budget counts evaluations, checkpoints
@@ -353,13 +436,16 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
         bar.close()
 
     if len(valid_blocks) and valid_step != step:  # stopped by the clock between evaluations
-        last_valid, valid_step = evaluate(raw_model, valid_blocks, cfg, dist, precision), step
+        validate()
     stop_if_requested()  # a stop signal never lets the final model appear
     checkpoint()  # a rerun after the end goes straight to writing the model
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(train_time, 3),
                "valid_loss": last_valid, "world_size": dist.world, "gradient_accumulation": accumulation,
                "precision": precision.name,
                "stopped_by": "time" if step < total_steps else "budget", "total_steps": total_steps,
+               "budgets": budgets, "train_blocks": len(train_blocks),
+               "epochs": step * cfg.batch_size / len(train_blocks),  # passes over the training blocks
+               "best_step": best_step, "best_valid_loss": best_valid,
                "parameters": count_parameters(raw_model),
                "non_embedding_parameters": count_parameters(raw_model, non_embedding=True)}
     if dist.is_main:
@@ -367,10 +453,13 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
                 "training": summary, "init_from": init_info,
                 "conventions": {"document_boundaries": "separator tokens + " + (
                     "plain causal attention" if cfg.cross_document_attention else
-                    "no attention across utterances (positions restart per utterance)")}}
-        write_model_dir(raw_model, vocab, out, info)
-        print(f"lm.train: wrote {out} after {step} steps ({tokens_seen} tokens), valid loss {last_valid}",
-              file=sys.stderr)
+                    "no attention across utterances (positions restart per utterance)"),
+                    "model": (f"top level: the best model (lowest validation loss, step {best_step}); {LAST}/: the "
+                              f"final model (step {step})") if best_step is not None else
+                    f"top level and {LAST}/: the final model (step {step}; no validation data)"}}
+        write_model_dir(raw_model, vocab, out, info, best=None if best_step is None else best_dir(workdir, best_step))
+        print(f"lm.train: wrote {out} after {step} steps ({tokens_seen} tokens), valid loss {last_valid}, best "
+              f"{best_valid} at step {best_step}", file=sys.stderr)
     dist.barrier()
     return summary
 

@@ -6,7 +6,21 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lm.model import PRESETS, UnitVocab, build_config, build_model, count_parameters, document_causal_mask
+from lm.model import (
+    PRESETS,
+    UnitVocab,
+    build_config,
+    build_model,
+    count_parameters,
+    document_attention_mask,
+    document_block_mask,
+    document_causal_mask,
+)
+
+# Packed rows as lm.data makes them: utterances restart at 0, a block may start inside one, padding tokens are
+# one-token documents; 80 tokens so that FlexAttention's 128-token tiles are partly filled too.
+PACKED_POSITIONS = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3] * 5,
+                                 [*range(37), *range(40), 0, 0, 0]])
 
 
 def test_vocab_layout():
@@ -90,3 +104,49 @@ def test_masked_packing_equals_separate_documents():
                           attention_mask=document_causal_mask(positions, "sdpa")).logits
             alone = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], dim=1)
         torch.testing.assert_close(joint, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_block_mask_allows_the_same_pairs_and_gives_the_same_attention():
+    """The BlockMask FlexAttention takes (GPU path) equals the dense mask (CPU path), pair for pair and in output."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    batch, length = PACKED_POSITIONS.shape
+    block = document_block_mask(PACKED_POSITIONS)
+    assert document_attention_mask(PACKED_POSITIONS, "flex_attention").shape == (batch, 1, length, length)
+    index = torch.arange(length)
+    pairs = block.mask_mod(torch.arange(batch)[:, None, None], 0, index[None, :, None], index[None, None, :])
+    dense = document_causal_mask(PACKED_POSITIONS, "sdpa")
+    assert torch.equal(pairs, dense[:, 0])
+    assert torch.equal(document_attention_mask(PACKED_POSITIONS, "sdpa"), dense)
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(batch, 2, length, 8) for _ in range(3))
+    with torch.no_grad(), pytest.warns(UserWarning):  # eager flex (CPU, forward only) warns that it is unfused
+        flex = flex_attention(q, k, v, block_mask=block)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny", "tiny-opt"])
+def test_flex_attention_training_loss_equals_the_dense_mask(preset, tmp_path):
+    """lm.train's loss on packed blocks: attn_implementation flex_attention (compiled by transformers; CPU runs it
+    forward only) equals sdpa with the dense mask, Llama-style and OPT (whose mask ignores position_ids)."""
+    import numpy as np
+
+    from lm.config import TrainConfig
+    from lm.data import PackedBlocks, prepare_token_arrays
+    from lm.synthetic import write_markov_units
+    from lm.train import forward_loss
+
+    units = write_markov_units(tmp_path / "u.parquet", num_utterances=40, vocab_size=16, min_len=5, max_len=50)
+    arrays, _ = prepare_token_arrays(units, tmp_path / "data", valid_fraction=0.1, seed=0)
+    vocab = UnitVocab(16)
+    batch = PackedBlocks(arrays["train"], 96, vocab).batch(np.arange(4))
+    losses = {}
+    for impl in ("sdpa", "flex_attention"):
+        cfg = TrainConfig(preset=preset, attn_implementation=impl)
+        model = build_model(build_config(preset, vocab, {}, impl), seed=0).eval()
+        with torch.no_grad():
+            losses[impl] = forward_loss(model, batch, cfg)
+    torch.testing.assert_close(losses["flex_attention"], losses["sdpa"], rtol=1e-5, atol=1e-4)

@@ -52,7 +52,9 @@ def test_unknown_and_bad_keys_are_named():
         TrainConfig.from_dict({"batch_size": 10, "micro_batch_size": 4})
     with pytest.raises(ValueError, match="'max_steps'"):
         TrainConfig.from_dict({"max_tokens": 1000})
-    with pytest.raises(ValueError, match="'max_steps' or 'max_tokens'"):
+    with pytest.raises(ValueError, match="'max_epochs'"):
+        TrainConfig.from_dict({"max_epochs": 2})
+    with pytest.raises(ValueError, match="'max_steps', 'max_tokens' or 'max_epochs'"):
         TrainConfig.from_dict({"max_steps": None})
     with pytest.raises(ValueError, match="'preset'"):
         TrainConfig.from_dict({"preset": "gpt5"})
@@ -86,15 +88,15 @@ def test_loss_decreases_and_model_dir_round_trips(units, tmp_path):
     assert summary["steps"] == 30 and summary["valid_loss"] == pytest.approx(valid[-1])
     assert all(k in rows[-1] for k in ("tokens", "lr", "tokens_per_s", "grad_norm"))
 
-    # The directory loads with plain transformers and matches the weights of the last checkpoint.
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
-                                                     "provenance.json", "unit_vocab.json"]
+    # The directory loads with plain transformers; last/ holds the weights of the last checkpoint.
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "last",
+                                                     "model.safetensors", "provenance.json", "unit_vocab.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out / "last")
     state = torch.load(work / "checkpoint.pt", weights_only=True)["model"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name
-    assert UnitVocab.load(out) == UnitVocab(16)
+    assert UnitVocab.load(out) == UnitVocab(16) == UnitVocab.load(out / "last")
     info = json.loads((out / "provenance.json").read_text())
     assert info["config"]["preset"] == "tiny-opt" and info["code_version"] and info["training"]["steps"] == 30
     assert info["units_meta"]["vocab_size"] == 16
@@ -334,3 +336,154 @@ def test_init_from_refuses_a_model_of_another_shape(units, tmp_path):
               init_from=tmp_path / "a")
     with pytest.raises(FileNotFoundError, match=r"no checkpoint\.pt"):
         train(units, tmp_path / "c", tmp_path / "mc", cfg(), init_from=tmp_path / "nowhere")
+
+
+# --- intervals in steps or minutes, best and last, epoch budgets ------------------------------------------------
+
+
+class _Rank:
+    """A stand-in for one rank of a two-process job whose collectives return rank 0's flags."""
+
+    def __init__(self, rank: int, rank0_flags: list[bool]) -> None:
+        self.rank, self.is_main, self.rank0_flags = rank, rank == 0, rank0_flags
+
+    def any(self, *flags: bool) -> list[bool]:
+        return [a or b for a, b in zip(flags, self.rank0_flags, strict=True)]
+
+
+def test_interval_fires_by_steps_or_by_rank0_clock():
+    now = [0.0]
+    every = lm.train.Interval(steps=4, minutes=None, clock=lambda: now[0])
+    assert [s for s in range(1, 13) if every.by_steps(s)] == [4, 8, 12]
+    now[0] = 1e9
+    assert not every.by_clock(_Rank(0, [False]))  # no minutes: never by the clock
+    timed = lm.train.Interval(steps=None, minutes=2.0, clock=lambda: now[0])
+    assert not timed.by_steps(4)
+    now[0] += 119.0
+    assert not timed.by_clock(_Rank(0, [False]))
+    now[0] += 1.0
+    assert timed.by_clock(_Rank(0, [False]))
+    timed.done()
+    assert not timed.by_clock(_Rank(0, [False]))
+    # Another rank never reads its own clock (it may run ahead or behind): it follows rank 0 both ways.
+    late = lm.train.Interval(steps=None, minutes=1.0, clock=lambda: 1e12)
+    assert not late.by_clock(_Rank(1, [False])) and late.by_clock(_Rank(1, [True]))
+
+
+class _StepClock:
+    """Patches lm.train so that the intervals' clock reads one minute per completed optimizer step."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.done = 0
+        real_batches, real_interval = lm.train.micro_batches, lm.train.Interval
+
+        def batches(blocks, config, step, dist):
+            self.done = step + 1  # read after this step, when the intervals are asked
+            return real_batches(blocks, config, step, dist)
+
+        def interval(steps, minutes):
+            return real_interval(steps, minutes, clock=lambda: 60.0 * self.done)
+
+        monkeypatch.setattr(lm.train, "micro_batches", batches)
+        monkeypatch.setattr(lm.train, "Interval", interval)
+
+
+def test_minutes_intervals_checkpoint_and_validate_without_changing_the_weights(units, tmp_path, monkeypatch):
+    reference = tmp_path / "ref"
+    train(units, reference / "work", reference / "model", cfg())  # by steps: valid 4, 8; checkpoints 3, 6, 8
+
+    clock = _StepClock(monkeypatch)
+    saved = []
+    real_save = lm.train.save_checkpoint
+    monkeypatch.setattr(lm.train, "save_checkpoint",
+                        lambda obj, path: (saved.append(obj["step"]), real_save(obj, path)))
+    timed = cfg(eval_interval=None, eval_minutes=2.5, checkpoint_interval=None, checkpoint_minutes=2.5)
+    train(units, tmp_path / "work", tmp_path / "model", timed)
+    assert saved == [3, 6, 8]  # every 2.5 "minutes", and at the end
+    assert [r["step"] for r in metrics(tmp_path / "work") if "valid_loss" in r] == [3, 6, 8]
+    ref_w, w = _weights(reference / "model" / "last"), _weights(tmp_path / "model" / "last")
+    assert all(torch.equal(ref_w[k], w[k]) for k in ref_w)
+    assert clock.done == 8
+
+
+def test_default_intervals_suit_paper_scale():
+    c = TrainConfig()
+    assert (c.eval_interval, c.eval_minutes, c.checkpoint_interval, c.checkpoint_minutes) == (1000, None, None, 30.0)
+    with pytest.raises(ValueError, match="'checkpoint_minutes'"):
+        TrainConfig.from_dict({"checkpoint_minutes": 0})
+
+
+def test_best_and_last_survive_a_crash_between_checkpoints(units, tmp_path, monkeypatch):
+    """Validation scripted by step (best at 4, worse later); the run dies in step 5, after writing best-step 4 but
+    with a checkpoint (step 3) that still names best-step 2: the resumed run keeps the right best and last."""
+    clock = _StepClock(monkeypatch)
+    script = {2: 3.0, 4: 1.0, 6: 2.0, 8: 1.5}
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def scripted(model, blocks, config, dist, precision):
+        snapshots[clock.done] = {k: v.clone() for k, v in model.state_dict().items()}
+        return script[clock.done]
+
+    monkeypatch.setattr(lm.train, "evaluate", scripted)
+    c = cfg(eval_interval=2, checkpoint_interval=3)
+    work, out = tmp_path / "work", tmp_path / "model"
+    real_batches = lm.train.micro_batches
+
+    def dying(blocks, config, step, dist):
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill in step 5")
+        return real_batches(blocks, config, step, dist)
+
+    monkeypatch.setattr(lm.train, "micro_batches", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(units, work, out, c)
+    assert sorted(p.name for p in work.glob("best-step*")) == ["best-step00000002", "best-step00000004"]
+    monkeypatch.setattr(lm.train, "micro_batches", real_batches)
+    summary = train(units, work, out, c)
+
+    assert summary["best_step"] == 4 and summary["best_valid_loss"] == 1.0 and summary["valid_loss"] == 1.5
+    assert [p.name for p in work.glob("best-step*")] == ["best-step00000004"]
+    best, last = _weights(out), _weights(out / "last")
+    model = AutoModelForCausalLM.from_pretrained(out)  # the top level is a plain HF directory: the best model
+    assert all(torch.equal(model.state_dict()[k], snapshots[4][k]) for k in snapshots[4])
+    assert all(torch.equal(v, snapshots[8][k]) for k, v in AutoModelForCausalLM.from_pretrained(
+        out / "last").state_dict().items())
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+    info = json.loads((out / "provenance.json").read_text())
+    assert "best model (lowest validation loss, step 4)" in info["conventions"]["model"]
+    assert [r.get("best", False) for r in metrics(work) if "valid_loss" in r] == [True, True, False, False]
+
+    # Scoring reads the best model unless told otherwise, and says which it read.
+    from lm.score import score_units_file
+
+    score_units_file(out, units, tmp_path / "best.tsv", device="cpu")
+    score_units_file(out, units, tmp_path / "last.tsv", device="cpu", which="last")
+    assert (tmp_path / "best.tsv").read_text() != (tmp_path / "last.tsv").read_text()
+    conventions = json.loads((tmp_path / "best.tsv.json").read_text())["conventions"]["model"]
+    assert conventions.startswith("best: lowest validation loss 1.0 at step 4 of 8")
+    assert json.loads((tmp_path / "last.tsv.json").read_text())["conventions"]["model"].startswith("last: ")
+
+
+def test_without_validation_data_the_model_is_the_last(units, tmp_path):
+    summary = train(units, tmp_path / "work", tmp_path / "model", cfg(valid_fraction=0.0, max_steps=3))
+    assert summary["best_step"] is None and summary["valid_loss"] is None
+    best, last = _weights(tmp_path / "model"), _weights(tmp_path / "model" / "last")
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    assert "no validation data" in json.loads((tmp_path / "model" / "provenance.json").read_text())[
+        "conventions"]["model"]
+
+
+def test_epoch_budget_resolves_against_the_packed_corpus(units, tmp_path):
+    c = TrainConfig.from_dict({"max_steps": 100, "max_epochs": 2, "batch_size": 4, "micro_batch_size": 4})
+    assert c.budgets(10) == {"max_steps": 100, "max_epochs": 5} and c.total_steps(10) == 5
+    assert TrainConfig.from_dict({"max_steps": None, "max_epochs": 0.01}).total_steps(10) == 1  # at least one step
+    with pytest.raises(ValueError, match="number of blocks"):
+        c.total_steps()
+
+    summary = train(units, tmp_path / "work", tmp_path / "model", cfg(max_steps=None, max_epochs=0.5))
+    blocks = summary["train_blocks"]
+    assert summary["budgets"] == {"max_epochs": math.ceil(0.5 * blocks / 8)} == {"max_epochs": summary["steps"]}
+    assert summary["epochs"] == pytest.approx(summary["steps"] * 8 / blocks)
+    assert 0.5 <= summary["epochs"] < 0.5 + 8 / blocks
+    info = json.loads((tmp_path / "model" / "provenance.json").read_text())
+    assert info["config"]["max_epochs"] == 0.5 and info["training"]["budgets"] == summary["budgets"]
