@@ -7,8 +7,9 @@
   --rdzv-endpoint FIRST_NODE:PORT`, the first node from `scontrol show hostnames`, a free port on it (the batch
   script runs there). GPUs per node come from `--gres gpu[:type]:K` (sbatch's `--gpus` is a job total).
 - Inside a SLURM job, the trainer gets `--stop-after-seconds` = the job's time left minus a margin
-  (min(300 s, a quarter of it)): it checkpoints at a step boundary and exits 75 before SLURM's SIGTERM + KillWait,
-  whatever reaches which process. Snakemake's `retries` resubmit the job and the trainer resumes from its workdir.
+  (min(300 s, half of it): start-up counts against it): it checkpoints at a step boundary and exits 75 before
+  SLURM's SIGTERM + KillWait, whatever reaches which process. Snakemake resubmits the job (the SLURM profile's
+  preemptible-retries) and the trainer resumes from its workdir.
 
 Exit status: the launched command's; 75 (EX_TEMPFAIL: retry) when it failed after a stop was due (that deadline,
 or SIGTERM / SIGUSR1 / SIGINT here). Those signals are recorded, never forwarded: SLURM (time limit, preemption)
@@ -67,8 +68,11 @@ def parse_time_left(text: str) -> float | None:
 
 
 def stop_after(time_left_s: float) -> float:
-    """When the trainer should stop (seconds from now): before the limit by min(300 s, a quarter of what is left)."""
-    return max(0.0, time_left_s - min(MAX_MARGIN_S, time_left_s / 4))
+    """When the trainer should stop (seconds from now): before the limit by min(300 s, half of what is left).
+
+    The trainer counts from the end of its own start-up (imports, data), so a short job needs a wide margin.
+    """
+    return max(0.0, time_left_s - min(MAX_MARGIN_S, time_left_s / 2))
 
 
 def slurm_job(job_id: str) -> tuple[list[str], float | None]:

@@ -21,9 +21,9 @@ def test_time_left_from_squeue(text: str, seconds: float | None) -> None:
     assert launch.parse_time_left(text) == seconds
 
 
-def test_stop_margin_is_five_minutes_or_a_quarter() -> None:
+def test_stop_margin_is_five_minutes_or_half() -> None:
     assert launch.stop_after(24 * 3600) == 24 * 3600 - 300
-    assert launch.stop_after(120) == 90
+    assert launch.stop_after(120) == 60
     assert launch.stop_after(0) == 0
 
 
