@@ -17,7 +17,7 @@ from eval.config import EvalConfig, Experiment
 from lm.config import TrainConfig as LMTrainConfig
 from pipeline import grids
 from spidr.config import from_dict as spidr_train_config
-from units.config import EncoderConfigError, ExtractionConfig, UnitsConfig, validate_units_request
+from units.config import EncoderConfigError, ExtractionConfig, ShardingConfig, UnitsConfig, validate_units_request
 
 # Keys that moved: the old place is an error that says where the key lives now.
 MOVED = {("eval", "bad_audio"): "extraction.bad_audio (it controls unit and feature extraction)"}
@@ -40,8 +40,21 @@ def encoder_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
     return spec
 
 
+SHARDING_KEYS = ("shards",)  # in config.yaml's `extraction` block, but compute layout: no job's --config has them
+
+
+def extraction_values(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (config.get("extraction") or {}).items() if k not in SHARDING_KEYS}
+
+
 def extraction(config: dict[str, Any]) -> ExtractionConfig:
-    return load(ExtractionConfig, config.get("extraction"), "extraction")
+    return load(ExtractionConfig, extraction_values(config), "extraction")
+
+
+def sharding(config: dict[str, Any]) -> ShardingConfig:
+    """How many extraction jobs each dataset is split into (changing it reruns nothing downstream)."""
+    values = {k: v for k, v in (config.get("extraction") or {}).items() if k in SHARDING_KEYS}
+    return load(ShardingConfig, values, "extraction")
 
 
 def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
@@ -51,14 +64,14 @@ def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
     entry = dict(config["units"][name])
     entry["encoder"] = encoder_spec(config, entry["encoder"])
     values = {**entry, "name": name, "encoder_name": config["units"][name]["encoder"],
-              "extraction": config.get("extraction") or {}}
+              "extraction": extraction_values(config)}
     return load(UnitsConfig, values, f"units.{name}")
 
 
 def features_config(config: dict[str, Any], encoder: str, layer: int) -> UnitsConfig:
     """The `--config` of continuous-feature extraction (and its ABX) of one encoder layer."""
     values = {"encoder": encoder_spec(config, encoder), "encoder_name": encoder, "layer": layer,
-              "extraction": config.get("extraction") or {}}
+              "extraction": extraction_values(config)}
     return load(UnitsConfig, values, f"encoders.{encoder}")
 
 
@@ -116,6 +129,7 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError("no experiment: define 'experiments' or 'grids'")
     demo_config(config)
     extraction(config)
+    sharding(config)
     for name, corpus in config["corpora"].items():
         if corpus["source"] == "directory":
             manifest_config(config, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -152,7 +153,10 @@ def test_unit_layer_reruns_from_extraction_not_pretraining(completed_workdir: Pa
     config["units"]["spidr_codebook_l6"]["layer"] = 5
     jobs = planned_jobs(completed_workdir, config)
     assert {"pretrain", "demo_data", "fit_kmeans", "benchmark_manifest"}.isdisjoint(jobs)
-    assert jobs["quantize"] == 6  # the training corpus + 5 benchmark sets, for this units config only
+    shards = default_config()["extraction"]["shards"]
+    assert shards >= 2  # the demo runs sharded extraction
+    # The training corpus + 5 benchmark sets, for this units config only, each in `shards` jobs and one gather.
+    assert jobs["quantize"] == 6 * shards and jobs["gather_units"] == 6
     assert jobs["train_lm"] == 1 and jobs["report"] == 1
     assert jobs["extract_features"] == 1  # layer 5 features for ABX are new
 
@@ -218,3 +222,21 @@ def test_bad_audio_policy_reruns_extraction_not_pretraining(completed_workdir: P
     jobs = planned_jobs(completed_workdir, config)
     assert "pretrain" not in jobs and "demo_data" not in jobs and "train_lm" in jobs
     assert jobs["fit_kmeans"] == 2 and jobs["extract_features"] == 2
+
+
+def test_shard_count_change_after_a_run_reruns_nothing_without_the_input_trigger(completed_workdir: Path,
+                                                                              tmp_path: Path) -> None:
+    """After a real run the (temp) shard files are gone. A new extraction.shards then only changes the set of
+    input files of gather_units: Snakemake's `input` rerun trigger regathers (and so reruns everything after it,
+    although the units are identical); without that trigger nothing reruns."""
+    workdir = tmp_path / "dag"
+    shutil.copytree(completed_workdir, workdir, symlinks=True)
+    for shard in workdir.glob("results/units/*/*/shards/*.parquet"):
+        shard.unlink()
+    assert planned_jobs(workdir, default_config()) == Counter()
+    config = default_config()
+    config["extraction"]["shards"] = 3
+    jobs = planned_jobs(workdir, config)
+    assert jobs["gather_units"] >= 6 and jobs["quantize"] == 3 * jobs["gather_units"] and "pretrain" not in jobs
+    triggers = ("--rerun-triggers", "mtime", "params", "code", "software-env")
+    assert planned_jobs(workdir, config, *triggers) == Counter()

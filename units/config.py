@@ -243,6 +243,14 @@ class ExtractionConfig:
 
 
 @dataclass(frozen=True)
+class ShardingConfig:
+    """How many extraction jobs a dataset is split into (config.yaml's `extraction.shards`). Compute layout only:
+    it is kept out of every job's `--config`, and the gathered units do not depend on it."""
+
+    shards: int = cfg_field(2, ge=1)  # corpus shards per dataset (units.shards.split_rows), one job each
+
+
+@dataclass(frozen=True)
 class KMeansFitConfig:
     """How k-means is fit: a seeded sample of at most `max_frames` frames of `corpus`, `niter` Lloyd iterations."""
 

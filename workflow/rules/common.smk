@@ -35,6 +35,7 @@ UNITS = list(config["units"])
 LMS = list(config["lms"])
 EXPERIMENTS = list(config["experiments"])
 EVAL = pipeline.eval_config(config)
+SHARDING = pipeline.sharding(config)
 BENCH = EVAL.benchmark
 LM_TASKS = ["lexical", "syntactic", "sSC", "tSC"]
 BENCH_SETS = [*LM_TASKS, "abx"]
@@ -51,6 +52,8 @@ wildcard_constraints:
     benchset="|".join(BENCH_SETS),
     abxkind="triphone|phoneme",
     layer=r"\d+",
+    shard=r"\d+",
+    nshards=r"\d+",
     dataset="|".join(
         [f"corpus-{c}" for c in CORPORA]
         + [f"{b}-{s}" for b in BENCHMARKS for s in BENCH_SETS]
@@ -183,6 +186,15 @@ def quantize_inputs(wildcards):
     if unit["quantizer"] == "kmeans":
         inputs["kmeans"] = f"results/kmeans/{wildcards.units}/kmeans.npz"
     return inputs
+
+
+def unit_shards(wildcards):
+    """The shard files of a dataset's units: extraction.shards jobs (compute layout only, not in any --config)."""
+    n = SHARDING.shards
+    return [
+        f"results/units/{wildcards.units}/{wildcards.dataset}/shards/{i}-of-{n}.parquet"
+        for i in range(n)
+    ]
 
 
 def lm_train_units(wildcards):

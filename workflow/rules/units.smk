@@ -26,14 +26,16 @@ rule fit_kmeans:
 
 
 rule quantize:
+    """One corpus shard (extraction.shards per dataset): an independent job, resumable on its own."""
     input:
         unpack(quantize_inputs),
     output:
-        "results/units/{units}/{dataset}/frames.parquet",
+        # temp: the gathered file holds the same rows; shards of a finished dataset only take disk
+        temp("results/units/{units}/{dataset}/shards/{shard}-of-{nshards}.parquet"),
     log:
-        "logs/quantize/{units}/{dataset}.log",
+        "logs/quantize/{units}/{dataset}/{shard}-of-{nshards}.log",
     benchmark:
-        "logs/benchmarks/quantize/{units}/{dataset}.tsv"
+        "logs/benchmarks/quantize/{units}/{dataset}/{shard}-of-{nshards}.tsv"
     threads: 2
     resources:
         gpu=0,
@@ -44,7 +46,19 @@ rule quantize:
         ),
     shell:
         "python -m units.extract units --config '{params.units}' {params.kmeans} --manifest {input.manifest} "
-        "--out {output} --no-progress > {log} 2>&1"
+        "--shard {wildcards.shard} --num-shards {wildcards.nshards} --out {output} --no-progress > {log} 2>&1"
+
+
+rule gather_units:
+    """Streams the shards into the dataset's units file (the same rows and order whatever the shard count)."""
+    input:
+        unit_shards,
+    output:
+        "results/units/{units}/{dataset}/frames.parquet",
+    log:
+        "logs/gather_units/{units}/{dataset}.log",
+    shell:
+        "python -m units.extract gather {input} --out {output} > {log} 2>&1"
 
 
 rule dedup:
