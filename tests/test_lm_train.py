@@ -169,14 +169,19 @@ def test_cli_rejects_unknown_key(units, tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_workers_match_one_process(units, tmp_path):
-    """torchrun + gloo, 2 workers x 1 micro batch of 4 == 1 process x 2 micro batches of 4 (same global batch)."""
+    """torchrun + gloo, 2 workers x 1 micro batch of 4 == 1 process x 2 micro batches of 4 (same global batch).
+    The workers validate and checkpoint by the minute, after every step here: every rank must follow rank 0's clock
+    (a rank deciding alone would hang in the checkpoint's collectives), and the weights do not change."""
     config = {**FAST, "max_steps": 4, "model": {"dropout": 0.0}}
     train(units, tmp_path / "one" / "work", tmp_path / "one" / "model", TrainConfig.from_dict(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    timed = {**config, "eval_interval": None, "eval_minutes": 1e-9, "checkpoint_interval": None,
+             "checkpoint_minutes": 1e-9}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     "-m", "lm.train", "--units", str(units), "--workdir", str(tmp_path / "two" / "work"),
-                    "--out", str(tmp_path / "two" / "model"), "--config", json.dumps(config)],
+                    "--out", str(tmp_path / "two" / "model"), "--config", json.dumps(timed)],
                    check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert [r["step"] for r in metrics(tmp_path / "two" / "work") if "valid_loss" in r] == [1, 2, 3, 4]
     one, two = _weights(tmp_path / "one" / "model"), _weights(tmp_path / "two" / "model")
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
