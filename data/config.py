@@ -52,3 +52,10 @@ class ManifestConfig:
     speaker: Literal["dir", "prefix"] = "dir"  # the first folder below the root (LibriSpeech) or the stem prefix
     bad_audio: Literal["fail", "skip"] = "fail"  # skip: reported by name and counted
     convert: bool = False  # resample / downmix instead of rejecting other rates and multi-channel audio
+    # header: soundfile's header only (rate, channels, frames), cheap at 60k h; decode: every sample read too
+    # (also finds NaN/Inf, all-zero audio and bodies cut short).
+    check: Literal["header", "decode"] = "header"
+    # path: the path below the root without extension (`103/1240/103-1240-0000`), unique by construction;
+    # stem: the file name without extension, which benchmark gold files, ABX items and feature files use (two files
+    # with one stem are then an error naming both).
+    ids: Literal["path", "stem"] = "path"

@@ -1,10 +1,13 @@
 """Corpus manifests (TSV: id, path, num_samples, speaker) built from any directory of wav/flac, bad files reported.
 
-Usage: python -m data.manifest ROOT OUT.tsv [--config '{"ext": ["flac"], "speaker": "dir", "bad_audio": "skip"}']
+Usage: python -m data.manifest ROOT OUT.tsv [--config '{"ext": ["flac"], "speaker": "dir", "bad_audio": "skip",
+                                               "check": "header"|"decode", "ids": "path"|"stem"}']
 
 `path` is stored relative to the manifest's directory when the audio lies below it, absolute otherwise, so a
-manifest can move together with its audio. `id` is the file stem (LibriSpeech: `6295-244435-0009`), which is
-also what ABX item files and unit files use to name utterances.
+manifest can move together with its audio. `id` is, by default, the path below ROOT without its extension
+(Libri-Light: `103/1240/103-1240-0000`), unique by construction; `ids: stem` gives the file stem
+(`103-1240-0000`), which benchmark gold files, ABX items and feature files use, and refuses two files sharing one.
+By default only headers are read (soundfile.info), in parallel threads; `check: decode` reads every sample too.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import pandas as pd
 
 from common.config import loads
 from common.io import atomic_write
-from data.audio import AUDIO_EXTENSIONS, AudioCheck, check_audio
+from data.audio import AUDIO_EXTENSIONS, AudioCheck, check_audio, check_header
 from data.config import ManifestConfig
 
 MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
 BAD_AUDIO_POLICIES = ("fail", "skip")
+CHECKS = {"header": check_header, "decode": check_audio}
+ID_RULES = ("path", "stem")
 
 
 class ManifestError(ValueError):
@@ -73,10 +78,28 @@ def not_a_file(path: Path) -> str | None:
     return None
 
 
-def check_file(path: Path, convert: bool) -> AudioCheck:
-    """`check_audio`, after making sure the path is a readable regular file."""
+def check_file(path: Path, convert: bool, check: str = "header") -> AudioCheck:
+    """`check_header` or `check_audio` (decode), after making sure the path is a readable regular file."""
     problem = not_a_file(path)
-    return AudioCheck(str(path), 0, 0, 0, problem) if problem else check_audio(path, convert=convert)
+    return AudioCheck(str(path), 0, 0, 0, problem) if problem else CHECKS[check](path, convert=convert)
+
+
+def utterance_id(relpath: Path, how: str) -> str:
+    """The id of a file below the root: its relative path without extension (`path`) or its stem (`stem`)."""
+    return relpath.stem if how == "stem" else relpath.with_suffix("").as_posix()
+
+
+def check_unique_ids(table: pd.DataFrame, root: Path, how: str) -> None:
+    """Two files with one id (a shared stem, or `x.wav` next to `x.flac`) are an error naming both files."""
+    repeated = table[table["id"].duplicated(keep=False)].sort_values(["id", "path"])
+    if not len(repeated):
+        return
+    groups = [f"  {uid}: {' and '.join(paths)}" for uid, paths in repeated.groupby("id", sort=True)["path"]
+              .agg(list).items()]
+    shown = "\n".join(groups[:10]) + (f"\n  ... and {len(groups) - 10} more" if len(groups) > 10 else "")
+    hint = ("file stems (ids: stem) must be unique; use ids: path, or rename the files"
+            if how == "stem" else "a file name may exist once, with one extension")
+    raise ManifestError(f"{root}: {len(groups)} utterance id(s) name several files ({hint}):\n{shown}")
 
 
 def build_manifest(
@@ -87,25 +110,32 @@ def build_manifest(
     speaker: str = "dir",
     bad_audio: str = "fail",
     convert: bool = False,
+    check: str = "header",
+    ids: str = "path",
     threads: int = 4,
     log=sys.stderr,
 ) -> pd.DataFrame:
-    """Validate every file below root and write the manifest (and a `.skipped.tsv` of rejected files) atomically."""
+    """Check every file below root and write the manifest (and a `.skipped.tsv` of rejected files) atomically."""
     if bad_audio not in BAD_AUDIO_POLICIES:
         raise ManifestError(f"bad_audio={bad_audio!r}; expected one of {BAD_AUDIO_POLICIES}")
+    if check not in CHECKS:
+        raise ManifestError(f"check={check!r}; expected one of {tuple(CHECKS)}")
+    if ids not in ID_RULES:
+        raise ManifestError(f"ids={ids!r}; expected one of {ID_RULES}")
     root, out = Path(root).resolve(), Path(out)
     files = find_audio(root, tuple(e if e.startswith(".") else f".{e}" for e in exts))
+    # Threads: header reads and libsndfile decoding wait on the disk or release the GIL.
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        checks = list(pool.map(lambda p: check_file(p, convert), files))
+        checks = list(pool.map(lambda p: check_file(p, convert, check), files))
 
     rows, bad = [], []
-    for path, check in zip(files, checks, strict=True):
-        if check.problem is not None:
-            bad.append((str(path), check.problem))
-            print(f"bad audio: {path}: {check.problem}", file=log)
+    for path, found in zip(files, checks, strict=True):
+        if found.problem is not None:
+            bad.append((str(path), found.problem))
+            print(f"bad audio: {path}: {found.problem}", file=log)
             continue
         rel = path.relative_to(root)
-        rows.append((path.stem, str(path), check.num_samples, speaker_of(rel, speaker)))
+        rows.append((utterance_id(rel, ids), str(path), found.num_samples, speaker_of(rel, speaker)))
     if bad and bad_audio == "fail":
         shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -113,13 +143,10 @@ def build_manifest(
             f"{len(bad)} bad audio file(s) under {root} (set bad_audio: skip to drop and count them):\n{shown}{more}"
         )
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    duplicated = table[table["id"].duplicated(keep=False)]
-    if len(duplicated):
-        repeated = duplicated["path"].tolist()[:10]
-        raise ManifestError(f"{root}: utterance ids (file stems) must be unique; repeated: {repeated}")
+    check_unique_ids(table, root, ids)
     write_manifest(table, out)
     write_table(pd.DataFrame(bad, columns=["path", "problem"]), out.with_suffix(".skipped.tsv"))
-    print(f"manifest {out}: {len(table)} files, {len(bad)} skipped, "
+    print(f"manifest {out} ({check} check, {ids} ids): {len(table)} files, {len(bad)} skipped, "
           f"{table['num_samples'].sum() / 16000 / 3600:.3f} h", file=log)
     return table
 
@@ -182,13 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", default="{}", help='data.config.ManifestConfig JSON: {"ext": ["wav", "flac"], '
-                        '"speaker": "dir"|"prefix", "bad_audio": "fail"|"skip", "convert": false}')
+                        '"speaker": "dir"|"prefix", "bad_audio": "fail"|"skip", "convert": false, '
+                        '"check": "header"|"decode", "ids": "path"|"stem"}')
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)
     cfg = loads(ManifestConfig, args.config)
     build_manifest(
         args.root, args.out, exts=cfg.ext, speaker=cfg.speaker,
-        bad_audio=cfg.bad_audio, convert=cfg.convert, threads=args.threads,
+        bad_audio=cfg.bad_audio, convert=cfg.convert, check=cfg.check, ids=cfg.ids, threads=args.threads,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -210,8 +211,8 @@ def make_bad_files(root: Path) -> dict[str, str]:
     (root / "9-0-notaudio.wav").write_text("this is not a wav file")
     sf.write(root / "9-0-empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)
     sf.write(root / "9-0-short.wav", np.zeros(100, np.float32), SAMPLE_RATE)
-    sf.write(root / "9-0-rate.wav", np.zeros(8000, np.float32), 8000)
-    sf.write(root / "9-0-stereo.wav", np.zeros((16000, 2), np.float32), SAMPLE_RATE)
+    sf.write(root / "9-0-rate.wav", np.full(8000, 0.1, np.float32), 8000)  # not silent: usable with convert
+    sf.write(root / "9-0-stereo.wav", np.full((16000, 2), 0.1, np.float32), SAMPLE_RATE)
     nan = np.zeros(16000, np.float32)
     nan[5] = np.nan
     sf.write(root / "9-0-nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
@@ -225,24 +226,83 @@ def make_bad_files(root: Path) -> dict[str, str]:
 def test_manifest_from_librispeech_layout(tmp_path: Path) -> None:
     make_librispeech_like(tmp_path / "ls")
     table = build_manifest(tmp_path / "ls", tmp_path / "out/manifest.tsv", speaker="dir")
-    assert list(table["id"]) == ["19-198-0000", "19-198-0001", "26-495-0000", "26-495-0001"]
+    assert list(table["id"]) == ["19/198/19-198-0000", "19/198/19-198-0001", "26/495/26-495-0000",
+                                 "26/495/26-495-0001"]  # the path below the root: unique by construction
     assert list(table["speaker"]) == ["19", "19", "26", "26"]
     back = read_manifest(tmp_path / "out/manifest.tsv")
+    assert back["id"].tolist() == table["id"].tolist()
     assert list(back["num_samples"]) == [16000, 16100, 16000, 16100]
     assert all(Path(p).is_file() for p in back["path"])
+    stems = build_manifest(tmp_path / "ls", tmp_path / "stems.tsv", speaker="dir", ids="stem")
+    assert list(stems["id"]) == ["19-198-0000", "19-198-0001", "26-495-0000", "26-495-0001"]
 
 
-def test_bad_audio_fail_policy_names_every_file(tmp_path: Path) -> None:
+def test_ids_from_relative_paths_are_unique_where_stems_repeat(tmp_path: Path) -> None:
+    # Libri-Light after cut_by_vad: every book's segments are named <book>_<index>, so stems repeat across speakers.
+    for speaker in ("100", "200"):
+        path = tmp_path / "ll" / speaker / "book" / "book_0000.flac"
+        path.parent.mkdir(parents=True)
+        sf.write(path, np.full(16000, 0.1, np.float32), SAMPLE_RATE)
+    sf.write(tmp_path / "ll/100/book/book_0001.wav", np.full(800, 0.1, np.float32), SAMPLE_RATE)  # wav next to flac
+    table = build_manifest(tmp_path / "ll", tmp_path / "m.tsv", speaker="dir", log=io.StringIO())
+    assert table["id"].tolist() == ["100/book/book_0000", "100/book/book_0001", "200/book/book_0000"]
+    assert table["num_samples"].tolist() == [16000, 800, 16000]
+    with pytest.raises(ManifestError) as err:
+        build_manifest(tmp_path / "ll", tmp_path / "s.tsv", speaker="dir", ids="stem", log=io.StringIO())
+    message = str(err.value)
+    assert "book_0000: " in message and "stems (ids: stem) must be unique" in message
+    assert str(tmp_path / "ll/100/book/book_0000.flac") in message
+    assert str(tmp_path / "ll/200/book/book_0000.flac") in message
+    assert not (tmp_path / "s.tsv").exists()
+    # The same name with two extensions is one id even with path ids: both files are named.
+    sf.write(tmp_path / "ll/200/book/book_0000.wav", np.full(16000, 0.1, np.float32), SAMPLE_RATE)
+    with pytest.raises(ManifestError, match=r"200/book/book_0000: .*book_0000\.flac and .*book_0000\.wav"):
+        build_manifest(tmp_path / "ll", tmp_path / "m.tsv", speaker="dir", log=io.StringIO())
+
+
+@pytest.mark.parametrize("check", ["header", "decode"])
+def test_bad_audio_fail_policy_names_every_file(tmp_path: Path, check: str) -> None:
     make_librispeech_like(tmp_path / "ls")
     expected = make_bad_files(tmp_path / "ls/9/0")
+    if check == "header":
+        del expected["nan"]  # only a decode finds non-finite samples
     with pytest.raises(ManifestError) as err:
-        build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir")
+        build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir", check=check)
     message = str(err.value)
-    assert "8 bad audio file(s)" in message
+    assert f"{len(expected)} bad audio file(s)" in message
     for stem, phrase in expected.items():
         line = next(x for x in message.splitlines() if f"9-0-{stem}." in x)
         assert phrase in line, line
+    if check == "header":
+        assert "9-0-nan." not in message
     assert not (tmp_path / "manifest.tsv").exists()  # nothing half-written
+
+
+def test_header_check_reads_headers_and_decode_check_reads_samples(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    nan = np.full(16000, 0.1, np.float32)
+    nan[7] = np.inf
+    sf.write(root / "a-inf.wav", nan, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(root / "a-silent.flac", np.zeros(16000, np.float32), SAMPLE_RATE)
+    sf.write(root / "a-good.flac", np.full(16000, 0.1, np.float32), SAMPLE_RATE)
+    header = build_manifest(root, tmp_path / "h.tsv", speaker="prefix", log=io.StringIO())
+    assert header["id"].tolist() == ["a-good", "a-inf", "a-silent"]  # a header cannot tell
+    assert header["num_samples"].tolist() == [16000, 16000, 16000]
+    log = io.StringIO()
+    decoded = build_manifest(root, tmp_path / "d.tsv", speaker="prefix", check="decode", bad_audio="skip", log=log)
+    assert decoded["id"].tolist() == ["a-good"] and decoded["num_samples"].tolist() == [16000]
+    assert "a-inf.wav: contains NaN or Inf" in log.getvalue() and "a-silent.flac: silent" in log.getvalue()
+    assert "(decode check, path ids)" in log.getvalue()
+    calls = []
+    real_read = sf.read
+    with pytest.MonkeyPatch.context() as mp:  # the default never decodes a sample
+        mp.setattr(sf, "read", lambda *a, **k: calls.append(a) or real_read(*a, **k))
+        build_manifest(root, tmp_path / "h2.tsv", speaker="prefix", log=io.StringIO())
+        assert calls == []
+        build_manifest(root, tmp_path / "d2.tsv", speaker="prefix", check="decode", bad_audio="skip",
+                       log=io.StringIO())
+        assert len(calls) == 3
 
 
 def test_bad_audio_skip_policy_counts_and_logs(tmp_path: Path) -> None:
@@ -250,7 +310,8 @@ def test_bad_audio_skip_policy_counts_and_logs(tmp_path: Path) -> None:
     expected = make_bad_files(tmp_path / "ls/9/0")
     log = tmp_path / "log.txt"
     with log.open("w") as handle:
-        table = build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir", bad_audio="skip", log=handle)
+        table = build_manifest(tmp_path / "ls", tmp_path / "manifest.tsv", speaker="dir", bad_audio="skip",
+                               check="decode", log=handle)
     assert len(table) == 4
     skipped = pd.read_csv(tmp_path / "manifest.skipped.tsv", sep="\t")
     assert sorted(Path(p).name for p in skipped["path"]) == sorted(f"9-0-{stem}.wav" for stem in expected)
@@ -276,6 +337,16 @@ def test_manifest_cli_reports_the_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "data.manifest", str(tmp_path / "bad"), str(tmp_path / "m.tsv")],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "9-0-notaudio.wav" in out.stderr
+
+
+def test_manifest_config_names_a_bad_check_or_id_rule() -> None:
+    from common.config import ConfigError, loads
+    from data.config import ManifestConfig
+
+    assert loads(ManifestConfig, '{"check": "decode", "ids": "stem"}') == ManifestConfig(check="decode", ids="stem")
+    for key, value in (("check", "full"), ("ids", "stems")):
+        with pytest.raises(ConfigError, match=rf"{key}.*{value}"):
+            loads(ManifestConfig, f'{{"{key}": "{value}"}}')
 
 
 def test_read_manifest_rejects_missing_columns(tmp_path: Path) -> None:

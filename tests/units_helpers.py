@@ -28,7 +28,7 @@ def make_corpus(root: Path, durations: list[float], seed: int = 0) -> Path:
     for i, seconds in enumerate(durations):
         write_wav(root / "wav" / f"spk{i % 2}" / f"utt{i:03d}.wav", speechlike(seconds, rng))
     manifest = root / "manifest.tsv"
-    build_manifest(root / "wav", manifest, log=io.StringIO())
+    build_manifest(root / "wav", manifest, ids="stem", log=io.StringIO())  # features (ABX) are named by stem
     return manifest
 
 

@@ -256,7 +256,8 @@ def extract_features(spec: str | dict | EncoderSpec, layer: int, manifest: str |
     ids, paths = table["id"].tolist(), table["path"].tolist()
     bad_ids = [i for i in ids if not i or "/" in i or os.sep in i or i.startswith(".")]
     if bad_ids:
-        raise ManifestError(f"{manifest}: utterance ids {bad_ids[:5]} cannot name feature files")
+        raise ManifestError(f"{manifest}: utterance ids {bad_ids[:5]} cannot name feature files (ABX matches "
+                            "items to files by stem: build this manifest with ids: stem)")
     config = {"encoder": spec.to_dict(), "layer": layer,
               "representation": "codebook_probs" if codebook_probs else "features",
               "manifest": str(manifest), "manifest_sha256": file_sha256(manifest), **run.result_settings(encoder)}

@@ -56,8 +56,8 @@ rule benchmark_manifest:
     threads: 2
     params:
         root=lambda wc: benchmark_layout(wc.benchmark)[wc.lmtask],
-        # Benchmark wavs are flat folders named <speaker>_... or <speaker>-...
-        manifest=dumps(ManifestConfig(speaker="prefix")),
+        # Benchmark wavs are flat folders named <speaker>_... or <speaker>-...; gold files name them by stem.
+        manifest=dumps(ManifestConfig(speaker="prefix", ids="stem")),
     shell:
         "python -m data.manifest {params.root} {output} --config '{params.manifest}' --threads {threads} "
         "> {log} 2>&1"
