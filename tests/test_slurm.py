@@ -41,7 +41,7 @@ FAIL_TIMEOUT_S = 300
 # The plugin waits 40 s before its first status query; on a test cluster whose jobs last seconds, ask sooner.
 POLL = ("--slurm-init-seconds-before-status-checks", "2")
 # Training steps that outlast one 1-minute job here (each job stops ~10-25 s before its limit), but not many.
-LM_STEPS, SPIDR_STEPS = 500, 150
+LM_STEPS, SPIDR_STEPS = 250, 150
 
 
 def _skip_reason() -> str | None:
@@ -391,9 +391,10 @@ def test_training_jobs_stop_before_the_time_limit_and_resume_to_the_same_weights
     jobs = _sacct_exit_codes(before)
     for rule in ("pretrain", "train_lm"):
         attempts = [(state, exit_code) for name, state, exit_code in jobs if name == rule]
-        # Stopped with a checkpoint (exit 75) at least once, then resubmitted by Snakemake until it completed.
+        # Stopped before the limit at least once (FAILED, not TIMEOUT: the trainer exited 75 with a checkpoint; the
+        # job's own exit code is the jobstep Snakemake's 1), then resubmitted by Snakemake until it completed.
         assert len(attempts) >= 2 and attempts[-1] == ("COMPLETED", "0:0"), (rule, jobs)
-        assert all(exit_code == "75:0" for _, exit_code in attempts[:-1]), (rule, jobs)
+        assert all(state == "FAILED" for state, _ in attempts[:-1]), (rule, jobs)
     pretrain_log = repo / "logs" / "pretrain" / "spidr_tiny.log"
     lm_log = repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log"
     assert "resum" in lm_log.read_text() and "resum" in pretrain_log.read_text()
