@@ -6,10 +6,11 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from units.dedup import UnitStats, deduplicate, main, run_length
-from units.format import UnitsFileError, UnitsWriter, read_units, read_units_meta
+from units.dedup import UnitStats, deduplicate, list_parts, main, run_length, run_length_batch
+from units.format import UnitsFileError, UnitsWriter, iter_units, read_units, read_units_meta
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -80,3 +81,78 @@ def test_deduplicating_twice_is_an_error(tmp_path):
         deduplicate(tmp_path / "d.parquet", tmp_path / "e.parquet", tmp_path / "s.json")
     with pytest.raises(SystemExit, match="units file not found"):
         main([str(tmp_path / "missing.parquet"), str(tmp_path / "x.parquet"), "--stats", str(tmp_path / "s.json")])
+
+
+def rowwise_reference(inp, out, vocab: int) -> dict:
+    """The per-row implementation deduplicate had before batches: Python loop, one utterance at a time."""
+    acc = UnitStats(vocab, 50.0)
+    with UnitsWriter(out, vocab_size=vocab, deduplicated=True) as writer:
+        for row in iter_units(inp):
+            frames = row["units"]
+            starts = np.concatenate([[0], np.flatnonzero(frames[1:] != frames[:-1]) + 1]) if frames.size else []
+            units = frames[starts].astype(np.int32)
+            durations = np.diff(np.append(starts, frames.size)).astype(np.int32)
+            acc.add(frames, len(units))
+            writer.write(row["id"], units, durations)
+    return acc.result()
+
+
+def random_units(rng: np.random.Generator, n: int, vocab: int) -> list[np.ndarray]:
+    """Utterances with long and short runs, some empty, some one frame, neighbours sharing boundary units."""
+    rows = []
+    for _ in range(n):
+        length = int(rng.choice([0, 1, 2, int(rng.integers(3, 200))]))
+        rows.append(np.repeat(rng.integers(0, vocab, length), rng.integers(1, 5, length))[:length].astype(np.int32))
+    for i in range(1, n, 3):  # the last unit of one utterance equals the first of the next: runs must not merge
+        if rows[i].size and rows[i - 1].size:
+            rows[i][0] = rows[i - 1][-1]
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_run_length_batch_equals_per_utterance(seed):
+    rng = np.random.default_rng(seed)
+    rows = random_units(rng, 40, 6)
+    offsets = np.concatenate([[0], np.cumsum([r.size for r in rows])])
+    units, durations, run_offsets = run_length_batch(np.concatenate(rows), offsets)
+    assert units.dtype == durations.dtype == run_offsets.dtype == np.int32 and run_offsets[0] == 0
+    for i, frames in enumerate(rows):
+        expected = run_length(frames)
+        np.testing.assert_array_equal(units[run_offsets[i]:run_offsets[i + 1]], expected[0])
+        np.testing.assert_array_equal(durations[run_offsets[i]:run_offsets[i + 1]], expected[1])
+        np.testing.assert_array_equal(np.repeat(*expected), frames)
+
+
+def test_list_parts_of_a_sliced_column():
+    column = pa.array([[1, 1], [], [2, 3, 3], [4]], pa.list_(pa.int32())).slice(1, 3)
+    values, offsets = list_parts(column, "f.parquet")
+    assert values.tolist() == [2, 3, 3, 4] and offsets.tolist() == [0, 0, 3, 4]
+    with pytest.raises(UnitsFileError, match=r"f\.parquet: 1 utterance\(s\) with null units"):
+        list_parts(pa.array([[1], None], pa.list_(pa.int32())), "f.parquet")
+
+
+@pytest.mark.parametrize(("seed", "batch_size"), [(0, 1024), (1, 7), (2, 1)])
+def test_batched_dedup_equals_the_rowwise_result(tmp_path, seed, batch_size):
+    rng = np.random.default_rng(seed)
+    rows = random_units(rng, 300, 50)
+    with UnitsWriter(tmp_path / "f.parquet", vocab_size=50, rows_per_group=64) as w:  # batches cross row groups
+        for i, units in enumerate(rows):
+            w.write(f"spk{i % 3}/utt{i}", units)
+    expected = rowwise_reference(tmp_path / "f.parquet", tmp_path / "ref.parquet", 50)
+    stats = deduplicate(tmp_path / "f.parquet", tmp_path / "d.parquet", tmp_path / "s.json", batch_size=batch_size)
+    assert {k: v for k, v in stats.items() if k not in ("provenance", "units_config")} == expected
+    ref, out = read_units(tmp_path / "ref.parquet"), read_units(tmp_path / "d.parquet")
+    assert out["id"].tolist() == ref["id"].tolist() == [f"spk{i % 3}/utt{i}" for i in range(len(rows))]
+    for column in ("units", "durations"):
+        for a, b in zip(out[column], ref[column], strict=True):
+            assert a.dtype == b.dtype == np.int32
+            np.testing.assert_array_equal(a, b)
+    assert read_units_meta(tmp_path / "d.parquet")["deduplicated"]
+
+
+def test_out_of_range_units_name_the_file(tmp_path):
+    with UnitsWriter(tmp_path / "f.parquet", vocab_size=4) as w:
+        w.write("a", [1, 2, 9])
+    with pytest.raises(UnitsFileError, match=r"f\.parquet: unit values outside \[0, 4\): min 1, max 9"):
+        deduplicate(tmp_path / "f.parquet", tmp_path / "d.parquet", tmp_path / "s.json")
+    assert not (tmp_path / "d.parquet").exists()

@@ -2,6 +2,9 @@
 
 Usage: python -m units.dedup IN.parquet OUT.parquet --stats STATS.json [--text OUT.txt]
 
+Streams IN record batch by record batch (memory flat in corpus size); each batch is run-length encoded at once with
+NumPy over its flattened values and list offsets, never row by row in Python.
+
 OUT holds, per utterance, the run-length `units` and their `durations` in frames (sum == frame count of IN), in
 the units.format format. STATS (JSON, with provenance) is computed on IN:
   active_units      distinct units used (of vocab_size)
@@ -19,19 +22,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.io import atomic_write_json, provenance
-from units.format import UnitsFileError, UnitsWriter, iter_units, read_units_meta, write_text_units
+from units.format import UnitsFileError, UnitsWriter, read_units_meta, write_text_units
+
+
+def run_length_batch(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encoding of many utterances at once, runs never crossing an utterance boundary.
+
+    values: every frame of the utterances, concatenated; offsets: n + 1 positions, utterance i being
+    values[offsets[i]:offsets[i + 1]]. Returns (units of each run, run lengths, n + 1 run offsets), all int32.
+    """
+    values, offsets = np.asarray(values), np.asarray(offsets, dtype=np.int64)
+    size = values.size
+    start = np.ones(size, dtype=bool)
+    np.not_equal(values[1:], values[:-1], out=start[1:])
+    start[offsets[:-1][offsets[:-1] < size]] = True  # each utterance opens a run (empty ones open none)
+    starts = np.flatnonzero(start)
+    durations = np.diff(np.append(starts, size))
+    run_offsets = np.searchsorted(starts, offsets)  # runs that start before each utterance
+    return values[starts].astype(np.int32), durations.astype(np.int32), run_offsets.astype(np.int32)
 
 
 def run_length(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Consecutive repeats merged: (units of each run, run lengths). Empty in, empty out."""
+    """Consecutive repeats of one utterance merged: (units of each run, run lengths). Empty in, empty out."""
     units = np.asarray(units)
-    if units.size == 0:
-        return units.astype(np.int32), np.zeros(0, dtype=np.int32)
-    starts = np.concatenate([[0], np.flatnonzero(units[1:] != units[:-1]) + 1])
-    durations = np.diff(np.append(starts, units.size))
-    return units[starts].astype(np.int32), durations.astype(np.int32)
+    runs, durations, _ = run_length_batch(units, np.array([0, units.size]))
+    return runs, durations
+
+
+def list_parts(column: pa.Array, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int32> column of a record batch as (flattened values, offsets from 0), without per-row Python."""
+    if column.null_count:
+        raise UnitsFileError(f"{path}: {column.null_count} utterance(s) with null units")
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    values = column.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+    return values, offsets - offsets[0]
 
 
 class UnitStats:
@@ -42,11 +70,12 @@ class UnitStats:
         self.counts = np.zeros(self.vocab_size, dtype=np.int64)
         self.utterances = self.frames = self.runs = 0
 
-    def add(self, units: np.ndarray, runs: int) -> None:
+    def add(self, units: np.ndarray, runs: int, utterances: int = 1) -> None:
+        """Frames `units` (of one utterance, or of several concatenated) that make `runs` runs."""
         if units.size and (units.min() < 0 or units.max() >= self.vocab_size):
             raise UnitsFileError(f"unit values outside [0, {self.vocab_size}): min {units.min()}, max {units.max()}")
         self.counts += np.bincount(units, minlength=self.vocab_size)
-        self.utterances += 1
+        self.utterances += int(utterances)
         self.frames += int(units.size)
         self.runs += int(runs)
 
@@ -71,8 +100,9 @@ class UnitStats:
         }
 
 
-def deduplicate(inp: str | Path, out: str | Path, stats: str | Path, text: str | Path | None = None) -> dict[str, Any]:
-    """Write OUT (runs + durations) and STATS from the frame-level units file IN, streaming."""
+def deduplicate(inp: str | Path, out: str | Path, stats: str | Path, text: str | Path | None = None, *,
+                batch_size: int = 1024) -> dict[str, Any]:
+    """Write OUT (runs + durations) and STATS from the frame-level units file IN, `batch_size` rows at a time."""
     meta = read_units_meta(inp)
     if meta.get("deduplicated"):
         raise UnitsFileError(f"{inp}: already deduplicated; deduplication needs frame-level units")
@@ -82,10 +112,18 @@ def deduplicate(inp: str | Path, out: str | Path, stats: str | Path, text: str |
     source = meta.get("provenance", {})
     prov = {**provenance(config), "source": source}
     with UnitsWriter(out, vocab_size=vocab, frame_rate=rate, deduplicated=True, provenance=prov) as writer:
-        for row in iter_units(inp):
-            units, durations = run_length(row["units"])
-            acc.add(row["units"], len(units))
-            writer.write(row["id"], units, durations)
+        for batch in pq.ParquetFile(inp).iter_batches(batch_size=batch_size, columns=["id", "units"]):
+            values, offsets = list_parts(batch.column("units"), inp)
+            units, durations, run_offsets = run_length_batch(values, offsets)
+            try:
+                acc.add(values, len(units), batch.num_rows)
+            except UnitsFileError as err:
+                raise UnitsFileError(f"{inp}: {err}") from None
+            run_offsets = pa.array(run_offsets, pa.int32())
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [batch.column("id"), pa.ListArray.from_arrays(run_offsets, pa.array(units, pa.int32())),
+                 pa.ListArray.from_arrays(run_offsets, pa.array(durations, pa.int32()))],
+                names=["id", "units", "durations"]))
     result = {**acc.result(), "units_config": source.get("config"), "provenance": provenance(config)}
     atomic_write_json(stats, result)
     if text is not None:
