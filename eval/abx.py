@@ -4,8 +4,10 @@ Usage:
     python -m eval.abx --item dev/triphone.item --features FEATDIR --out METRICS.json [--frame-rate 50]
     python -m eval.abx --item dev/phoneme.item --units UNITS.parquet --out METRICS.json [--config JSON]
 
-FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance; UNITS.parquet is a units file (units.format; a
-deduplicated one is expanded back to frames with its durations). The conditions follow ZeroSpeech 2021 as
+FEATDIR holds one `<utt-id>.pt` tensor (T, D) per utterance. --units takes a units Parquet file (units.format; a
+deduplicated one is expanded back to frames with its durations), SpidR's published JSON lines ({"name", "units"},
+.jsonl.gz) or textlesslib / slamkit text units (`name<TAB>u1 u2 ...`), read as they are; the last two record no
+rate: --frame-rate, default 50 Hz. The conditions follow ZeroSpeech 2021 as
 `fastabx.zerospeech_abx` defines them: triphone items give within-context ABX, phoneme items within- and
 any-context ABX, each within and across speaker, averaged over contexts, then speakers, then ordered phone
 pairs. The DTW, distances, cells and aggregation are fastabx's; this module only picks the conditions, checks
@@ -38,7 +40,6 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +47,9 @@ from fastabx import Dataset, EmptyTaskError, Score, Subsampler, Task
 
 from common.artefacts import load_torch
 from common.config import loads
-from eval.benchmarks import ItemFile, item_kind, read_item_file
+from eval.benchmarks import ItemFile, UnitsSource, item_kind, iter_unit_sequences, read_item_file, units_source
 from eval.config import AbxConfig, AbxJob, labels_of
 from eval.results import Metric, write_metrics
-from units.format import read_units, read_units_meta
 
 SLICINGS = {
     "fastabx": "fastabx (frame i at (i+1/2)/f belongs to a token iff onset <= t_i <= offset, last frame kept)",
@@ -188,17 +188,11 @@ def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
     return lengths
 
 
-def frame_units(units_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Frame-level units per utterance (a deduplicated file is expanded with its durations) and the file meta."""
-    meta = read_units_meta(units_path)
-    table = read_units(units_path)
-    out = {}
-    for row in table.itertuples(index=False):
-        units = np.asarray(row.units, dtype=np.int64)
-        if meta.get("deduplicated"):
-            units = np.repeat(units, np.asarray(row.durations, dtype=np.int64))
-        out[str(row.id)] = units
-    return out, meta
+def frame_units(units_path: Path) -> tuple[dict[str, np.ndarray], UnitsSource]:
+    """Frame-level units per utterance from any units file eval.benchmarks reads (a deduplicated Parquet file is
+    expanded with its durations), and what the file records about itself."""
+    source = units_source(units_path)
+    return dict(iter_unit_sequences(source)), source
 
 
 def build_dataset(item: Path, *, features: Path | None, units: dict[str, np.ndarray] | None, rate: float,
@@ -233,16 +227,19 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
         distance = cfg.distance or "angular"
         source = "continuous features"
     else:
-        units, meta = frame_units(units_path)
-        rate = float(meta["frame_rate"]) if frame_rate is None else frame_rate
-        if not math.isclose(rate, float(meta["frame_rate"])):
+        units, units_file = frame_units(units_path)
+        recorded = units_file.frame_rate
+        rate = float(frame_rate if frame_rate is not None else recorded if recorded is not None else 50.0)
+        if recorded is not None and not math.isclose(rate, recorded):
             raise ValueError(f"--frame-rate {frame_rate} contradicts {units_path}, whose units are at "
-                             f"{meta['frame_rate']} Hz")
+                             f"{recorded} Hz")
         if any("/" in uid for uid in units):
             raise ValueError(f"{units_path}: utterance ids with '/' cannot be matched to item files by fastabx")
         lengths = {uid: len(u) for uid, u in units.items()}
         distance = cfg.distance or "identical"
-        source = "discrete units"
+        given = "--frame-rate" if frame_rate is not None else "default"
+        source = "discrete units" if recorded is not None else \
+            f"discrete units ({units_file.format} file, {given} rate)"
     kept, dropped = select_items(items, lengths, rate, cfg.slicing == "librilight")
     subsampling = (f"max_size_group={cfg.max_size_group}, max_x_across={cfg.max_x_across}, seed={cfg.seed}"
                    if cfg.max_size_group is not None or cfg.max_x_across is not None else "none")
@@ -286,10 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--item", type=Path, required=True, help="ZeroSpeech .item file (triphone or phoneme)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", type=Path, help="folder of <utt-id>.pt tensors (T, D)")
-    src.add_argument("--units", type=Path, help="frame-level (or deduplicated) units Parquet file")
+    src.add_argument("--units", type=Path, help="units Parquet (frame-level or deduplicated), JSON lines "
+                     "{name|id, units} (.jsonl[.gz]) or text units 'name<TAB>u1 u2 ...'")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--frame-rate", type=float,
-                        help="Hz; default: the units file's rate, or FEATDIR/_SUCCESS.json's, or 50")
+                        help="Hz; default: the rate a units Parquet file or FEATDIR/_SUCCESS.json records, or 50")
     parser.add_argument("--config", default="{}", help='eval.config.AbxJob JSON: {"abx": {AbxConfig fields}, '
                         '"experiment": {"units": UnitsConfig, ...}} (the experiment gives the metric labels)')
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Readers of the benchmark layouts (sLM21 gold.csv, SpokenStoryCloze, ZeroSpeech .item, 100 Hz phone labels).
+"""Readers of the benchmark layouts (sLM21 gold.csv, SpokenStoryCloze, ZeroSpeech .item, 100 Hz phone labels) and
+of published unit files (ours, SpidR's `.jsonl.gz`, textlesslib / slamkit text units), read as they are.
 
 Each reader checks its input and fails with a `BenchmarkLayoutError` that names the file and shows the layout
 it expected, so that a misplaced or truncated download is caught before any scoring.
@@ -6,14 +7,19 @@ it expected, so that a misplaced or truncated download is caught before any scor
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from units.format import iter_units, read_units_meta
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "length", "correct")
 SYNTACTIC_COLUMNS = ("filename", "id", "voice", "type", "subtype", "transcription", "correct")
@@ -30,8 +36,12 @@ LAYOUTS = {
                   "i = 0..n-1",
     "item": "ZeroSpeech ABX item file: a header line '" + " ".join(ITEM_COLUMNS) + "' then one space-separated "
             "row per token (#file = utterance id, onset < offset in seconds)",
-    "phones": "frame-level phone labels: JSON lines {\"id\": <utterance id>, \"phones\": [label, ...]}, one label "
-              "per 10 ms frame (frame i covers (i + 0.5) * 10 ms), silence kept as a label",
+    "phones": "frame-level phone labels: JSON lines {\"name\" (SpidR's files) or \"id\": <utterance id>, "
+              "\"phones\": [label, ...]}, plain or gzip (.jsonl.gz), one label per 10 ms frame (frame i covers "
+              "(i + 0.5) * 10 ms), silence kept as a label",
+    "units": "units file: a units Parquet file (units.format), or JSON lines {\"name\" (SpidR's paper/results) or "
+             "\"id\": <utterance id>, \"units\": [int, ...]}, or text lines '<utterance id><TAB>u1 u2 ...' "
+             "(textlesslib / slamkit); JSON lines and text may be gzip-compressed; units are frame-level, ids >= 0",
 }
 
 
@@ -232,24 +242,126 @@ def item_kind(path: str | Path, given: str | None = None) -> str:
     return kinds[0]
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+
+def _text_lines(path: Path, layout: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, gunzipped when it starts with the gzip magic (whatever its name)."""
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as f:
+            yield from enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1)
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip.BadGzipFile is an OSError
+        raise BenchmarkLayoutError(path, f"unreadable {'gzip ' if gzipped else ''}text ({err}); a truncated "
+                                   "download?", layout) from err
+
+
+def _utterance_id(path: Path, row: object, lineno: int, value_key: str, layout: str) -> str:
+    """The `name` (SpidR's files) or `id` (ours) of a JSON line that also holds a list under `value_key`."""
+    if not isinstance(row, dict) or not isinstance(row.get(value_key), list):
+        raise BenchmarkLayoutError(path, f"line {lineno} is not an object with a list {value_key!r}", layout)
+    names = [row[k] for k in ("name", "id") if k in row]
+    if len(names) != 1 or not isinstance(names[0], str) or not names[0]:
+        raise BenchmarkLayoutError(path, f"line {lineno} needs exactly one string utterance id, 'name' or 'id'; "
+                                   f"found keys {sorted(row)}", layout)
+    return names[0]
+
+
 def read_phone_labels(path: str | Path) -> dict[str, list[str]]:
-    """100 Hz phone labels per utterance id."""
+    """100 Hz phone labels per utterance id (our `.jsonl` or SpidR's `phoneme-*.jsonl.gz`, read as it is)."""
     path = Path(path)
     if not path.is_file():
         raise BenchmarkLayoutError(path, "phone label file not found", "phones")
     labels: dict[str, list[str]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    interned: dict[str, str] = {}  # one string object per phone: millions of frames stay a few bytes each
+    for lineno, line in _text_lines(path, "phones"):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise BenchmarkLayoutError(path, f"line {lineno} is not JSON ({err})", "phones") from err
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("phones"), list):
-            raise BenchmarkLayoutError(path, f"line {lineno} lacks a string 'id' and a list 'phones'", "phones")
-        if row["id"] in labels:
-            raise BenchmarkLayoutError(path, f"line {lineno}: utterance {row['id']!r} appears twice", "phones")
-        labels[row["id"]] = row["phones"]
+        uid = _utterance_id(path, row, lineno, "phones", "phones")
+        if uid in labels:
+            raise BenchmarkLayoutError(path, f"line {lineno}: utterance {uid!r} appears twice", "phones")
+        if not all(isinstance(p, str) for p in row["phones"]):
+            raise BenchmarkLayoutError(path, f"line {lineno}: phone labels must be strings", "phones")
+        labels[uid] = [interned.setdefault(p, p) for p in row["phones"]]
     if not labels:
         raise BenchmarkLayoutError(path, "no utterance", "phones")
     return labels
+
+
+@dataclass(frozen=True)
+class UnitsSource:
+    """What a units file says about itself: its format, and the rate and vocabulary when it records them."""
+
+    path: Path
+    format: str  # "parquet" | "jsonl" | "text"
+    frame_rate: float | None  # Hz; JSON lines and text units do not record it
+    vocab_size: int | None
+    deduplicated: bool = False
+
+
+def units_source(path: str | Path) -> UnitsSource:
+    """Sniff a units file by its content (Parquet magic, else JSON lines if the first line is an object, else text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkLayoutError(path, "units file not found", "units")
+    with path.open("rb") as raw:
+        head = raw.read(4)
+    if head == PARQUET_MAGIC:
+        meta = read_units_meta(path)
+        return UnitsSource(path, "parquet", float(meta["frame_rate"]), int(meta["vocab_size"]),
+                           bool(meta.get("deduplicated")))
+    first = next((line for _, line in _text_lines(path, "units") if line.strip()), None)
+    if first is None:
+        raise BenchmarkLayoutError(path, "no utterance", "units")
+    return UnitsSource(path, "jsonl" if first.lstrip().startswith("{") else "text", None, None)
+
+
+def iter_unit_sequences(source: UnitsSource) -> Iterator[tuple[str, np.ndarray]]:
+    """(utterance id, frame-level int64 units) in file order; a deduplicated Parquet file is expanded to frames."""
+    path = source.path
+    if source.format == "parquet":
+        for row in iter_units(path):
+            units = row["units"].astype(np.int64)
+            yield row["id"], np.repeat(units, row["durations"]) if source.deduplicated else units
+        return
+    seen: set[str] = set()
+    for lineno, line in _text_lines(path, "units"):
+        if not line.strip():
+            continue
+        if source.format == "jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BenchmarkLayoutError(path, f"line {lineno} is not JSON ({err})", "units") from err
+            uid = _utterance_id(path, row, lineno, "units", "units")
+            values = row["units"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise BenchmarkLayoutError(path, f"line {lineno} (utterance {uid!r}): units must be integers",
+                                           "units")
+            units = np.asarray(values, dtype=np.int64)
+        else:
+            uid, tab, rest = line.rstrip("\r\n").partition("\t")
+            if not tab or not uid:
+                raise BenchmarkLayoutError(path, f"line {lineno} is not '<utterance id><TAB>u1 u2 ...': "
+                                           f"{line[:80]!r}", "units")
+            try:
+                units = np.asarray([int(u) for u in rest.split()], dtype=np.int64)
+            except ValueError:
+                raise BenchmarkLayoutError(path, f"line {lineno} (utterance {uid!r}): units must be integers",
+                                           "units") from None
+        if len(units) and units.min() < 0:
+            raise BenchmarkLayoutError(path, f"line {lineno} (utterance {uid!r}): negative unit id {units.min()}",
+                                       "units")
+        if uid in seen:
+            raise BenchmarkLayoutError(path, f"line {lineno}: utterance {uid!r} appears twice", "units")
+        seen.add(uid)
+        yield uid, units
+    if not seen:
+        raise BenchmarkLayoutError(path, "no utterance", "units")

@@ -39,6 +39,10 @@ class UnitQualityConfig:
 
     label_rate: float = field(100.0, gt=0)  # Hz of the phone labels
     max_length_diff: int = field(2, ge=0)  # frames, after repetition (SpidR raises above 2)
+    # For units files that do not record them (JSON lines, text units); a Parquet units file's own values win, and
+    # a contradicting value is an error. Defaults: 50 Hz (every encoder here, SpidR's releases), max unit id + 1.
+    unit_rate: float | None = field(None, gt=0)
+    vocab_size: int | None = field(None, ge=2)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,13 @@
 Usage:
     python -m eval.unit_quality --units UNITS.parquet --phones dev/phones_100hz.jsonl --out METRICS.json \
         [--config '{"unit_quality": {"label_rate": 100, "max_length_diff": 2}, "experiment": {"units": ...}}']
+    python -m eval.unit_quality --units units-kmeans-spidr-l6-dev-clean-and-other.jsonl.gz \
+        --phones phoneme-dev-clean-and-other.jsonl.gz --out METRICS.json \
+        --config '{"unit_quality": {"vocab_size": 256}}'
+
+Units: a units Parquet file (units.format), SpidR's published JSON lines ({"name", "units"}, gzip or not) or
+textlesslib / slamkit text units (`name<TAB>u1 u2 ...`), read as they are (eval.benchmarks.units_source); the
+phone labels likewise our JSON lines or SpidR's `phoneme-*.jsonl.gz` ({"name", "phones"}).
 
 Protocol (fairseq `measure_teacher_quality.py`, SpidR `units_quality`; reproduces SpidR's published numbers):
 each unit (50 Hz) is repeated label_rate / unit_rate = 2 times, the unit and 100 Hz label sequences are truncated
@@ -28,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from common.config import loads
-from eval.benchmarks import read_phone_labels
+from eval.benchmarks import UnitsSource, iter_unit_sequences, read_phone_labels, units_source
 from eval.config import UnitQualityConfig, UnitQualityJob, labels_of
 from eval.results import Metric, write_metrics
-from units.format import iter_units, read_units_meta
+
+DEFAULT_UNIT_RATE = 50.0  # Hz: every encoder here and SpidR's released units
 
 
 def _entropy(p: np.ndarray) -> float:
@@ -111,10 +119,32 @@ class CountAccumulator:
         return self.table, list(self.phones)
 
 
+def units_geometry(source: UnitsSource, cfg: UnitQualityConfig) -> tuple[float, int, dict[str, str]]:
+    """Unit rate and vocabulary size: recorded by a Parquet units file, else configured, else the defaults (50 Hz;
+    max unit id + 1, one pass over the file); with how each was decided."""
+    for key, recorded in (("unit_rate", source.frame_rate), ("vocab_size", source.vocab_size)):
+        given = getattr(cfg, key)
+        if given is not None and recorded is not None and not math.isclose(given, recorded):
+            raise ValueError(f"unit_quality.{key}={given} contradicts {source.path}, which records {recorded}")
+    if source.frame_rate is not None:
+        rate, rate_from = source.frame_rate, "recorded in the units file"
+    elif cfg.unit_rate is not None:
+        rate, rate_from = cfg.unit_rate, "unit_quality.unit_rate"
+    else:
+        rate, rate_from = DEFAULT_UNIT_RATE, "default (the file does not record it)"
+    if source.vocab_size is not None:
+        vocab, vocab_from = source.vocab_size, "recorded in the units file"
+    elif cfg.vocab_size is not None:
+        vocab, vocab_from = cfg.vocab_size, "unit_quality.vocab_size"
+    else:
+        top = max((int(u.max()) for _, u in iter_unit_sequences(source) if len(u)), default=0)
+        vocab, vocab_from = max(top + 1, 2), "largest unit id + 1 (the file does not record it)"
+    return float(rate), int(vocab), {"unit_rate": rate_from, "vocab_size": vocab_from}
+
+
 def evaluate(units_path: Path, phones_path: Path, cfg: UnitQualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    meta = read_units_meta(units_path)
-    unit_rate = float(meta["frame_rate"])
-    vocab = int(meta["vocab_size"])
+    source = units_source(units_path)
+    unit_rate, vocab, decided = units_geometry(source, cfg)
     ratio = cfg.label_rate / unit_rate
     repeat = round(ratio)
     if repeat < 1 or not math.isclose(ratio, repeat):
@@ -123,15 +153,12 @@ def evaluate(units_path: Path, phones_path: Path, cfg: UnitQualityConfig) -> tup
     labels = read_phone_labels(phones_path)
     acc = CountAccumulator(vocab, repeat, cfg.max_length_diff)
     seen, unlabelled = set(), 0
-    for row in iter_units(units_path):
-        if row["id"] not in labels:
+    for uid, units in iter_unit_sequences(source):
+        if uid not in labels:
             unlabelled += 1
             continue
-        units = row["units"].astype(np.int64)
-        if meta.get("deduplicated"):
-            units = np.repeat(units, row["durations"])
-        acc.add(row["id"], units, labels[row["id"]])
-        seen.add(row["id"])
+        acc.add(uid, units, labels[uid])
+        seen.add(uid)
     missing = sorted(set(labels) - seen)
     if missing:
         raise ValueError(f"{units_path}: no units for {len(missing)} of the {len(labels)} utterances labelled in "
@@ -141,9 +168,9 @@ def evaluate(units_path: Path, phones_path: Path, cfg: UnitQualityConfig) -> tup
     seconds = acc.unit_frames / unit_rate
     result["bitrate"] = math.log2(vocab) * acc.runs / seconds if seconds > 0 else float("nan")
     details = {"utterances": len(seen), "utterances_without_labels": unlabelled, "aligned_frames": acc.frames,
-               "label_rate_hz": cfg.label_rate, "unit_rate_hz": unit_rate, "vocab_size": vocab,
-               "phones": phone_names, "length_difference_total": acc.length_diff_total,
-               "length_difference_max": acc.length_diff_max,
+               "units_format": source.format, "label_rate_hz": cfg.label_rate, "unit_rate_hz": unit_rate,
+               "vocab_size": vocab, "decided": decided, "phones": phone_names,
+               "length_difference_total": acc.length_diff_total, "length_difference_max": acc.length_diff_max,
                "units_per_second_deduplicated": acc.runs / seconds if seconds > 0 else None}
     return result, details
 
@@ -152,6 +179,8 @@ def run(units_path: Path, phones_path: Path, out: Path, *, cfg: UnitQualityConfi
     result, details = evaluate(units_path, phones_path, cfg)
     repeat = round(cfg.label_rate / details["unit_rate_hz"])
     conv = {"labels": phones_path.name, "silence": "kept as a label", "phones": len(details["phones"]),
+            "units": f"{units_path.name} ({details['units_format']}; rate {details['decided']['unit_rate']}, "
+                     f"vocabulary {details['decided']['vocab_size']})",
             "alignment": f"units repeated x{repeat} to {cfg.label_rate:g} Hz labels, truncated to the shorter, "
                          "no shift"}
     n = details["aligned_frames"]
@@ -175,8 +204,10 @@ def run(units_path: Path, phones_path: Path, out: Path, *, cfg: UnitQualityConfi
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--units", type=Path, required=True, help="frame-level (or deduplicated) units Parquet")
-    parser.add_argument("--phones", type=Path, required=True, help="JSON lines {id, phones} at the label rate")
+    parser.add_argument("--units", type=Path, required=True, help="units Parquet (frame-level or deduplicated), "
+                        "JSON lines {name|id, units} (.jsonl[.gz]) or text units 'name<TAB>u1 u2 ...'")
+    parser.add_argument("--phones", type=Path, required=True,
+                        help="JSON lines {name|id, phones} at the label rate (.jsonl[.gz])")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--config", default="{}", help='eval.config.UnitQualityJob JSON: {"unit_quality": '
                         '{UnitQualityConfig fields}, "experiment": {"units": UnitsConfig}} (labels come from it)')

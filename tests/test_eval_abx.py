@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -141,6 +142,34 @@ def test_deduplicated_units_are_expanded_to_frames(corpus: Path, tmp_path: Path)
     expanded = run(corpus / "triphone.item", tmp_path / "b.json", features=None, units_path=dedup, frame_rate=None,
                    cfg=cfg, labels={})
     assert frames["metrics"][0]["value"] == expanded["metrics"][0]["value"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl.gz", "text"])
+def test_published_unit_formats_give_the_parquet_numbers(corpus: Path, tmp_path: Path, kind: str) -> None:
+    """SpidR's gzip JSON lines ({"name", "units"}) and textlesslib text units are read as they are; they record no
+    rate, so 50 Hz is assumed (or --frame-rate), and the ABX equals the Parquet file's."""
+    from units.format import read_units
+
+    rows = list(read_units(corpus / "units.parquet").itertuples())
+    if kind == "jsonl.gz":
+        path = tmp_path / "units-kmeans.jsonl.gz"
+        with gzip.open(path, "wt") as f:
+            f.writelines(json.dumps({"name": r.id, "units": np.asarray(r.units).tolist()}) + "\n" for r in rows)
+    else:
+        path = tmp_path / "units.txt"
+        path.write_text("".join(f"{r.id}\t{' '.join(map(str, r.units))}\n" for r in rows))
+    cfg = AbxConfig(speakers=("within",))
+    want = run(corpus / "triphone.item", tmp_path / "a.json", features=None, units_path=corpus / "units.parquet",
+               frame_rate=None, cfg=cfg, labels={})
+    got = run(corpus / "triphone.item", tmp_path / "b.json", features=None, units_path=path, frame_rate=None, cfg=cfg,
+              labels={})
+    assert got["metrics"][0]["value"] == want["metrics"][0]["value"]
+    fmt = "jsonl" if kind == "jsonl.gz" else "text"
+    assert got["metrics"][0]["conventions"]["input"] == f"discrete units ({fmt} file, default rate)"
+    assert got["metrics"][0]["conventions"]["frame_rate_hz"] == 50.0
+    with pytest.raises(ValueError, match=r"--frame-rate 25\.0 contradicts"):
+        run(corpus / "triphone.item", tmp_path / "c.json", features=None, units_path=corpus / "units.parquet",
+            frame_rate=25.0, cfg=cfg, labels={})
 
 
 def test_tokens_without_frames_are_dropped_and_counted(corpus: Path, tmp_path: Path) -> None:

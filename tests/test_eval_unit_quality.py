@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -91,12 +92,81 @@ def test_missing_units_and_bad_labels_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no units for 1 of the 3 utterances.*u9"):
         evaluate(units, phones, UnitQualityConfig())
     phones.write_text('{"utt": "u1"}\n')
-    with pytest.raises(BenchmarkLayoutError, match=r"phones_100hz\.jsonl: line 1 lacks.*\n.*expected layout"):
+    with pytest.raises(BenchmarkLayoutError,
+                       match=r"phones_100hz\.jsonl: line 1 is not an object with a list 'phones'\n.*expected layout"):
         evaluate(units, phones, UnitQualityConfig())
     with pytest.raises(ValueError, match="not an integer multiple"):
         evaluate(units, phones, UnitQualityConfig(label_rate=75))
     with pytest.raises(ValueError, match="unknown key"):
         load(UnitQualityConfig, {"rate": 100})
+
+
+UTTS = {"u1": ([0, 0, 2, 1], list("AAAAABB")), "u2": ([1, 2], list("BBA"))}  # write_case's utterances
+
+
+def write_official(root: Path, kind: str) -> tuple[Path, Path]:
+    """write_case's utterances in a published format: SpidR's gzip JSON lines with a `name` key (units and phones,
+    as paper/results and paper/assets ship them), or textlesslib / slamkit text units `name<TAB>u1 u2 ...`."""
+    phones = root / "phoneme-dev.jsonl.gz"
+    with gzip.open(phones, "wt") as f:
+        f.writelines(json.dumps({"name": k, "phones": v[1]}, separators=(",", ":")) + "\n" for k, v in UTTS.items())
+    if kind == "jsonl.gz":
+        units = root / "units-kmeans.jsonl.gz"
+        with gzip.open(units, "wt") as f:
+            f.writelines(json.dumps({"name": k, "units": v[0]}) + "\n" for k, v in UTTS.items())
+            f.write(json.dumps({"name": "unlabelled", "units": [3, 3]}) + "\n")
+    else:
+        units = root / "units.txt"
+        units.write_text("".join(f"{k}\t{' '.join(map(str, v[0]))}\n" for k, v in UTTS.items()) + "unlabelled\t3 3\n")
+    return units, phones
+
+
+@pytest.mark.parametrize("kind", ["jsonl.gz", "text"])
+def test_official_formats_are_read_as_they_are(tmp_path: Path, kind: str) -> None:
+    units, phones = write_official(tmp_path, kind)
+    result, details = evaluate(units, phones, UnitQualityConfig())
+    assert result["pnmi"] == pytest.approx(MI / H_PHONE, abs=1e-12)
+    assert result["phone_purity"] == pytest.approx(0.9) and result["active_units"] == 3
+    # neither file records rate nor vocabulary: 50 Hz and largest id + 1 = 4, as the Parquet case records them
+    assert details["unit_rate_hz"] == 50 and details["vocab_size"] == 4
+    assert details["units_format"] == ("jsonl" if kind == "jsonl.gz" else "text")
+    assert result["bitrate"] == pytest.approx(2 * 5 / 0.12)
+    # a larger configured vocabulary (SpidR's 256) changes only the bitrate's log2(V)
+    wide, _ = evaluate(units, phones, UnitQualityConfig(vocab_size=256))
+    assert wide["bitrate"] == pytest.approx(8 * 5 / 0.12) and wide["pnmi"] == result["pnmi"]
+    doc = run(units, phones, tmp_path / "m.json", cfg=UnitQualityConfig(), labels={})
+    assert "largest unit id + 1" in doc["metrics"][0]["conventions"]["units"]
+
+
+def test_parquet_units_match_their_published_format_twins(tmp_path: Path) -> None:
+    parquet, ours = write_case(tmp_path)
+    jsonl, official = write_official(tmp_path, "jsonl.gz")
+    assert evaluate(parquet, official, UnitQualityConfig())[0] == evaluate(jsonl, ours, UnitQualityConfig())[0]
+    with pytest.raises(ValueError, match=r"vocab_size=8 contradicts .*units\.parquet, which records 4"):
+        evaluate(parquet, ours, UnitQualityConfig(vocab_size=8))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("u1\t0 x 2\n", r"line 1 \(utterance 'u1'\): units must be integers"),
+    ("u1 0 1 2\n", r"line 1 is not '<utterance id><TAB>u1 u2 \.\.\.'"),
+    ("u1\t0 1\nu1\t2\n", "line 2: utterance 'u1' appears twice"),
+    ('{"name": "u1", "units": [0, -1]}\n', r"line 1 \(utterance 'u1'\): negative unit id -1"),
+    ('{"name": "u1", "id": "u1", "units": [0]}\n', "line 1 needs exactly one string utterance id"),
+    ('{"name": "u1", "units": [0.5]}\n', r"line 1 \(utterance 'u1'\): units must be integers"),
+])
+def test_bad_published_units_name_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    _, phones = write_case(tmp_path)
+    units = tmp_path / "units.txt"
+    units.write_text(content)
+    with pytest.raises(BenchmarkLayoutError, match=rf"units\.txt: {message}.*\n.*expected layout: units file"):
+        evaluate(units, phones, UnitQualityConfig())
+
+
+def test_truncated_gzip_is_named(tmp_path: Path) -> None:
+    units, phones = write_official(tmp_path, "jsonl.gz")
+    phones.write_bytes(phones.read_bytes()[:-8])
+    with pytest.raises(BenchmarkLayoutError, match=r"phoneme-dev\.jsonl\.gz: unreadable gzip text"):
+        evaluate(units, phones, UnitQualityConfig())
 
 
 def test_exact_logs_agree_with_the_epsilon_formula_of_spidr() -> None:
