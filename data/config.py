@@ -59,3 +59,15 @@ class ManifestConfig:
     # stem: the file name without extension, which benchmark gold files, ABX items and feature files use (two files
     # with one stem are then an error naming both).
     ids: Literal["path", "stem"] = "path"
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    """A corpus made of a seeded subset of another by hours (`source: subset`; `data.subset`'s --config JSON).
+
+    Subsets of one parent with one seed are nested: the 600 h subset is inside the 6k h one (data.subset).
+    """
+
+    of: str  # the parent corpus (any source, a subset included)
+    hours: float = field(gt=0)
+    seed: int = 0

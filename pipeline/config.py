@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import ConfigError, load
-from data.config import DemoConfig, ManifestConfig
+from data.config import DemoConfig, ManifestConfig, SubsetConfig
 from eval.config import EvalConfig, Experiment
 from lm.config import TrainConfig as LMTrainConfig
 from pipeline import grids
@@ -57,11 +57,15 @@ def sharding(config: dict[str, Any]) -> ShardingConfig:
     return load(ShardingConfig, values, "extraction")
 
 
+# In a units entry, but which evaluations run: kept out of every job's --config (turning it on reruns nothing else).
+UNITS_EVAL_KEYS = ("abx_codebook_probs",)
+
+
 def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
     """The `--config` of every job of units entry `name` (k-means fit, extraction, dedup, its evaluations)."""
     if name not in config["units"]:
         config = grids.expand_grids(config)  # an entry of a grid (the workflow expands them once, up front)
-    entry = dict(config["units"][name])
+    entry = {k: v for k, v in config["units"][name].items() if k not in UNITS_EVAL_KEYS}
     entry["encoder"] = encoder_spec(config, entry["encoder"])
     values = {**entry, "name": name, "encoder_name": config["units"][name]["encoder"],
               "extraction": extraction_values(config)}
@@ -85,6 +89,13 @@ def experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -
                       **draws)
 
 
+def codebook_probs_layers(config: dict[str, Any], units: list[str]) -> list[tuple[str, int]]:
+    """(encoder, layer) of the given units entries with `abx_codebook_probs: true` (ABX on codebook-head
+    probabilities, once per encoder layer)."""
+    return sorted({(config["units"][u]["encoder"], config["units"][u]["layer"]) for u in units
+                   if config["units"][u].get("abx_codebook_probs")})
+
+
 def units_experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -> Experiment:
     """What a units entry's own jobs (ABX, PNMI) evaluate, labelled like the experiments that use it."""
     draws = grids.draw_labels(config)[1].get(name, {})
@@ -103,6 +114,24 @@ def manifest_config(config: dict[str, Any], corpus: str) -> ManifestConfig:
     """How a `source: directory` corpus is turned into a manifest."""
     entry = config["corpora"][corpus]
     return load(ManifestConfig, {k: v for k, v in entry.items() if k not in ("source", "root")}, f"corpora.{corpus}")
+
+
+def subset_config(config: dict[str, Any], corpus: str) -> SubsetConfig:
+    """A `source: subset` corpus: a seeded subset of another corpus by hours (data.subset), its parent checked."""
+    entry = config["corpora"][corpus]
+    subset = load(SubsetConfig, {k: v for k, v in entry.items() if k != "source"}, f"corpora.{corpus}")
+    chain = [corpus]
+    parent = subset.of
+    while True:
+        if parent not in config["corpora"]:
+            raise ConfigError(f"'corpora.{chain[-1]}.of' refers to corpus {parent!r}, which is not defined "
+                              f"({sorted(config['corpora'])})")
+        if parent in chain:
+            raise ConfigError(f"'corpora.{corpus}.of': subsets form a cycle ({' -> '.join([*chain, parent])})")
+        chain.append(parent)
+        if config["corpora"][parent]["source"] != "subset":
+            return subset
+        parent = config["corpora"][parent].get("of")
 
 
 def encoder_geometry(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -133,6 +162,8 @@ def validate(config: dict[str, Any]) -> None:
     for name, corpus in config["corpora"].items():
         if corpus["source"] == "directory":
             manifest_config(config, name)
+        if corpus["source"] == "subset":
+            subset_config(config, name)
     evaluation = eval_config(config)
     need("benchmark", evaluation.benchmark, "eval.benchmark", config.get("benchmarks") or {})
     for name, enc in config["encoders"].items():
@@ -142,6 +173,9 @@ def validate(config: dict[str, Any]) -> None:
     for name, unit in config["units"].items():
         need("encoder", unit["encoder"], f"units.{name}.encoder", config["encoders"])
         units = units_config(config, name)
+        if unit.get("abx_codebook_probs") and units.quantizer != "codebook":
+            raise ConfigError(f"'units.{name}.abx_codebook_probs' needs quantizer 'codebook' (a SpidR / DinoSR "
+                              f"codebook head), got {units.quantizer!r}")
         if units.fit is not None:
             need("corpus", units.fit.corpus, f"units.{name}.fit.corpus", config["corpora"])
         try:

@@ -73,6 +73,10 @@ def manifest_config(corpus):
     return dumps(pipeline.manifest_config(config, corpus))
 
 
+def subset_config(corpus):
+    return dumps(pipeline.subset_config(config, corpus))
+
+
 # --- data -------------------------------------------------------------------------------------------------------
 
 
@@ -83,6 +87,8 @@ def corpus_manifest(name):
         return f"{DEMO}/train/manifest.tsv"
     if corpus["source"] == "directory":
         return f"resources/corpora/{name}/manifest.tsv"
+    if corpus["source"] == "subset":
+        return f"resources/subsets/{name}/manifest.tsv"
     return corpus["manifest"]
 
 
@@ -240,6 +246,11 @@ def experiment_metrics():
                 f"results/eval/features/{enc}/L{layer}/{BENCH}/abx_{kind}.json"
                 for kind in ("triphone", "phoneme")
             ]
+    for enc, layer in pipeline.codebook_probs_layers(config, used_units):
+        files += [
+            f"results/eval/codebook_probs/{enc}/L{layer}/{BENCH}/abx_{kind}.json"
+            for kind in ("triphone", "phoneme")
+        ]
     return files
 
 

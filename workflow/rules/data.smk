@@ -41,6 +41,19 @@ rule manifest:
         "> {log} 2>&1"
 
 
+rule subset:
+    input:
+        lambda wc: corpus_manifest(config["corpora"][wc.corpus]["of"]),
+    output:
+        "resources/subsets/{corpus}/manifest.tsv",
+    log:
+        "logs/subset/{corpus}.log",
+    params:
+        subset=lambda wc: subset_config(wc.corpus),
+    shell:
+        "python -m data.subset {input} {output} --config '{params.subset}' > {log} 2>&1"
+
+
 rule benchmark_manifest:
     input:
         # For the demo, the generated benchmark must exist first; real benchmarks are plain folders.
