@@ -304,17 +304,22 @@ def test_two_processes_train_the_same_model_as_one_accumulating(corpus, tmp_path
     teacher and codebooks included (across the CNN freeze at step 3, dropout on). Bit for bit (tolerance 0), as
     measured: with two terms every sum is order-free (a + b == b + a) and the per-rank loss scaling by the world size
     (a power of two) is exact; more processes or micro-batches may differ by float summation order only.
-    A world size that cannot reach the global batch is refused before training, naming the keys."""
+    A run stopped on 2 processes resumes on 1 as the same run. A world size that cannot reach the global batch is
+    refused before training, naming the keys."""
     torch.set_num_threads(1)
     cfg = {**TINY, "max_steps": 4, "progress": False,
            "data": {"global_batch_samples": 40_000, "batch_samples": 20_000}}
     one = train(cfg, str(corpus), str(tmp_path / "one"), str(tmp_path / "one.pt"))
     assert (one.world, one.accumulation) == (1, 2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spidr.train",
-           "--manifest", str(corpus), "--workdir", str(tmp_path / "two"), "--out", str(tmp_path / "two.pt"),
-           "--config", json.dumps(cfg)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    def two_processes(name: str, config: dict, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "spidr.train", "--manifest", str(corpus), "--workdir", str(tmp_path / name), "--out",
+               str(tmp_path / f"{name}.pt"), "--config", json.dumps(config), *extra]
+        return subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=300)
+
+    done = two_processes("two", cfg)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es) x 1 accumulation x 20000 samples = 40000 samples" in done.stderr
     a, b = read_checkpoint(tmp_path / "one.pt"), read_checkpoint(tmp_path / "two.pt")
@@ -330,10 +335,17 @@ def test_two_processes_train_the_same_model_as_one_accumulating(corpus, tmp_path
         assert ra["target_ppl"] == rb["target_ppl"] and ra["loss"] == rb["loss"]
         assert (rb["world_size"], rb["accumulation"], rb["effective_batch_samples"]) == (2, 1, 40_000)
 
+    # Stopped after step 2 on 2 processes, resumed on 1: the same run (the data order and the codebook statistics
+    # are global, dropout is seeded per micro-batch).
+    done = two_processes("three", cfg, "--stop-after", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    train(cfg, str(corpus), str(tmp_path / "three"), str(tmp_path / "three.pt"))
+    c = read_checkpoint(tmp_path / "three.pt")
+    assert all(torch.equal(a["model"][key], c["model"][key]) for key in a["model"])
+
     refused = {**cfg, "data": {"global_batch_samples": 40_000, "batch_samples": 40_000}}
-    done = subprocess.run([*cmd[:-1], json.dumps(refused)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode != 0
+    done = two_processes("refused", refused)
+    assert done.returncode != 0 and not (tmp_path / "refused").exists()
     assert re.search(r"data\.global_batch_samples=40000 cannot be reached exactly on world size 2 with "
                      r"data\.batch_samples=40000", done.stderr), done.stderr[-3000:]
 
