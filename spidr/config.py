@@ -52,7 +52,8 @@ class ModelConfig:
     num_codebooks: int = field(8, ge=1)  # average_top_k_layers: codebooks on the last K layers
     codebook_size: int = field(256, ge=2)  # codebook_size
     codebook_decay: float = field(0.9, ge=0, le=1)  # codebook_decay
-    # Training steps whose codebook statistics are summed before one EMA update (1 = every step, the paper).
+    # Optimiser steps whose codebook statistics are summed before one EMA update (1 = every step, the paper); each
+    # step's statistics already sum all its micro-batches and processes (the whole global batch).
     # Online k-means needs many targets per update: the paper's ~100k masked frames per step keep ~200 of 256
     # codewords alive, while a CPU batch of ~160 frames collapses the codebooks to a handful within 50 steps.
     codebook_update_interval: int = field(1, ge=1)
