@@ -291,7 +291,8 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
         if origin is None:
             saved_step = step
             best_valid, best_step = state.get("best_valid"), state.get("best_step")
-            if best_step is not None and not best_dir(workdir, best_step).is_dir():
+            # rank 0's view of the file system, on every rank (they must agree on what counts as an improvement)
+            if dist.any(dist.is_main and best_step is not None and not best_dir(workdir, best_step).is_dir())[0]:
                 if dist.is_main:
                     print(f"lm.train: {best_dir(workdir, best_step)} is missing: the best model is chosen afresh",
                           file=sys.stderr)
@@ -456,7 +457,8 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
                     "no attention across utterances (positions restart per utterance)"),
                     "model": (f"top level: the best model (lowest validation loss, step {best_step}); {LAST}/: the "
                               f"final model (step {step})") if best_step is not None else
-                    f"top level and {LAST}/: the final model (step {step}; no validation data)"}}
+                    f"top level and {LAST}/: the final model (step {step}; no best model: no validation data, or "
+                    "its directory in the work directory was deleted)"}}
         write_model_dir(raw_model, vocab, out, info, best=None if best_step is None else best_dir(workdir, best_step))
         print(f"lm.train: wrote {out} after {step} steps ({tokens_seen} tokens), valid loss {last_valid}, best "
               f"{best_valid} at step {best_step}", file=sys.stderr)

@@ -474,7 +474,7 @@ def test_without_validation_data_the_model_is_the_last(units, tmp_path):
     assert summary["best_step"] is None and summary["valid_loss"] is None
     best, last = _weights(tmp_path / "model"), _weights(tmp_path / "model" / "last")
     assert all(torch.equal(best[k], last[k]) for k in best)
-    assert "no validation data" in json.loads((tmp_path / "model" / "provenance.json").read_text())[
+    assert "no best model: no validation data" in json.loads((tmp_path / "model" / "provenance.json").read_text())[
         "conventions"]["model"]
 
 
@@ -492,3 +492,23 @@ def test_epoch_budget_resolves_against_the_packed_corpus(units, tmp_path):
     assert 0.5 <= summary["epochs"] < 0.5 + 8 / blocks
     info = json.loads((tmp_path / "model" / "provenance.json").read_text())
     assert info["config"]["max_epochs"] == 0.5 and info["training"]["budgets"] == summary["budgets"]
+
+
+def test_a_deleted_best_model_is_chosen_afresh_on_resume(units, tmp_path, monkeypatch, capsys):
+    real = lm.train.micro_batches
+
+    def dying(blocks, config, step, dist):
+        if step == 6:
+            raise KeyboardInterrupt("simulated kill in step 7")
+        return real(blocks, config, step, dist)
+
+    monkeypatch.setattr(lm.train, "micro_batches", dying)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        train(units, work, tmp_path / "model", cfg())  # valid 4; checkpoints 3, 6 (naming best-step 4)
+    assert torch.load(work / "checkpoint.pt", weights_only=True)["best_step"] == 4
+    lm.train.shutil.rmtree(work / "best-step00000004")
+    monkeypatch.setattr(lm.train, "micro_batches", real)
+    summary = train(units, work, tmp_path / "model", cfg())
+    assert "best-step00000004 is missing: the best model is chosen afresh" in capsys.readouterr().err
+    assert summary["best_step"] == 8 and [p.name for p in work.glob("best-step*")] == ["best-step00000008"]
