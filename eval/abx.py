@@ -17,7 +17,10 @@ Conventions (recorded with every number):
 * slicing: "fastabx" (default; frame i at (i + 1/2) / f s belongs to a token when onset <= t_i <= offset, as
   ABXpy and the SpidR paper) or "librilight" (Libri-Light / ZeroSpeech 2021 code, which drops every token's last
   frame; FASTABX_WITH_LIBRILIGHT_BUG=1). HuBERT L11 triphone within dev-clean: 3.38 % vs 3.06 %.
-* distance: angular on continuous features; on units the 0/1 "identical" distance on unit ids, as the SpidR
+* input: continuous features, or codebook-head probabilities (units.extract features --codebook-probs, which
+  FEATDIR/_CONFIG.json records; labelled quantizer "codebook_probs"), as the SpidR paper's third ABX.
+* distance: angular on continuous features and on codebook probabilities (the fastabx / ZeroSpeech default; the
+  SpidR repository does not show another); on units the 0/1 "identical" distance on unit ids, as the SpidR
   paper's discrete ABX (angular on one-hot vectors is the same distance times 1/2, hence the same ABX).
 * subsampling: ZeroSpeech's 10 tokens per A/B/X and 5 X speakers across, seed 0 (set both to null for none).
 * tokens that get no frame at this frame rate, or run past the end of their utterance's frames, are dropped and
@@ -140,6 +143,9 @@ def slicing_env(slicing: str) -> Iterator[None]:
             os.environ[LIBRILIGHT_ENV] = old
 
 
+# what a features folder holds -> the report's Quantizer label and the `input` convention
+REPRESENTATIONS = {"features": ("continuous", "continuous features"),
+                   "codebook_probs": ("codebook_probs", "codebook-head probabilities (SpidR / DinoSR)")}
 FEATURES_REMEDY = "delete the features folder and rerun the rule that extracts it (extract_features)"
 
 
@@ -174,6 +180,21 @@ def features_frame_rate(featdir: Path, given: float | None) -> float:
     if given is not None and recorded is not None and not math.isclose(given, float(recorded)):
         raise ValueError(f"--frame-rate {given} contradicts {marker}, which records {recorded} Hz")
     return float(given if given is not None else recorded if recorded is not None else 50.0)
+
+
+def features_representation(featdir: Path) -> str:
+    """"features" (hidden states) or "codebook_probs" (codebook-head probabilities), as units.extract records it in
+    FEATDIR/_CONFIG.json; a folder without that file holds features."""
+    marker = featdir / "_CONFIG.json"
+    if not marker.is_file():
+        return "features"
+    try:
+        representation = json.loads(marker.read_text()).get("representation", "features")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{marker}: not a JSON object ({err})") from err
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"{marker}: representation {representation!r}; expected one of {sorted(REPRESENTATIONS)}")
+    return representation
 
 
 def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
@@ -225,7 +246,7 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
         rate = features_frame_rate(features, frame_rate)
         lengths = feature_lengths(feature_files(features), needed)
         distance = cfg.distance or "angular"
-        source = "continuous features"
+        quantizer, source = REPRESENTATIONS[features_representation(features)]
     else:
         units, units_file = frame_units(units_path)
         recorded = units_file.frame_rate
@@ -272,7 +293,7 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
             metrics.append(Metric(cond.name, 100 * error, "%", len(kept), conv))
     inputs = {"item": item_path, "features" if features is not None else "units": features or units_path}
     if features is not None:  # the report's Quantizer column then says what these rows are
-        labels = {**labels, "quantizer": labels.get("quantizer") or "continuous"}
+        labels = {**labels, "quantizer": quantizer}
     return write_metrics(out, task="abx", metrics=metrics, labels=labels, inputs=inputs,
                          config={**dataclasses.asdict(cfg), "frame_rate": rate, "item_kind": kind,
                                  "distance": distance}, details=details)

@@ -1,4 +1,6 @@
-"""Evaluation stage: sWUGGY / sBLIMP / tSC / sSC per experiment, ABX and unit quality per units config.
+"""Evaluation stage: sWUGGY / sBLIMP / tSC / sSC per experiment, ABX and unit quality per units config, ABX on
+continuous features per encoder layer, and on codebook-head probabilities where a units entry asks for it
+(`abx_codebook_probs: true`).
 
 Each job's `--config` (eval.config) carries what is evaluated, from which the metrics file takes its labels.
 """
@@ -67,6 +69,46 @@ rule eval_abx_features:
         "results/eval/features/{encoder}/L{layer}/{benchmark}/abx_{abxkind}.json",
     log:
         "logs/eval_abx_features/{encoder}/L{layer}/{benchmark}/{abxkind}.log",
+    params:
+        job=abx_features_json,
+        features=lambda wc, input: os.path.dirname(input.features),
+    shell:
+        "python -m eval.abx --item {input.item} --features {params.features} --out {output} "
+        "--config '{params.job}' > {log} 2>&1"
+
+
+rule extract_codebook_probs:
+    """Codebook-head probabilities (frames, codebook size) of one SpidR / DinoSR layer, for their ABX."""
+    input:
+        encoder=lambda wc: encoder_inputs(wc.encoder),
+        manifest=benchmark_file("abx_manifest"),
+    output:
+        # the folder's last file, as for extract_features: a half-done extraction resumes file by file
+        "results/codebook_probs/{encoder}/L{layer}/{benchmark}-abx/_SUCCESS.json",
+    log:
+        "logs/extract_codebook_probs/{encoder}/L{layer}/{benchmark}.log",
+    benchmark:
+        "logs/benchmarks/extract_codebook_probs/{encoder}/L{layer}/{benchmark}.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        features=features_json,
+        out=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        "python -m units.extract features --codebook-probs --config '{params.features}' "
+        "--manifest {input.manifest} --out {params.out} --no-progress > {log} 2>&1"
+
+
+rule eval_abx_codebook_probs:
+    """eval.abx reads the representation from the folder's _CONFIG.json (Quantizer label codebook_probs)."""
+    input:
+        features="results/codebook_probs/{encoder}/L{layer}/{benchmark}-abx/_SUCCESS.json",
+        item=lambda wc: benchmark_layout(wc.benchmark)[f"{wc.abxkind}_item"],
+    output:
+        "results/eval/codebook_probs/{encoder}/L{layer}/{benchmark}/abx_{abxkind}.json",
+    log:
+        "logs/eval_abx_codebook_probs/{encoder}/L{layer}/{benchmark}/{abxkind}.log",
     params:
         job=abx_features_json,
         features=lambda wc, input: os.path.dirname(input.features),
