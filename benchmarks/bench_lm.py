@@ -77,7 +77,8 @@ def worker_hf_trainer(job: dict[str, Any]) -> dict[str, Any]:
     from lm.train import TrainConfig
     from units.format import read_units_meta
 
-    cfg = TrainConfig.from_dict(job["config"])
+    # a collator cannot stack FlexAttention BlockMasks: the baseline keeps the dense mask whatever ours uses
+    cfg = TrainConfig.from_dict({**job["config"], "attn_implementation": "sdpa"})
     cuda = torch.cuda.is_available()
     vocab = UnitVocab(int(read_units_meta(job["units"])["vocab_size"]))
     arrays, _ = prepare_token_arrays(job["units"], Path(job["tmp"]) / "hf" / "data",
@@ -193,6 +194,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile in both trainers")
     parser.add_argument("--cross-document-attention", action="store_true",
                         help="plain causal attention (both trainers) instead of per-utterance masks")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flex_attention"],
+                        help="ours only (flex_attention: a BlockMask, GPU only); the HF Trainer keeps the dense mask")
     parser.add_argument("--score-sequences", type=int, default=512)
     parser.add_argument("--score-batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1, help="alternate ours/HF this many times; medians kept")
@@ -229,7 +232,8 @@ def main() -> None:
                               "threads": args.threads or os.environ.get("OMP_NUM_THREADS"),
                               "context_length": context, "batch_size": batch, "micro_batch_size": micro,
                               "timed_steps": steps, "compile": args.compile,
-                              "cross_document_attention": args.cross_document_attention, "presets": {}}
+                              "cross_document_attention": args.cross_document_attention,
+                              "attn_implementation": args.attn_implementation, "presets": {}}
     with tempfile.TemporaryDirectory(prefix="bench_lm_") as tmp:
         units = write_markov_units(Path(tmp) / "units.parquet", num_utterances=args.utterances,
                                    vocab_size=args.vocab_size, seed=0)
@@ -237,7 +241,8 @@ def main() -> None:
             config = {"preset": preset, "context_length": context, "batch_size": batch, "micro_batch_size": micro,
                       "max_steps": args.warmup_steps + steps + 1, "warmup_steps": 2, "log_interval": 10**6,
                       "eval_interval": 10**6, "checkpoint_interval": 10**6, "valid_fraction": 0.05,
-                      "compile": args.compile, "cross_document_attention": args.cross_document_attention}
+                      "compile": args.compile, "cross_document_attention": args.cross_document_attention,
+                      "attn_implementation": args.attn_implementation}
             results: dict[str, list[dict[str, Any]]] = {"ours": [], "hf_trainer": []}
             for r in range(args.repeats):
                 for kind in ("ours", "hf_trainer") if r % 2 == 0 else ("hf_trainer", "ours"):
