@@ -45,10 +45,16 @@ class ConvBlock(nn.Module):
 
     norm "layer": LayerNorm over channels per frame (SpidR); "group": GroupNorm with one group per channel, i.e.
     each channel normalised over time (wav2vec 2.0 / HuBERT base, first layer only); None: no norm.
-    The Conv1d runs as a conv2d over a height-1 image in channels-last memory (the first one, on the waveform, as
-    a matmul over its windows), so the per-frame LayerNorm reads contiguous channels and no transpose copy is made
-    (about 2x faster on CPU than conv1d + transposes; see README "Performance" for the GPU).
+    Activations stay in (B, T, C) memory, so the per-frame LayerNorm reads contiguous channels and no transpose
+    copy is made. The first Conv1d (on the waveform), and on CPU every one, runs as a matmul over the input's
+    (B, T, C_in * kernel) windows; on the GPU the others run as a conv2d over a height-1 channels-last image (see
+    README "Performance").
     """
+
+    # Device types where every conv is a matmul over windows. On CPU (one thread, base config) mkldnn's
+    # channels-last conv2d backward costs about 1.4x conv1d's on the 512-channel layers, and conv1d needs (B, C, T)
+    # memory (two transpose copies per layer); the windows' matmul is as fast as conv1d without them.
+    matmul_devices: tuple[str, ...] = ("cpu",)
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
                  norm: str | None = "layer") -> None:
@@ -64,11 +70,12 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
-        if conv.in_channels == 1:
-            # On the waveform, a matmul over its (B, T, kernel) windows writes (B, T, C) memory directly; conv2d
-            # would write (B, C, 1, T), which the LayerNorm and the weight gradient then copy (the model's largest
-            # activation), and cuDNN's weight gradient for one input channel is slow.
-            windows = x.flatten(1).unfold(1, conv.kernel_size[0], conv.stride[0])
+        if conv.in_channels == 1 or x.device.type in self.matmul_devices:
+            # A matmul over the (B, T, C_in * kernel) windows writes (B, T, C) memory directly. On the waveform,
+            # conv2d would write (B, C, 1, T), which the LayerNorm and the weight gradient then copy (the model's
+            # largest activation), and cuDNN's weight gradient for one input channel is slow.
+            frames = x[:, :, 0, :].transpose(1, 2)  # (B, T, C_in): a view of channels-last (or 1-channel) memory
+            windows = frames.unfold(1, conv.kernel_size[0], conv.stride[0]).flatten(2)  # (C_in, kernel) order
             x = F.linear(windows, conv.weight.flatten(1), conv.bias).unsqueeze(1).permute(0, 3, 1, 2)
         else:
             x = x.contiguous(memory_format=torch.channels_last)

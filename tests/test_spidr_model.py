@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
 from spidr.config import ConfigError, ModelConfig, batch_plan, from_dict, preset
 from spidr.masking import mask_indices
-from spidr.model import Codebook, Codebooks, build_model, compile_model, layer_norm_gelu, standardize
+from spidr.model import Codebook, Codebooks, ConvBlock, build_model, compile_model, layer_norm_gelu, standardize
 from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
 
 
@@ -207,9 +207,12 @@ def test_padded_batch_inference_equals_one_at_a_time(kind, mode):
             torch.testing.assert_close(alone_p[layer].sum(-1), torch.ones(1, n))
 
 
+@pytest.mark.parametrize("matmul_devices", [("cpu",), ()], ids=["cpu_path", "gpu_path"])
 @pytest.mark.parametrize("mode", ["layer_norm", "group_norm"])
-def test_front_end_equals_a_plain_conv1d_stack(mode):
-    """The channels-last / matmul front end computes what Conv1d -> norm -> GELU layers compute."""
+def test_front_end_equals_a_plain_conv1d_stack(mode, matmul_devices, monkeypatch):
+    """The matmul / channels-last front end computes what Conv1d -> norm -> GELU layers compute, on either path
+    (CPU: every conv a matmul over windows; GPU: conv2d after the first, here run on the CPU)."""
+    monkeypatch.setattr(ConvBlock, "matmul_devices", matmul_devices)
     cfg = from_dict({"preset": "tiny", "model": {"extractor_mode": mode}}).model
     model = build_model(cfg, seed=0)
     wav = torch.randn(2, 7_001)
