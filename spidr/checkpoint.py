@@ -11,6 +11,8 @@ either `{"model": state_dict, ...}` (spidr_base.pt, dinosr_base_reproduced.pt) o
 head count is not in any tensor shape, and a wrong guess changes every output (the tensor shapes fill in only what
 the config leaves out). Their kind comes from the `kind` argument, that config.json, or the file name (`dinosr`
 in it), SpidR otherwise.
+The official DinoSR release (fairseq) is read as it is too: `convert_fairseq_dinosr` maps its layout onto ours,
+with the architecture from the checkpoint's own cfg.model.
 Anything else is refused with a CheckpointError naming the file and the missing / unexpected keys.
 """
 
@@ -130,6 +132,11 @@ def load_model(
         except ConfigError as err:
             raise CheckpointError(f"{path}: bad model_config ({err})") from err
         kind, state = file_kind, obj["model"]
+    elif is_fairseq_dinosr(obj):
+        if kind not in (None, "dinosr"):
+            raise CheckpointError(f"{path}: a fairseq DinoSR checkpoint, but kind={kind!r} was asked for")
+        cfg, state = convert_fairseq_dinosr(obj, path)
+        kind = "dinosr"
     else:
         state = _official_state_dict(obj, path)
         official = _sibling_official_config(path)
@@ -152,6 +159,144 @@ def load_model(
     step = int(state["current_step"].reshape(-1)[0]) if "current_step" in state else 0
     model.current_step.fill_(step)
     return model.to(map_location).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official DinoSR release (Liu et al., 2023: a fairseq plugin, github.com/Alexander-H-Liu/dinosr)
+#
+# A fairseq checkpoint {"cfg": {"model": {...}}, "model": state_dict, ...}, with the wav2vec 2.0 module names:
+# feature_extractor.conv_layers.I.0 (conv), .2.1 (LayerNorm, extractor_mode layer_norm); layer_norm and
+# post_extract_proj (our feature_projection); mask_emb; encoder.pos_conv.J.0 (the pos_conv_depth > 1 conv blocks);
+# encoder.layer_norm; encoder.layers.L.{self_attn.{q,k,v,out}_proj, self_attn_layer_norm, fc1, fc2,
+# final_layer_norm}; heads.I (Linear); the codebooks as _codebookI (running sums, V x D) and _codebook_cntsI
+# (running counts), the same statistics as ours; the EMA teacher (the transformer only) as the dict `_ema`; and,
+# after the CNN freeze, _pre_encoder_{cnn,ln,proj} copies, which inference does not use.
+
+_FAIRSEQ_MARKER = "encoder.layers.0.self_attn.q_proj.weight"
+_FAIRSEQ_NAMES = {  # fairseq DinoSR model cfg -> our ModelConfig; conv layers come from the tensor shapes
+    "encoder_embed_dim": "embed_dim",
+    "encoder_layers": "num_layers",
+    "encoder_attention_heads": "num_heads",
+    "encoder_ffn_embed_dim": "ffn_dim",
+    "conv_bias": "conv_bias",
+    "conv_pos": "pos_conv_kernel",
+    "conv_pos_groups": "pos_conv_groups",
+    "pos_conv_depth": "pos_conv_depth",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "ffn_dropout",
+    "dropout_input": "projection_dropout",
+    "encoder_layerdrop": "layer_drop",
+    "average_top_k_layers": "num_codebooks",
+    "codebook_size": "codebook_size",
+    "codebook_init_decay": "codebook_decay",
+}
+_FAIRSEQ_LAYER = {"self_attn.out_proj": "attention.proj", "self_attn_layer_norm": "layer_norm",
+                  "fc1": "feed_forward.intermediate_dense", "fc2": "feed_forward.output_dense",
+                  "final_layer_norm": "final_layer_norm"}
+
+
+def is_fairseq_dinosr(obj: Any) -> bool:
+    return (isinstance(obj, dict) and isinstance(obj.get("model"), dict) and _FAIRSEQ_MARKER in obj["model"]
+            and "post_extract_proj.weight" in obj["model"])
+
+
+def _fairseq_transformer(params: dict[str, torch.Tensor], prefix: str, ours: str) -> dict[str, torch.Tensor]:
+    """fairseq TransformerEncoder tensors (keys after `prefix`) in our Transformer layout under `ours`."""
+    out: dict[str, torch.Tensor] = {}
+    layer_rx = re.compile(rf"^{re.escape(prefix)}layers\.(\d+)\.(.+)\.(weight|bias)$")
+    for key, value in params.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        if m := re.match(r"^pos_conv\.(\d+)\.0\.(weight|bias)$", rest):
+            out[f"{ours}.pos_conv_embed.convs.{m[1]}.{m[2]}"] = value
+        elif rest in ("layer_norm.weight", "layer_norm.bias"):
+            out[f"{ours}.{rest}"] = value
+        elif (m := layer_rx.match(key)) and m[2] in _FAIRSEQ_LAYER:
+            out[f"{ours}.layers.{m[1]}.{_FAIRSEQ_LAYER[m[2]]}.{m[3]}"] = value
+        elif m and m[2] in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            pass  # fused below
+        else:
+            out[f"unconverted:{key}"] = value  # named by _load_state as an unexpected key
+    for layer in sorted({int(m[1]) for k in params if (m := layer_rx.match(k))}):
+        for part in ("weight", "bias"):
+            qkv = [params.get(f"{prefix}layers.{layer}.self_attn.{n}_proj.{part}") for n in "qkv"]
+            if all(t is not None for t in qkv):
+                out[f"{ours}.layers.{layer}.attention.qkv.{part}"] = torch.cat(qkv, 0)  # our q, k, v order
+    return out
+
+
+def convert_fairseq_dinosr(obj: dict, path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The architecture and our state dict (student, heads, codebooks, teacher) of an official DinoSR checkpoint.
+
+    The architecture comes from the checkpoint's own `cfg.model` (the head count is never guessed). Without a
+    teacher (`_ema`) in the file, the teacher is a copy of the student (inference never uses it); pos_conv, which
+    DinoSR copies from the student instead of averaging (ema_layers_only), comes from the student when absent.
+    """
+    path = Path(path)
+    model_cfg = (obj.get("cfg") or {}).get("model") if isinstance(obj.get("cfg"), dict) else None
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{path}: a fairseq DinoSR checkpoint without its cfg.model dict (an old `args` "
+                              "checkpoint?): re-save it with fairseq as {'cfg': {'model': <the model config as a "
+                              "dict>}, 'model': <state dict>}")
+    if model_cfg.get("extractor_mode", "layer_norm") != "layer_norm" or model_cfg.get("layer_norm_first"):
+        raise CheckpointError(f"{path}: only extractor_mode=layer_norm, post-LN DinoSR models are supported (got "
+                              f"extractor_mode={model_cfg.get('extractor_mode')!r}, layer_norm_first="
+                              f"{model_cfg.get('layer_norm_first')!r})")
+    if int(model_cfg.get("pos_conv_depth", 1)) < 2:
+        raise CheckpointError(f"{path}: pos_conv_depth={model_cfg.get('pos_conv_depth', 1)}; only DinoSR's "
+                              "multi-layer positional convolution (pos_conv_depth > 1) is supported")
+    if "encoder_attention_heads" not in model_cfg:
+        raise CheckpointError(f"{path}: cfg.model has no encoder_attention_heads (the head count is not in any "
+                              "tensor shape, so it is never guessed)")
+    values = {ours: model_cfg[theirs] for theirs, ours in _FAIRSEQ_NAMES.items() if theirs in model_cfg}
+    values["extractor_mode"] = "layer_norm"
+    values["qkv_bias"] = True  # fairseq's MultiheadAttention always has q/k/v biases
+    src = obj["model"]
+    state: dict[str, torch.Tensor] = {}
+    teacher = src.get("_ema")
+    for key, value in src.items():
+        if key == "_ema" or key.startswith("_pre_encoder_") or key.startswith("encoder."):
+            continue
+        if m := re.match(r"^feature_extractor\.conv_layers\.(\d+)\.(0|2\.1)\.(weight|bias)$", key):
+            state[f"feature_extractor.conv_layers.{m[1]}.{'conv' if m[2] == '0' else 'layer_norm'}.{m[3]}"] = value
+        elif m := re.match(r"^(layer_norm|post_extract_proj)\.(weight|bias)$", key):
+            state[f"feature_projection.{'layer_norm' if m[1] == 'layer_norm' else 'projection'}.{m[2]}"] = value
+        elif key == "mask_emb":
+            state["mask_embedding"] = value
+        elif m := re.match(r"^heads\.(\d+)\.(weight|bias)$", key):
+            state[f"heads.{m[1]}.0.{m[2]}"] = value
+        elif m := re.match(r"^_codebook(_cnts)?(\d+)$", key):
+            state[f"codebooks.{m[2]}.{'counts' if m[1] else 'codebook'}"] = value.float()
+        else:
+            state[f"unconverted:{key}"] = value
+    student = _fairseq_transformer(src, "encoder.", "student")
+    state.update(student)
+    if isinstance(teacher, dict):
+        state.update(_fairseq_transformer({f"encoder.{k}": v for k, v in teacher.items()}, "encoder.", "teacher"))
+    for key, value in student.items():  # absent teacher tensors: the student's (see the docstring)
+        state.setdefault("teacher" + key[len("student"):], value.clone())
+    state["current_step"] = torch.zeros(1, dtype=torch.int64)
+    try:
+        n_conv = _count(state, r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight")
+        kernels = [state[f"feature_extractor.conv_layers.{i}.conv.weight"].shape[2] for i in range(n_conv)]
+        channels = [state[f"feature_extractor.conv_layers.{i}.conv.weight"].shape[0] for i in range(n_conv)]
+    except KeyError as err:
+        raise CheckpointError(f"{path}: fairseq DinoSR layout incomplete, missing key {err}") from err
+    if kernels != [k for _, k, _ in PAPER_CONV_LAYERS]:
+        raise CheckpointError(f"{path}: conv kernels {kernels} differ from wav2vec 2.0's; strides unknown")
+    values["conv_layers"] = [(c, k, s) for c, (_, k, s) in zip(channels, PAPER_CONV_LAYERS, strict=True)]
+    try:
+        return model_config_from_dict(values), state
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: cannot build a model from its cfg.model ({err})") from err
+
+
+def convert_official_dinosr(src: str | Path, out: str | Path) -> None:
+    """Write an official DinoSR (fairseq) checkpoint in our format (loadable by `load_model` either way)."""
+    model = load_model(src, kind="dinosr")
+    save_model(model, out, converted_from=str(src))
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu", *, kind: str | None = None) -> DinoSR:
@@ -197,8 +342,9 @@ def _official_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         )
     if any(str(k).startswith("encoder.") for k in state) or "cfg" in obj or "args" in obj:
         raise CheckpointError(
-            f"{path}: looks like a fairseq checkpoint (keys {_few(sorted(map(str, state))[:3], 3)}); only the "
-            "official SpidR/DinoSR release layout and our own format are supported"
+            f"{path}: looks like a fairseq checkpoint (keys {_few(sorted(map(str, state))[:3], 3)}) but not the "
+            "official DinoSR one (no encoder.layers.0.self_attn.q_proj / post_extract_proj); only that, the official "
+            "SpidR/DinoSR release layout and our own format are supported"
         )
     if all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
