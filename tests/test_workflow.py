@@ -195,6 +195,7 @@ def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, dem
         "/data/abx/phoneme-dev-clean.item": demo_corpus / "dev/phoneme.item",
         "/data/abx/phoneme-dev-clean-100hz.jsonl": demo_corpus / "dev/phones_100hz.jsonl",
         "/data/checkpoints/spidr_base.pt": tmp_path / "spidr_base.pt",
+        "/data/checkpoints/dinosr.ckpt": tmp_path / "dinosr.ckpt",
         "/data/": f"{tmp_path}/",
     }
     text = (REPO / "configs/paper.yaml").read_text()
@@ -202,11 +203,13 @@ def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, dem
         text = text.replace(old, str(new))
     assert "/data/" not in text
     (tmp_path / "spidr_base.pt").touch()
+    (tmp_path / "dinosr.ckpt").touch()
     config = yaml.safe_load(text)
     out = snakemake(tmp_path, "-n", "--quiet", "rules", config=config)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rule in ("manifest", "pretrain", "fit_kmeans", "quantize", "dedup", "train_lm", "score_lm", "eval_slm21",
-                 "eval_storycloze", "eval_abx_units", "eval_abx_features", "eval_unit_quality", "report"):
+                 "eval_storycloze", "eval_abx_units", "eval_abx_features", "eval_unit_quality",
+                 "extract_codebook_probs", "eval_abx_codebook_probs", "report"):
         assert re.search(rf"^{rule}\s+\d+", out.stdout, re.M), rule
     assert "demo_data" not in out.stdout
 
