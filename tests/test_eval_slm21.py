@@ -76,7 +76,8 @@ def test_lexical_cli_writes_metrics_and_zrc_submission(tmp_path: Path) -> None:
     assert got["swuggy_all"]["conventions"]["set"] == "dev"
     assert got["swuggy_all"]["conventions"]["normalisation"] == "mean log-likelihood"
     assert doc["labels"] == {"experiment": "e1", "lm": "tiny", "units": "kmeans", "encoder": "spidr",
-                             "encoder_kind": "spidr", "layer": 6, "quantizer": "kmeans", "k": 256}
+                             "encoder_kind": "spidr", "layer": 6, "quantizer": "kmeans", "k": 256,
+                             "set": None, "seed": None, "kmeans_seed": None}
     assert doc["provenance"]["code_version"]
     # zrc submission: `<wav-stem> <score>`, space separated, every gold file exactly once, exact floats.
     lines = (tmp_path / "sub" / "lexical" / "dev.txt").read_text().splitlines()

@@ -43,7 +43,7 @@ def test_accuracy_ties_and_conventions(tmp_path: Path) -> None:
     assert m["conventions"]["normalisation"] == "mean log-likelihood of the whole story"
     assert doc["details"]["ties"] == 1 and doc["task"] == "sSC"
     assert doc["labels"] == {"experiment": "e", "lm": "tiny", "units": "u", "encoder": "mfcc", "encoder_kind": "mfcc",
-                             "layer": 0, "quantizer": "kmeans", "k": 8}
+                             "layer": 0, "quantizer": "kmeans", "k": 8, "set": None, "seed": None, "kmeans_seed": None}
 
 
 @pytest.mark.parametrize(("names", "problem"), [

@@ -226,7 +226,8 @@ def test_bad_audio_policy_reruns_extraction_not_pretraining(completed_workdir: P
     config["extraction"] = {"bad_audio": "skip"}
     jobs = planned_jobs(completed_workdir, config)
     assert "pretrain" not in jobs and "demo_data" not in jobs and "train_lm" in jobs
-    assert jobs["fit_kmeans"] == 2 and jobs["extract_features"] == 2
+    # Every k-means fit (MFCC, SpidR L4 and L6 from the grid) and every feature extraction (MFCC L0, SpidR L4, L6).
+    assert jobs["fit_kmeans"] == 3 and jobs["extract_features"] == 3
 
 
 def test_shard_count_change_after_a_run_reruns_nothing_without_the_input_trigger(completed_workdir: Path,
