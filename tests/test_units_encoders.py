@@ -179,7 +179,7 @@ def test_spec_parsing_errors_name_the_problem():
     assert EncoderSpec.parse({"kind": "hf", "model": "m"}).to_dict() == {"kind": "hf", "model": "m"}
     with pytest.raises(EncoderConfigError, match="layr"):
         EncoderSpec.parse({"kind": "mfcc", "layr": 3})
-    with pytest.raises(EncoderConfigError, match="'kind'"):
+    with pytest.raises(EncoderConfigError, match=r"missing key 'encoder\.kind'"):
         EncoderSpec.parse({"model": "m"})
     with pytest.raises(EncoderConfigError, match="'model'"):
         EncoderSpec.parse({"kind": "hf"})

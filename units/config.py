@@ -17,7 +17,6 @@ The workflow imports this module when it parses the config, so it must not impor
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from common.config import ConfigError, load, loads
 from common.config import field as cfg_field
 from data.audio import HOP, SAMPLE_RATE, WINDOW, conv_geometry, frame_count  # noqa: F401  (re-exported)
 
@@ -68,23 +68,13 @@ class EncoderSpec:
 
     @classmethod
     def parse(cls, spec: str | Mapping[str, Any] | EncoderSpec) -> EncoderSpec:
-        """From a JSON string or a dict; unknown keys are an error naming them."""
+        """From a JSON string or a dict, through the typed loader: unknown keys and wrong types are named."""
         if isinstance(spec, EncoderSpec):
             return spec
-        if isinstance(spec, str):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as err:
-                raise EncoderConfigError(f"encoder spec is not valid JSON ({err}): {spec!r}") from err
-        if not isinstance(spec, Mapping):
-            raise EncoderConfigError(f"encoder spec must be a JSON object, got {spec!r}")
-        known = ("kind", "checkpoint", "model", "normalize")
-        unknown = sorted(set(spec) - set(known))
-        if unknown:
-            raise EncoderConfigError(f"unknown encoder spec key(s) {unknown}; known keys: {list(known)}")
-        if "kind" not in spec:
-            raise EncoderConfigError(f"encoder spec lacks 'kind' (one of {ENCODER_KINDS}): {dict(spec)}")
-        return cls(**spec)
+        try:
+            return loads(cls, spec, "encoder spec") if isinstance(spec, str) else load(cls, spec, "encoder")
+        except ConfigError as err:
+            raise EncoderConfigError(str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("kind", self.kind), ("checkpoint", self.checkpoint), ("model", self.model),
