@@ -40,8 +40,9 @@ WORKFLOW_TIMEOUT_S = 900
 FAIL_TIMEOUT_S = 300
 # The plugin waits 40 s before its first status query; on a test cluster whose jobs last seconds, ask sooner.
 POLL = ("--slurm-init-seconds-before-status-checks", "2")
-# Training steps that outlast one 1-minute job here (each job stops ~10-25 s before its limit), but not many.
-LM_STEPS, SPIDR_STEPS = 250, 150
+# Training steps that outlast one 1-minute job even on a fast idle machine (tiny steps take ~0.04-0.1 s on CPU and
+# each job stops about 30 s before its limit), so at least one stop and resume always happens.
+LM_STEPS, SPIDR_STEPS = 1200, 1200
 
 
 def _skip_reason() -> str | None:
@@ -184,7 +185,9 @@ def _cpu_cluster_resources(repo: Path, planned: dict[str, dict[str, str]], node_
     """
     per_rule = {rule: dict(values) for rule, values in _workflow_profile_set_resources(repo).items()}
     changed = False
-    for rule, resources in planned.items():
+    # A rule with a `message:` (pretrain) prints no resources in a dry run: the profile's values count too.
+    profile = {rule: {k: str(v) for k, v in values.items()} for rule, values in per_rule.items()}
+    for rule, resources in [*planned.items(), *profile.items()]:
         if resources.get("gpu", "0") != "0" or any(k in resources for k in ("gpu_model", "gres")):
             per_rule.setdefault(rule, {}).update(gpu=0)
             per_rule[rule].pop("gpu_model", None)

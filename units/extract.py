@@ -142,9 +142,9 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
                   log=sys.stderr) -> dict[str, Any]:
     """Write frame-level units of every usable utterance of the manifest (manifest order) to OUT.
 
-    shard=(i, n): only the rows of corpus shard i of n (units.shards.split_rows), for `gather_units`; the units of
-    an utterance do not depend on the shard it is in. Returns the summary recorded in the file's provenance
-    (utterances, frames, seconds, skipped files).
+    shard=(i, n): only corpus shard i of n, whole resumable pieces of the manifest balanced by audio, for
+    `gather_units`; the units of an utterance do not depend on the shard it is in. Returns the summary recorded in
+    the file's provenance (utterances, frames, seconds, skipped files).
     """
     run = run or RunOptions()
     spec = EncoderSpec.parse(spec)
@@ -162,12 +162,15 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
     work = Path(work_dir) if work_dir else out.with_name(f".{out.name}.work")
     _prepare_workdir(work, key, log)
 
-    # Resumable pieces of at most shard_hours of audio inside this job's rows.
-    ids, paths = table["id"].tolist(), table["path"].tolist()
-    mine = split_rows(table["num_samples"].tolist(), count)[index]
-    sizes = table["num_samples"].iloc[mine.start:mine.stop].tolist()
-    pieces = [(i, [mine.start + r for r in rows]) for i, rows in enumerate(plan_shards(sizes, run.shard_samples))]
-    parts = [work / f"shard-{i:06d}.parquet" for i, _ in pieces]
+    # Resumable pieces of at most shard_hours of audio, planned over the WHOLE manifest; this job takes whole pieces
+    # (balanced by audio). Pieces are also the unit of length bucketing, so every utterance is batched with the same
+    # neighbours whatever the shard count: sharded units equal unsharded ones bit for bit.
+    ids, paths, sizes = table["id"].tolist(), table["path"].tolist(), table["num_samples"].tolist()
+    every = plan_shards(sizes, run.shard_samples)
+    taken = split_rows([sum(sizes[r] for r in rows) for rows in every], count)[index]
+    pieces = [(i, every[i]) for i in taken]
+    mine = range(pieces[0][1][0], pieces[-1][1][-1] + 1) if pieces else range(0, 0)
+    parts = {i: work / f"shard-{i:06d}.parquet" for i, _ in pieces}
     todo = [(i, rows) for i, rows in pieces if not parts[i].is_file()]
     if len(todo) < len(pieces):
         print(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already done in {work}", file=log)
@@ -188,7 +191,7 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
                     "max_batch": run.max_batch}}
     if count > 1:
         prov["shard"] = {"index": index, "count": count, "rows": [mine.start, mine.stop]}
-    summary = _merge(parts, out, prov, quant.vocab_size, encoder.frame_rate)
+    summary = _merge(list(parts.values()), out, prov, quant.vocab_size, encoder.frame_rate)
     shutil.rmtree(work)
     what = f" (shard {index} of {count})" if count > 1 else ""
     print(f"units: wrote {out}{what}: {summary['utterances']} utterances, {summary['frames']} frames, "

@@ -48,8 +48,9 @@ def plan_shards(num_samples: Sequence[int], shard_samples: int) -> list[list[int
 
 
 def split_rows(num_samples: Sequence[int], num_shards: int) -> list[range]:
-    """The manifest rows of each of `num_shards` corpus shards (one extraction job each): consecutive rows,
-    balanced by audio, each row in exactly one shard (a shard may be empty when there are few rows).
+    """The items of each of `num_shards` corpus shards (one extraction job each): consecutive items (manifest rows,
+    or the resumable pieces of `plan_shards`), balanced by audio, each item in exactly one shard (a shard may be
+    empty when there are few items).
 
     Row r goes to the shard its audio's midpoint falls in, so the split depends only on the manifest and N.
     """
