@@ -150,8 +150,11 @@ def _snakemake(repo: Path, *args: str, timeout_s: int, env: dict[str, str] | Non
 
 def _jobs(log: str, local: bool = False) -> Counter:
     """Jobs per rule in a Snakemake output: "rule X:" headers (a dry run prints every job so; a real run prints
-    the jobs it submits to SLURM so), or with `local` the "localrule X:" jobs a real run ran on this machine."""
-    return Counter(re.findall(rf"^{'localrule' if local else 'rule'} (\w+):$", log, re.M))
+    the jobs it submits to SLURM so), or with `local` the "localrule X:" jobs a real run ran on this machine.
+    A rule with a `message:` (pretrain: "pretrain ENC: N process(es) x ...") prints "Job N: <message>" instead."""
+    if local:
+        return Counter(re.findall(r"^localrule (\w+):$", log, re.M))
+    return Counter(re.findall(r"^rule (\w+):$", log, re.M) + re.findall(r"^Job \d+: (pretrain) \S+: ", log, re.M))
 
 
 def _resources(dry_run: str) -> dict[str, dict[str, str]]:
