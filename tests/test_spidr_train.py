@@ -159,16 +159,21 @@ def test_metrics_log(corpus, tmp_path):
     assert np.isfinite(r["loss"]) and np.isfinite(valid_rec[-1]["loss"])
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+def poison_loss_from_step(monkeypatch, first: int) -> None:
+    """Make the model's loss NaN from training step `first` on (a divergence the trainer must catch)."""
     forward = DinoSR.forward
 
     def poisoned(self, wavs, mask_index, frames=None):
         loss, stats = forward(self, wavs, mask_index, frames)
-        if int(self.current_step) >= 3:
+        if int(self.current_step) >= first:
             loss, stats = loss * float("nan"), {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
         return loss, stats
 
     monkeypatch.setattr(DinoSR, "forward", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    poison_loss_from_step(monkeypatch, 3)
     cfg = {**TINY, "log_interval": 2}
     with pytest.raises(TrainingDiverged, match=r"NaN/Inf.*step 2 and step 4.*step_00000002\.pt"):
         train(cfg, str(corpus), str(tmp_path / "w"), str(tmp_path / "w.pt"))
@@ -183,15 +188,7 @@ def _args(corpus: Path, work: Path, out: Path, config: dict) -> list[str]:
 
 
 def test_nan_message_command_continues_from_the_last_good_checkpoint(corpus, tmp_path, monkeypatch, capsys):
-    forward = DinoSR.forward
-
-    def poisoned(self, wavs, mask_index, frames=None):
-        loss, stats = forward(self, wavs, mask_index, frames)
-        if int(self.current_step) >= 3:
-            loss, stats = loss * float("nan"), {**stats, "loss_sum": stats["loss_sum"] * float("nan")}
-        return loss, stats
-
-    monkeypatch.setattr(DinoSR, "forward", poisoned)
+    poison_loss_from_step(monkeypatch, 3)
     cfg = {**TINY, "log_interval": 2}
     with pytest.raises(SystemExit) as stop:
         main(_args(corpus, tmp_path / "w", tmp_path / "w.pt", cfg))
@@ -203,7 +200,7 @@ def test_nan_message_command_continues_from_the_last_good_checkpoint(corpus, tmp
     # The printed command, as is (minus `python -m spidr.train`), once the cause is gone.
     words = shlex.split(err.strip().splitlines()[-1])
     assert words[:3] == ["python", "-m", "spidr.train"] and words[words.index("--init-from") + 1] == str(good)
-    monkeypatch.setattr(DinoSR, "forward", forward)
+    monkeypatch.undo()  # the cause is gone: the real loss again
     main(words[3:])
     lr = from_dict(cfg).optim.lr
     new = tmp_path / f"w-lr{lr / 2:g}"
