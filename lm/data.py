@@ -172,12 +172,37 @@ def prepare_token_arrays(units_path: str | Path, data_dir: str | Path, *, valid_
             counts, forced = _assign_splits(units_path, valid_fraction, seed)
             _fill(units_path, tmp, vocab, valid_fraction, seed, counts, forced)
             stats = {s: {"utterances": counts[s][0], "tokens": counts[s][1]} for s in SPLITS}
-            (tmp / "meta.json").write_text(json.dumps({"key": key, "stats": stats}, indent=2) + "\n")
+            units_meta = read_units_meta(units_path)
+            meta = {"key": key, "stats": stats, "units_meta": units_meta}  # provenance of the LM trained on it
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             shutil.rmtree(data_dir, ignore_errors=True)  # a folder is replaced by a rename only once it is gone
+    arrays, meta = open_token_arrays(data_dir, valid_fraction=valid_fraction, seed=seed)
+    return arrays, meta["stats"]
+
+
+def open_token_arrays(data_dir: str | Path, *, valid_fraction: float | None = None,
+                      seed: int | None = None) -> tuple[dict[str, TokenArrays], dict[str, Any]]:
+    """Open packed arrays (`python -m lm.pack` or `prepare_token_arrays`); refuse them if packed with another split.
+
+    Returns the arrays of both splits and the folder's meta.json (`key`: what they were built from, `stats`).
+    """
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{data_dir}: no packed LM data ({meta_path.name} is missing); build it with "
+                                f"`python -m lm.pack --units UNITS.parquet --out {data_dir} --config JSON`")
     meta = json.loads(meta_path.read_text())
+    key = meta.get("key", {})
+    if key.get("format") != DATA_FORMAT:
+        raise ValueError(f"{meta_path}: packed with data format {key.get('format')!r}, this code reads "
+                         f"{DATA_FORMAT}; pack it again with `python -m lm.pack`")
+    for name, wanted in (("valid_fraction", valid_fraction), ("seed", seed)):
+        if wanted is not None and key.get(name) != wanted:
+            raise ValueError(f"{meta_path}: packed with {name}={key.get(name)!r}, but the config says {wanted!r}; "
+                             f"pack it again with this config (`python -m lm.pack`)")
     arrays = {s: TokenArrays(np.load(data_dir / f"{s}_tokens.npy", mmap_mode="r"),
                              np.load(data_dir / f"{s}_doc_starts.npy", mmap_mode="r")) for s in SPLITS}
-    return arrays, meta["stats"]
+    return arrays, meta
 
 
 class PackedBlocks:

@@ -1,5 +1,8 @@
 """Unit-LM training entry point: `python -m lm.train --units U.parquet --workdir W --out MODEL_DIR --config JSON`.
 
+`--data DATA_DIR` instead of `--units` trains on arrays packed beforehand by `python -m lm.pack` (the workflow's
+`pack_lm_data` job), so that no GPU waits on packing.
+
 AdamW with linear warmup and cosine decay to a floor, gradient clipping, bf16 autocast on GPU, gradient
 accumulation to a global batch that does not depend on the GPU count, DDP under torchrun (NCCL on GPU, gloo on
 CPU), JSONL metrics, validation and resumable checkpoints every N steps and/or M minutes, and the final Hugging Face
@@ -60,7 +63,7 @@ from common.runtime import (
     teardown,
 )
 from lm.config import TrainConfig
-from lm.data import IGNORE_INDEX, PackedBlocks, prepare_token_arrays, train_block_ids
+from lm.data import IGNORE_INDEX, PackedBlocks, open_token_arrays, prepare_token_arrays, train_block_ids
 from lm.model import UnitVocab, build_config, build_model, count_parameters, document_attention_mask
 from units.format import read_units_meta
 
@@ -213,26 +216,31 @@ def train(units: str | Path, workdir: str | Path, out: str | Path, cfg: TrainCon
     return summary
 
 
+def _open_data(units: Path, workdir: Path, cfg: TrainConfig, dist: Dist) -> tuple[dict, dict[str, Any]]:
+    """The token arrays and meta.json of `units`: a folder packed by `lm.pack`, or a units file packed here."""
+    if units.is_dir():
+        return open_token_arrays(units, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    data_dir = workdir / "data"
+    # Rank 0 builds the memory-mapped arrays; the others open them once they exist.
+    if dist.is_main:
+        prepare_token_arrays(units, data_dir, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    dist.barrier()
+    return open_token_arrays(data_dir, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+
+
 def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, signals: StopSignals,
            init_from: str | Path | None) -> dict[str, Any]:
-    units_meta = read_units_meta(units)
-    if not units_meta.get("deduplicated", False) and dist.is_main:
-        print(f"lm.train: warning: {units} holds non-deduplicated units", file=sys.stderr)
-    vocab = UnitVocab(int(units_meta["vocab_size"]))
     if cfg.batch_size % (cfg.micro_batch_size * dist.world):
         raise ConfigError(f"'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
                           f"world size ({cfg.micro_batch_size} x {dist.world})")
     workdir.mkdir(parents=True, exist_ok=True)
-
-    # Rank 0 builds the memory-mapped arrays; the others open them once they exist.
-    if dist.is_main:
-        arrays, data_stats = prepare_token_arrays(units, workdir / "data", valid_fraction=cfg.valid_fraction,
-                                                  seed=cfg.seed)
-    dist.barrier()
-    if not dist.is_main:
-        arrays, data_stats = prepare_token_arrays(units, workdir / "data", valid_fraction=cfg.valid_fraction,
-                                                  seed=cfg.seed)
-    data_key = json.loads((workdir / "data" / "meta.json").read_text())["key"]
+    arrays, data_meta = _open_data(units, workdir, cfg, dist)
+    data_stats = data_meta["stats"]
+    units_meta = data_meta.get("units_meta") or read_units_meta(units)
+    if not units_meta.get("deduplicated", False) and dist.is_main:
+        print(f"lm.train: warning: {units} holds non-deduplicated units", file=sys.stderr)
+    vocab = UnitVocab(int(data_meta["key"]["vocab_size"]))
+    data_key = data_meta["key"]
     train_blocks = PackedBlocks(arrays["train"], cfg.context_length, vocab, cfg.cross_document_attention)
     valid_blocks = PackedBlocks(arrays["valid"], cfg.context_length, vocab, cfg.cross_document_attention)
     if len(train_blocks) == 0:
@@ -468,7 +476,9 @@ def _train(units: Path, workdir: Path, out: Path, cfg: TrainConfig, dist: Dist, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--units", required=True, help="deduplicated training units (Parquet, units.format)")
+    parser.add_argument("--units", "--data", dest="units", required=True,
+                        help="deduplicated training units (Parquet, packed into WORKDIR/data first) or a folder "
+                             "already packed by `python -m lm.pack` (what the workflow passes)")
     parser.add_argument("--workdir", required=True, help="resume state: data arrays, checkpoint, metrics.jsonl")
     parser.add_argument("--out", required=True, help="final model directory (Hugging Face save_pretrained)")
     parser.add_argument("--config", default="{}", help="JSON object of hyperparameters (see lm/config.py)")

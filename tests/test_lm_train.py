@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import lm.pack
 import lm.train
 from common.runtime import EXIT_DIVERGED, EXIT_INTERRUPTED, TrainingInterrupted
 from lm.model import UnitVocab
@@ -152,6 +153,27 @@ def test_changed_hyperparameters_start_afresh(units, tmp_path):
     assert [r["step"] for r in metrics(tmp_path / "work")] == [1, 2, 3]
     assert not torch.equal(_weights(tmp_path / "model")["model.decoder.embed_tokens.weight"],
                            _weights(tmp_path / "model2")["model.decoder.embed_tokens.weight"])
+
+
+def test_packed_data_from_lm_pack_trains_the_same_model(units, tmp_path):
+    """The workflow's path (lm.pack, then lm.train --data) equals packing inside the training job."""
+    lm.pack.main(["--units", str(units), "--out", str(tmp_path / "data"), "--config", json.dumps(FAST)])
+    lm.train.main(["--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "w1"), "--out", str(tmp_path / "m1"),
+                   "--config", json.dumps({**FAST, "max_steps": 3})])
+    train(units, tmp_path / "w2", tmp_path / "m2", cfg(max_steps=3))
+    assert not (tmp_path / "w1" / "data").exists()  # nothing packed again in the training job
+    first, second = _weights(tmp_path / "m1"), _weights(tmp_path / "m2")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    provenance = json.loads((tmp_path / "m1" / "provenance.json").read_text())
+    assert provenance["units_meta"]["vocab_size"] == 16
+
+
+def test_packed_data_with_another_split_or_none_is_refused(units, tmp_path):
+    lm.pack.main(["--units", str(units), "--out", str(tmp_path / "data"), "--config", json.dumps(FAST)])
+    with pytest.raises(ValueError, match="packed with seed=0, but the config says 1"):
+        train(tmp_path / "data", tmp_path / "w", tmp_path / "m", cfg(seed=1))
+    with pytest.raises(FileNotFoundError, match=r"meta.json is missing.*python -m lm.pack"):
+        train(tmp_path, tmp_path / "w", tmp_path / "m", cfg())
 
 
 def test_wall_clock_budget_stops_training(units, tmp_path):

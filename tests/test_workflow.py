@@ -98,7 +98,7 @@ def test_snakefmt_clean(path: str) -> None:
 # --- rerun scoping: a config change reruns exactly the stages it affects -----------------------------------------
 
 # Outputs declared with directory() in the rules: the placeholders must be folders.
-DIRECTORY_OUTPUT = re.compile(r"(/model|/submission-\w+|/storycloze/(sSC|tSC))$")
+DIRECTORY_OUTPUT = re.compile(r"(/model|/lm/.+/data|/submission(-\w+)?|/storycloze/(sSC|tSC))$")
 
 
 def planned_jobs(workdir: Path, config: dict, *extra: str) -> Counter:
@@ -146,8 +146,13 @@ def test_lm_hyperparameter_reruns_lm_eval_and_report_only(completed_workdir: Pat
     from pipeline.grids import expand_grids
 
     n_exp = len(expand_grids(config)["experiments"])  # written out and from the demo's grid
-    assert jobs == Counter({"train_lm": 1 * n_exp, "score_lm": 4 * n_exp, "eval_slm21": 2 * n_exp,
-                            "eval_storycloze": 2 * n_exp, "report": 1})
+    lm_jobs = {"train_lm": 1 * n_exp, "score_lm": 4 * n_exp, "eval_slm21": 2 * n_exp, "eval_storycloze": 2 * n_exp,
+               "report": 1}
+    # The seed also draws the train/valid split, so the corpus is packed again.
+    assert jobs == Counter({**lm_jobs, "pack_lm_data": n_exp})
+    config = default_config()
+    config["lms"]["tiny"]["train"]["lr"] = 0.001  # not a split setting: the packed data is kept
+    assert planned_jobs(completed_workdir, config) == Counter(lm_jobs)
 
 
 def test_unit_layer_reruns_from_extraction_not_pretraining(completed_workdir: Path) -> None:

@@ -11,7 +11,7 @@ import pipeline.config as pipeline
 from common.config import dumps
 from data.config import ManifestConfig
 from eval.config import AbxJob, Experiment, ScoresJob, UnitQualityJob
-from lm.config import ScoreConfig
+from lm.config import ScoreConfig, TrainConfig as LMTrainConfig
 
 # Rules run `python -m ...`: make that the interpreter running Snakemake (the project's venv), also inside SLURM
 # jobs, whatever PATH the user's shell had.
@@ -206,6 +206,12 @@ def unit_shards(wildcards):
 def lm_train_units(wildcards):
     corpus = config["lms"][wildcards.lm]["corpus"]
     return f"results/units/{wildcards.units}/corpus-{corpus}/dedup.parquet"
+
+
+def lm_split_json(wildcards):
+    """The LM config keys that decide its train/valid split (all that lm.pack reads), resolved with defaults."""
+    train = LMTrainConfig.from_dict(config["lms"][wildcards.lm]["train"])
+    return sorted_json({"valid_fraction": train.valid_fraction, "seed": train.seed})
 
 
 def experiment_scores(wildcards):

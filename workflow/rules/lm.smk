@@ -1,9 +1,30 @@
-"""Unit-LM stage: train on the deduplicated units of a corpus, then score every benchmark utterance."""
+"""Unit-LM stage: pack the deduplicated units of a corpus (CPU), train on them, then score every benchmark
+utterance."""
+
+
+rule pack_lm_data:
+    """Token arrays of the train/valid split, built before training so that no GPU waits on packing."""
+    input:
+        lm_train_units,
+    output:
+        directory("results/lm/{units}/{lm}/data"),
+    log:
+        "logs/pack_lm_data/{units}/{lm}.log",
+    benchmark:
+        "logs/benchmarks/pack_lm_data/{units}/{lm}.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+    params:
+        # only the split settings: changing the LM's learning rate does not repack the corpus
+        split=lm_split_json,
+    shell:
+        "python -m lm.pack --units {input} --out {output} --config '{params.split}' > {log} 2>&1"
 
 
 rule train_lm:
     input:
-        lm_train_units,
+        rules.pack_lm_data.output,
     output:
         directory("results/lm/{units}/{lm}/model"),
     log:
@@ -24,7 +45,7 @@ rule train_lm:
         # common.launch: see rule pretrain.
         "python -m common.launch --nodes {resources.nodes} --gpus {resources.gpu} --gres '{resources.gres}' "
         "--threads {threads} lm.train "
-        "--units {input} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
+        "--data {input} --workdir {params.workdir} --out {output} --config '{params.hp}' > {log} 2>&1"
 
 
 rule score_lm:
