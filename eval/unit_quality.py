@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,47 +143,79 @@ def units_geometry(source: UnitsSource, cfg: UnitQualityConfig) -> tuple[float, 
     return float(rate), int(vocab), {"unit_rate": rate_from, "vocab_size": vocab_from}
 
 
-def evaluate(units_path: Path, phones_path: Path, cfg: UnitQualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    source = units_source(units_path)
-    unit_rate, vocab, decided = units_geometry(source, cfg)
+def _paths(value: Path | Sequence[Path]) -> list[Path]:
+    return [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
+
+
+def evaluate(units_path: Path | Sequence[Path], phones_path: Path | Sequence[Path],
+             cfg: UnitQualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The quality of units against phone labels; several (units, phones) pairs are pooled into one count matrix
+    (the paper's PNMI over dev-clean and dev-other together), utterance ids unique across them."""
+    units_paths, phones_paths = _paths(units_path), _paths(phones_path)
+    if len(units_paths) != len(phones_paths):
+        raise ValueError(f"{len(units_paths)} units files but {len(phones_paths)} phone files: give one phone file "
+                         "per units file, in the same order")
+    sources = [units_source(path) for path in units_paths]
+    geometries = [units_geometry(source, cfg) for source in sources]
+    unit_rate, vocab, decided = geometries[0]
+    for path, (rate, size, _) in zip(units_paths[1:], geometries[1:], strict=True):
+        if not math.isclose(rate, unit_rate) or size != vocab:
+            raise ValueError(f"{path} ({rate:g} Hz, {size} units) cannot be pooled with {units_paths[0]} "
+                             f"({unit_rate:g} Hz, {vocab} units)")
     ratio = cfg.label_rate / unit_rate
     repeat = round(ratio)
     if repeat < 1 or not math.isclose(ratio, repeat):
         raise ValueError(f"label rate {cfg.label_rate} Hz is not an integer multiple of the unit rate {unit_rate} Hz "
-                         f"of {units_path}")
-    labels = read_phone_labels(phones_path)
+                         f"of {units_paths[0]}")
     acc = CountAccumulator(vocab, repeat, cfg.max_length_diff)
-    seen, unlabelled = set(), 0
-    for uid, units in iter_unit_sequences(source):
-        if uid not in labels:
-            unlabelled += 1
-            continue
-        acc.add(uid, units, labels[uid])
-        seen.add(uid)
-    missing = sorted(set(labels) - seen)
-    if missing:
-        raise ValueError(f"{units_path}: no units for {len(missing)} of the {len(labels)} utterances labelled in "
-                         f"{phones_path}, e.g. {missing[:3]}")
+    seen: dict[str, Path] = {}
+    unlabelled = 0
+    for source, units_file, phones_file in zip(sources, units_paths, phones_paths, strict=True):
+        labels = read_phone_labels(phones_file)
+        here = set()
+        for uid, units in iter_unit_sequences(source):
+            if uid not in labels:
+                unlabelled += 1
+                continue
+            if uid in seen:
+                raise ValueError(f"utterance {uid!r} is in both {seen[uid]} and {units_file}: pooled sets must not "
+                                 "share utterance ids")
+            acc.add(uid, units, labels[uid])
+            here.add(uid)
+        missing = sorted(set(labels) - here)
+        if missing:
+            raise ValueError(f"{units_file}: no units for {len(missing)} of the {len(labels)} utterances labelled "
+                             f"in {phones_file}, e.g. {missing[:3]}")
+        seen.update(dict.fromkeys(here, units_file))
     counts, phone_names = acc.counts()
     result = quality_from_counts(counts)
     seconds = acc.unit_frames / unit_rate
     result["bitrate"] = math.log2(vocab) * acc.runs / seconds if seconds > 0 else float("nan")
     details = {"utterances": len(seen), "utterances_without_labels": unlabelled, "aligned_frames": acc.frames,
-               "units_format": source.format, "label_rate_hz": cfg.label_rate, "unit_rate_hz": unit_rate,
+               "units_format": sources[0].format, "label_rate_hz": cfg.label_rate, "unit_rate_hz": unit_rate,
                "vocab_size": vocab, "decided": decided, "phones": phone_names,
                "length_difference_total": acc.length_diff_total, "length_difference_max": acc.length_diff_max,
                "units_per_second_deduplicated": acc.runs / seconds if seconds > 0 else None}
+    if len(units_paths) > 1:
+        details["pooled"] = [{"units": str(u), "phones": str(f)} for u, f in zip(units_paths, phones_paths,
+                                                                                    strict=True)]
     return result, details
 
 
-def run(units_path: Path, phones_path: Path, out: Path, *, cfg: UnitQualityConfig, labels: dict) -> dict:
-    result, details = evaluate(units_path, phones_path, cfg)
+def run(units_path: Path | Sequence[Path], phones_path: Path | Sequence[Path], out: Path, *,
+        cfg: UnitQualityConfig, labels: dict) -> dict:
+    units_paths, phones_paths = _paths(units_path), _paths(phones_path)
+    result, details = evaluate(units_paths, phones_paths, cfg)
     repeat = round(cfg.label_rate / details["unit_rate_hz"])
-    conv = {"labels": phones_path.name, "silence": "kept as a label", "phones": len(details["phones"]),
-            "units": f"{units_path.name} ({details['units_format']}; rate {details['decided']['unit_rate']}, "
+    units_names = " + ".join(path.name for path in units_paths)
+    conv = {"labels": " + ".join(path.name for path in phones_paths), "silence": "kept as a label",
+            "phones": len(details["phones"]),
+            "units": f"{units_names} ({details['units_format']}; rate {details['decided']['unit_rate']}, "
                      f"vocabulary {details['decided']['vocab_size']})",
             "alignment": f"units repeated x{repeat} to {cfg.label_rate:g} Hz labels, truncated to the shorter, "
                          "no shift"}
+    if len(units_paths) > 1:
+        conv["pooled"] = f"one count matrix over {len(units_paths)} sets"
     n = details["aligned_frames"]
     metrics = [
         Metric("pnmi", result["pnmi"], "", n, {**conv, "definition": "I(phone; unit) / H(phone) over frames"}),
@@ -197,17 +230,20 @@ def run(units_path: Path, phones_path: Path, out: Path, *, cfg: UnitQualityConfi
     ]
     details = {**details, "mutual_information_nats": result["mutual_information_nats"],
                "phone_entropy_nats": result["phone_entropy_nats"]}
-    return write_metrics(out, task="unit_quality", metrics=metrics, labels=labels,
-                         inputs={"units": units_path, "phones": phones_path}, config=dataclasses.asdict(cfg),
-                         details=details)
+    inputs = ({"units": units_paths[0], "phones": phones_paths[0]} if len(units_paths) == 1 else
+              {**{f"units_{i}": u for i, u in enumerate(units_paths)},
+               **{f"phones_{i}": f for i, f in enumerate(phones_paths)}})
+    return write_metrics(out, task="unit_quality", metrics=metrics, labels=labels, inputs=inputs,
+                         config=dataclasses.asdict(cfg), details=details)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--units", type=Path, required=True, help="units Parquet (frame-level or deduplicated), "
-                        "JSON lines {name|id, units} (.jsonl[.gz]) or text units 'name<TAB>u1 u2 ...'")
-    parser.add_argument("--phones", type=Path, required=True,
-                        help="JSON lines {name|id, phones} at the label rate (.jsonl[.gz])")
+    parser.add_argument("--units", type=Path, nargs="+", required=True,
+                        help="units Parquet (frame-level or deduplicated), JSON lines {name|id, units} (.jsonl[.gz]) "
+                             "or text units 'name<TAB>u1 u2 ...'; several files are pooled (with as many --phones)")
+    parser.add_argument("--phones", type=Path, nargs="+", required=True,
+                        help="JSON lines {name|id, phones} at the label rate (.jsonl[.gz]), one per --units file")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--config", default="{}", help='eval.config.UnitQualityJob JSON: {"unit_quality": '
                         '{UnitQualityConfig fields}, "experiment": {"units": UnitsConfig}} (labels come from it)')

@@ -181,3 +181,27 @@ def test_exact_logs_agree_with_the_epsilon_formula_of_spidr() -> None:
     q = quality_from_counts(counts)
     assert q["pnmi"] == pytest.approx(pnmi_eps, abs=1e-6)
     assert q["codebook_perplexity"] == pytest.approx(perplexity_eps, rel=1e-6)
+
+
+def test_pooled_sets_give_one_count_matrix(tmp_path: Path) -> None:
+    """PNMI over two sets (the paper's dev-clean + dev-other) is that of their union, not a mean of two PNMIs."""
+    utts = {"u1": ([0, 0, 2, 1], list("AAAAABB")), "u2": ([1, 2], list("BBA"))}
+    parts = []
+    for name, (units, phones) in utts.items():  # one utterance per set: each alone has another table
+        folder = tmp_path / name
+        folder.mkdir()
+        with UnitsWriter(folder / "units.parquet", vocab_size=4, frame_rate=50, deduplicated=False) as w:
+            w.write(name, units)
+        (folder / "phones.jsonl").write_text(json.dumps({"id": name, "phones": phones}) + "\n")
+        parts.append((folder / "units.parquet", folder / "phones.jsonl"))
+    pooled, details = evaluate([u for u, _ in parts], [p for _, p in parts], UnitQualityConfig())
+    assert pooled["pnmi"] == pytest.approx(MI / H_PHONE, abs=1e-12)  # COUNTS, the union's table
+    assert details["utterances"] == 2 and len(details["pooled"]) == 2
+    alone = [evaluate(u, p, UnitQualityConfig())[0]["pnmi"] for u, p in parts]
+    assert all(abs(a - pooled["pnmi"]) > 1e-3 for a in alone)
+    doc = run([u for u, _ in parts], [p for _, p in parts], tmp_path / "m.json", cfg=UnitQualityConfig(), labels={})
+    assert set(doc["inputs"]) == {"units_0", "units_1", "phones_0", "phones_1"}
+    with pytest.raises(ValueError, match="is in both"):
+        evaluate([parts[0][0], parts[0][0]], [parts[0][1], parts[0][1]], UnitQualityConfig())
+    with pytest.raises(ValueError, match="one phone file per units file"):
+        evaluate([parts[0][0], parts[1][0]], [parts[0][1]], UnitQualityConfig())
