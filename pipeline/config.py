@@ -14,6 +14,7 @@ from typing import Any
 from common.config import ConfigError, load
 from data.config import DemoConfig, ManifestConfig, SubsetConfig
 from eval.config import EvalConfig, Experiment
+from eval.submission import SubmissionJob, SubmissionMeta
 from lm.config import TrainConfig as LMTrainConfig
 from pipeline import grids
 from spidr.config import from_dict as spidr_train_config
@@ -106,6 +107,34 @@ def eval_config(config: dict[str, Any]) -> EvalConfig:
     return load(EvalConfig, {k: v for k, v in (config.get("eval") or {}).items() if k != "bad_audio"}, "eval")
 
 
+def submission_meta(config: dict[str, Any]) -> SubmissionMeta:
+    """The optional `submission` section: meta.yaml's authors, institution, paper, code URL (eval.submission)."""
+    return load(SubmissionMeta, config.get("submission"), "submission")
+
+
+def train_set(config: dict[str, Any], name: str) -> str:
+    """meta.yaml's train_set of an LM experiment: the corpora its encoder, k-means and LM were trained on."""
+    if name not in config["experiments"]:
+        config = grids.expand_grids(config)
+    exp = config["experiments"][name]
+    units = units_config(config, exp["units"])
+    enc = config["encoders"][units.encoder_name]
+    if "train" in enc:
+        encoder = f"encoder {units.encoder_name} pretrained on corpus {enc['corpus']}"
+    else:
+        given = enc.get("checkpoint") or enc.get("model")
+        encoder = f"encoder {units.encoder_name} ({enc['kind']}{', ' + given if given else ''})"
+    kmeans = [f"k-means fit on corpus {units.fit.corpus}"] if units.fit is not None and units.fit.corpus else []
+    lm = f"unit LM trained on corpus {config['lms'][exp['lm']]['corpus']}"
+    return "; ".join([encoder, *kmeans, lm])
+
+
+def submission_job(config: dict[str, Any], name: str) -> SubmissionJob:
+    """The `--config` of an experiment's merged sLM21 submission (eval.submission)."""
+    return SubmissionJob(train_set=train_set(config, name), experiment=experiment(config, name),
+                         meta=submission_meta(config))
+
+
 def demo_config(config: dict[str, Any]) -> DemoConfig:
     return load(DemoConfig, config.get("demo"), "demo")
 
@@ -157,6 +186,7 @@ def validate(config: dict[str, Any]) -> None:
     if not config["experiments"]:
         raise ConfigError("no experiment: define 'experiments' or 'grids'")
     demo_config(config)
+    submission_meta(config)
     extraction(config)
     sharding(config)
     for name, corpus in config["corpora"].items():

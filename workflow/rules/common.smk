@@ -214,6 +214,29 @@ def lm_split_json(wildcards):
     return sorted_json({"valid_fraction": train.valid_fraction, "seed": train.seed})
 
 
+def slm21_parts(experiment):
+    """The per-task sLM21 parts (eval_slm21's submission-<task> folders) of an experiment over every evaluated
+    benchmark that has sWUGGY or sBLIMP: `EVAL.benchmarks` when the eval section lists several, else `BENCH`.
+    """
+    parts = []
+    for bench in list(getattr(EVAL, "benchmarks", None) or [BENCH]):
+        entry = config["benchmarks"][bench]
+        parts += [
+            f"results/eval/experiments/{experiment}/{bench}/submission-{task}"
+            for task in ("lexical", "syntactic")
+            if entry["source"] == "demo" or task in entry
+        ]
+    return parts
+
+
+def submission_parts(wildcards):
+    return slm21_parts(wildcards.experiment)
+
+
+def submission_json(wildcards):
+    return dumps(pipeline.submission_job(config, wildcards.experiment))
+
+
 def experiment_scores(wildcards):
     exp = config["experiments"][wildcards.experiment]
     return f"results/lm/{exp['units']}/{exp['lm']}/scores/{wildcards.benchmark}-{wildcards.lmtask}.tsv"
@@ -264,6 +287,11 @@ def all_targets():
     targets = [f"{DEMO}/info.json"] if uses_demo() else []
     targets += [corpus_manifest(c) for c in CORPORA]
     targets += experiment_metrics()
+    targets += [
+        f"results/eval/experiments/{e}/submission"
+        for e in lm_experiments()
+        if slm21_parts(e)
+    ]
     targets.append("results/report/table.md")
     return targets
 

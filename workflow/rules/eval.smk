@@ -28,6 +28,24 @@ rule eval_slm21:
         "--out {output.metrics} --submission {output.submission} --config '{params.job}' > {log} 2>&1"
 
 
+rule zerospeech_submission:
+    """One ZeroSpeech sLM21 submission folder per LM experiment (meta.yaml, params.yaml, lexical/ and syntactic/
+    per set), merged from the per-task parts; scripts/zrc_validate.sh checks it with the official package.
+    """
+    input:
+        submission_parts,
+    output:
+        directory("results/eval/experiments/{experiment}/submission"),
+    log:
+        "logs/zerospeech_submission/{experiment}.log",
+    # Copies a few text files: not worth a cluster job.
+    localrule: True
+    params:
+        job=submission_json,
+    shell:
+        "python -m eval.submission --parts {input} --out {output} --config '{params.job}' > {log} 2>&1"
+
+
 rule eval_storycloze:
     input:
         scores=experiment_scores,
