@@ -11,8 +11,8 @@ Wonderland* that ship with the Debian package. Every utterance gets its own rand
     OUT/dev/triphone.item, dev/phoneme.item                      ABX items (#file onset offset #phone prev next spk)
     OUT/dev/phones_100hz.jsonl                                   {"id", "phones"}: frame i = phone at (i + 0.5) * 10 ms
     OUT/dev/alignment.tsv                                        id onset offset phone
-    OUT/sLM21/lexical/dev/*.wav + gold.csv                       sWUGGY: words vs nonwords built from phones
-    OUT/sLM21/syntactic/dev/*.wav + gold.csv                     sBLIMP: grammatical vs ungrammatical sentences
+    OUT/sLM21/lexical/{dev,test}/*.wav + gold.csv                sWUGGY: words vs nonwords built from phones
+    OUT/sLM21/syntactic/{dev,test}/*.wav + gold.csv              sBLIMP: grammatical vs ungrammatical sentences
     OUT/storycloze/{sSC,tSC}/<2i>_<story>_correct.wav, <2i+1>_<story>_incorrect.wav
     OUT/info.json                                                config, code version, sizes (written last)
 """
@@ -294,6 +294,62 @@ def opaque_ids(n: int, rng: np.random.Generator) -> list[str]:
     return ids
 
 
+def lexical_split(folder: Path, candidates: list[str], lexicon: dict[str, list[str]], known: set[tuple[str, ...]],
+                  counts: Counter[str], cfg: DemoConfig, rng: np.random.Generator,
+                  stream: int) -> tuple[list[Utterance], list[dict], list[str]]:
+    """sWUGGY pairs of one set: a word and a nonword (new to `known`, which grows) read by every voice; returns the
+    synthesis jobs, the gold rows and the words used. `stream` keys the utterances' jitter."""
+    voices = list(cfg.voices)
+    utts: list[Utterance] = []
+    rows: list[dict] = []
+    used: list[str] = []
+    names = iter(opaque_ids(2 * cfg.lexical_pairs * len(voices), rng))
+    pair_id = 0
+    for w in rng.permutation(candidates):
+        if pair_id == cfg.lexical_pairs:
+            break
+        nonword = make_nonword(lexicon[str(w)], rng, known)
+        if nonword is None:
+            continue
+        known.add(tuple(nonword))
+        used.append(str(w))
+        for v, voice in enumerate(voices):
+            for correct, phones in ((1, lexicon[str(w)]), (0, nonword)):
+                name = next(names)
+                utts.append(Utterance(folder / f"{name}.wav", voice, "pau " + " ".join(phones) + " pau",
+                                      (cfg.seed, stream, pair_id, v), phones=True))
+                rows.append({"filename": name, "id": pair_id, "voice": voice, "frequency": counts.get(str(w), 0),
+                             "word": str(w) if correct else "", "phones": " ".join(phones),
+                             "length": len(phones), "correct": correct})
+        pair_id += 1
+    if pair_id < cfg.lexical_pairs:
+        raise ValueError(f"could only build {pair_id} of {cfg.lexical_pairs} lexical pairs for {folder.name}")
+    return utts, rows, used
+
+
+def syntactic_split(folder: Path, seen_pairs: set[tuple[str, str]], cfg: DemoConfig, rng: np.random.Generator,
+                    stream: int) -> tuple[list[Utterance], list[dict]]:
+    """sBLIMP pairs of one set, none in `seen_pairs` (which grows), read by every voice: jobs and gold rows."""
+    voices = list(cfg.voices)
+    utts: list[Utterance] = []
+    rows: list[dict] = []
+    names = iter(opaque_ids(2 * cfg.syntactic_pairs * len(voices), rng))
+    pair_id = 0
+    while pair_id < cfg.syntactic_pairs:
+        kind, subtype, good, bad = syntactic_pair(pair_id, rng)
+        if (good, bad) in seen_pairs:
+            continue
+        seen_pairs.add((good, bad))
+        for v, voice in enumerate(voices):
+            for correct, text in ((1, good), (0, bad)):
+                name = next(names)
+                utts.append(Utterance(folder / f"{name}.wav", voice, text, (cfg.seed, stream, pair_id, v)))
+                rows.append({"filename": name, "id": pair_id, "voice": voice, "type": kind,
+                             "subtype": subtype, "transcription": text, "correct": correct})
+        pair_id += 1
+    return utts, rows
+
+
 def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     """Build every layout below `out`; info.json is written last, so its presence means the corpus is complete."""
     out = Path(out)
@@ -336,46 +392,18 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     lexicon = pronounce(all_words)
     known = {tuple(p) for p in lexicon.values()}
     candidates = [w for w in all_words if 3 <= len(lexicon[w]) <= 8 and len(w) >= 3]
-    lex_rows: list[dict] = []
-    names = iter(opaque_ids(2 * cfg.lexical_pairs * len(voices), rng))
-    pair_id = 0
-    for w in rng.permutation(candidates):
-        if pair_id == cfg.lexical_pairs:
-            break
-        nonword = make_nonword(lexicon[str(w)], rng, known)
-        if nonword is None:
-            continue
-        known.add(tuple(nonword))
-        for v, voice in enumerate(voices):
-            for correct, phones in ((1, lexicon[str(w)]), (0, nonword)):
-                name = next(names)
-                jobs["lexical"].append(Utterance(out / "sLM21/lexical/dev" / f"{name}.wav", voice,
-                                                 "pau " + " ".join(phones) + " pau", (cfg.seed, 3, pair_id, v),
-                                                 phones=True))
-                lex_rows.append({"filename": name, "id": pair_id, "voice": voice, "frequency": counts.get(str(w), 0),
-                                 "word": str(w) if correct else "", "phones": " ".join(phones),
-                                 "length": len(phones), "correct": correct})
-        pair_id += 1
-    if pair_id < cfg.lexical_pairs:
-        raise ValueError(f"could only build {pair_id} of {cfg.lexical_pairs} lexical pairs")
-
-    syn_rows: list[dict] = []
-    names = iter(opaque_ids(2 * cfg.syntactic_pairs * len(voices), rng))
+    jobs["lexical"], lex_rows, dev_words = lexical_split(out / "sLM21/lexical/dev", candidates, lexicon, known,
+                                                         counts, cfg, rng, stream=3)
     seen_pairs: set[tuple[str, str]] = set()
-    pair_id = 0
-    while pair_id < cfg.syntactic_pairs:
-        kind, subtype, good, bad = syntactic_pair(pair_id, rng)
-        if (good, bad) in seen_pairs:
-            continue
-        seen_pairs.add((good, bad))
-        for v, voice in enumerate(voices):
-            for correct, text in ((1, good), (0, bad)):
-                name = next(names)
-                jobs["syntactic"].append(Utterance(out / "sLM21/syntactic/dev" / f"{name}.wav", voice, text,
-                                                   (cfg.seed, 4, pair_id, v)))
-                syn_rows.append({"filename": name, "id": pair_id, "voice": voice, "type": kind,
-                                 "subtype": subtype, "transcription": text, "correct": correct})
-        pair_id += 1
+    jobs["syntactic"], syn_rows = syntactic_split(out / "sLM21/syntactic/dev", seen_pairs, cfg, rng, stream=4)
+    # The sLM21 test split: its own words and sentence pairs, disjoint from dev's, drawn from a generator of its
+    # own so that every other file of the corpus is the same as without it (zrc validates dev and test together).
+    test_rng = np.random.default_rng([cfg.seed, 6])
+    jobs["lexical_test"], lex_test_rows, _ = lexical_split(
+        out / "sLM21/lexical/test", [w for w in candidates if w not in set(dev_words)], lexicon, known, counts, cfg,
+        test_rng, stream=6)
+    jobs["syntactic_test"], syn_test_rows = syntactic_split(out / "sLM21/syntactic/test", seen_pairs, cfg, test_rng,
+                                                            stream=7)
 
     # StoryCloze: one voice per story, the same jitter for both endings so only the content differs.
     held_out = [sentences[i] + "." for i in order if i not in set(train_idx) and i not in set(dev_idx)]
@@ -411,6 +439,8 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     write_table(pd.DataFrame(alignment, columns=["id", "onset", "offset", "phone"]), out / "dev/alignment.tsv")
     pd.DataFrame(lex_rows).to_csv(out / "sLM21/lexical/dev/gold.csv", index=False)
     pd.DataFrame(syn_rows).to_csv(out / "sLM21/syntactic/dev/gold.csv", index=False)
+    pd.DataFrame(lex_test_rows).to_csv(out / "sLM21/lexical/test/gold.csv", index=False)
+    pd.DataFrame(syn_test_rows).to_csv(out / "sLM21/syntactic/test/gold.csv", index=False)
 
     hours = {k: sum(u.num_samples for u in v) / SAMPLE_RATE / 3600 for k, v in jobs.items()}
     info = {"counts": {k: len(v) for k, v in jobs.items()}, "hours": hours, "abx_items": len(triphone),
