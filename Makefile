@@ -27,8 +27,12 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) all
 	$(BIN)/python -m eval.report --print results/report
 
+# The official ZeroSpeech toolkit in its own venv (pandas 2, pydantic 1): the submission validation test runs it.
+.venv-zrc/.installed: scripts/zrc-requirements.txt scripts/setup_zrc_venv.sh $(VENV)/.installed
+	scripts/setup_zrc_venv.sh .venv-zrc
+
 # TEXTLESS_STRICT=1: a test that would skip for a missing system package fails instead (make installs them all).
-test: setup test-deps
+test: setup test-deps .venv-zrc/.installed
 	TEXTLESS_STRICT=1 $(BIN)/pytest
 
 # The fast tier: no SLURM cluster, no end-to-end DAG (tests marked `slow` are left out).

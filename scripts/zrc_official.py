@@ -95,8 +95,11 @@ def zrc_scores(score_dir: Any, sets: list[str]) -> dict[str, dict[str, float | N
     for split in sets:
         by_frequency = getattr(score_dir, f"lexical_{split}_by_frequency")
         in_vocab = by_frequency[by_frequency["frequency"] != "oov"]
-        with np.errstate(invalid="ignore"):  # empty bands: NaN scores with weight 0 make zrc's in-vocab NaN
-            in_vocab_value = np.average(in_vocab["score"].to_numpy(), weights=in_vocab["n"].to_numpy())
+        try:
+            with np.errstate(invalid="ignore"):  # an empty band: a NaN score with weight 0 makes zrc's in-vocab NaN
+                in_vocab_value = np.average(in_vocab["score"].to_numpy(), weights=in_vocab["n"].to_numpy())
+        except ZeroDivisionError:  # no in-vocabulary word at all: zrc's own leaderboard code stops here
+            in_vocab_value = float("nan")
         out[split] = {
             "swuggy_all": percent(getattr(score_dir, f"lexical_{split}_by_pair")["score"].mean()),
             "swuggy_in_vocab": percent(in_vocab_value),
