@@ -17,8 +17,12 @@ class DemoConfig:
 
     seed: int = 0
     voices: tuple[Voice, ...] = VOICES
-    train_sentences: int = field(200, ge=1)  # Alice sentences in the training corpus
+    # Alice sentences in the training corpus; null: the whole text but the dev sentences and the tSC endings
+    train_sentences: int | None = field(200, ge=1)
     train_voices_per_sentence: int = field(2, ge=1)  # each training sentence is read by this many (random) voices
+    # Readings of each training sentence by each of its voices, each with its own tempo / pitch / noise draw: the
+    # whole Alice text is ~26 min per voice, so hours of speech need several readings (configs/gpu_quick.yaml).
+    train_readings: int = field(1, ge=1)
     # Held-out sentences per voice for ABX / PNMI. Each voice reads its own: were one sentence read by several
     # voices, across-speaker ABX could match X to A by sentence context instead of by phone.
     dev_sentences: int = field(16, ge=1)

@@ -365,8 +365,10 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     # Dev sentences are held out from training; prefer mid-length ones so items are plentiful but files short.
     mid = [i for i in order if 6 <= len(sentences[i].split()) <= 14]
     dev_idx = mid[: cfg.dev_sentences * len(cfg.voices)]
-    train_idx = [i for i in order if i not in set(dev_idx)][: cfg.train_sentences]
-    if len(dev_idx) < cfg.dev_sentences * len(cfg.voices) or len(train_idx) < cfg.train_sentences:
+    rest = [i for i in order if i not in set(dev_idx)]
+    # The whole text (train_sentences null) keeps one sentence per story back for tSC's random endings.
+    train_idx = rest[: cfg.train_sentences] if cfg.train_sentences is not None else rest[cfg.storycloze_stories :]
+    if len(dev_idx) < cfg.dev_sentences * len(cfg.voices) or len(train_idx) < (cfg.train_sentences or 1):
         raise ValueError(f"demo config asks for {cfg.train_sentences} train + {cfg.dev_sentences} x "
                          f"{len(cfg.voices)} voices dev sentences; "
                          f"the Alice text has {len(sentences)} ({len(mid)} of dev length)")
@@ -376,9 +378,11 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     jobs: dict[str, list[Utterance]] = {"train": [], "dev": [], "lexical": [], "syntactic": [], "sSC": [], "tSC": []}
     for n, i in enumerate(train_idx):
         for voice in rng.choice(voices, size=min(cfg.train_voices_per_sentence, len(voices)), replace=False):
-            uid = f"{voice}-train{n:04d}"
-            jobs["train"].append(Utterance(out / "train/wav" / f"{uid}.wav", str(voice), sentences[i], (cfg.seed, 1, n,
-                                                                                                        voices.index(voice))))
+            v = voices.index(voice)
+            for r in range(cfg.train_readings):  # the first reading keeps the one-reading corpus's id and jitter
+                uid = f"{voice}-train{n:04d}" + (f"r{r}" if r else "")
+                jobs["train"].append(Utterance(out / "train/wav" / f"{uid}.wav", str(voice), sentences[i],
+                                               (cfg.seed, 1, n, v) + ((r,) if r else ())))
     for n, i in enumerate(dev_idx):
         v = n % len(voices)
         uid = f"{voices[v]}-dev{n:04d}"

@@ -66,15 +66,17 @@ def diagnose(model: DinoSR, wavs: list[torch.Tensor], ids: list[str],
     targets = {lay: [] for lay in layers}
     assigned = {lay: [] for lay in layers}
     heads = {lay: [] for lay in layers}
+    device = model.mask_embedding.device  # also a model being trained on a GPU (eval.curves)
     for wav in wavs:
-        feats = model.features(standardize(wav)[None])
-        every_frame = torch.arange(feats.shape[1]).unsqueeze(0)
+        wav = standardize(wav.to(device))[None]
+        feats = model.features(wav)
+        every_frame = torch.arange(feats.shape[1], device=device).unsqueeze(0)
         teacher = model.teacher_targets(feats, every_frame)  # exactly what training assigns, for every frame
-        probs = {lay: p[0] for lay, p in model.head_probs(standardize(wav)[None], layers).items()}
+        probs = {lay: p[0] for lay, p in model.head_probs(wav, layers).items()}
         for k, lay in enumerate(layers):
-            targets[lay].append(teacher[k].numpy())
-            assigned[lay].append(model.codebooks[k].assign(teacher[k]).numpy())
-            heads[lay].append(probs[lay].argmax(-1).numpy())
+            targets[lay].append(teacher[k].cpu().numpy())
+            assigned[lay].append(model.codebooks[k].assign(teacher[k]).cpu().numpy())
+            heads[lay].append(probs[lay].argmax(-1).cpu().numpy())
     size = model.codebook_size
     return {
         lay: {"target_effective_rank": effective_rank(np.concatenate(targets[lay])),

@@ -18,6 +18,14 @@ from typing import Any, Literal
 
 from common.config import ConfigError, field, load, to_jsonable
 from data.audio import SAMPLE_RATE
+from spidr.schedules import (
+    PAPER_EMA_START_DECAY,
+    PAPER_EMA_TIMESCALE,
+    PAPER_PHASES,
+    PAPER_STEPS,
+    ema_movement,
+    scaled_ema,
+)
 
 __all__ = ["ConfigError", "to_jsonable"]  # re-exported: checkpoints and the trainer import them from here
 
@@ -83,11 +91,20 @@ class EmaConfig:
     """Teacher EMA schedule. SpidR: exponential; DinoSR: linear then constant, frozen at the freeze step."""
 
     schedule: Literal["exponential", "linear"] = "exponential"
-    start_decay: float = field(0.999, ge=0, le=1)  # ema_decay
-    timescale: float | None = field(None, gt=0)  # exponential: None = 0.05 * max_steps (20k at 400k)
+    # How unset start_decay / timescale follow max_steps. proportional: start 0.999, timescale 0.05 * max_steps
+    # (the paper's at 400k; a short run's teacher then moves as fast as its student). movement: both from
+    # spidr.schedules.scaled_ema, which holds the teacher's total movement sum (1 - decay) near the paper's 20.
+    scaling: Literal["proportional", "movement"] = "proportional"
+    start_decay: float | None = field(None, ge=0, le=1)  # ema_decay; None: from `scaling` (0.999 at 400k)
+    timescale: float | None = field(None, gt=0)  # exponential; None: from `scaling` (20k at 400k)
     threshold: float = field(1e-7, ge=0)  # exponential: decay becomes 1 (teacher frozen) once 1 - decay <= threshold
     final_decay: float = field(0.9999, ge=0, le=1)  # linear: ema_end_decay
     final_step: int | None = field(None, ge=0)  # linear: ema_anneal_end_step; None = 0.075 * max_steps (30k at 400k)
+
+    def __post_init__(self) -> None:
+        if self.scaling == "movement" and self.schedule != "exponential":
+            raise ConfigError("ema.scaling='movement' scales SpidR's exponential schedule; with ema.schedule="
+                              f"{self.schedule!r} use ema.scaling='proportional'")
 
 
 @dataclass(frozen=True)
@@ -229,25 +246,39 @@ class TrainConfig:
     checkpoint_interval: int = field(2_500, ge=1)
     keep_checkpoints: int = field(2, ge=1)
     valid_interval: int | None = field(None, ge=1)  # None: validate at every checkpoint (with a valid manifest)
+    # Learning curves: every this many steps (and at the first and last), the teacher's and heads' codebook
+    # diagnostics on a dev set with phone labels (perplexity, active codewords, PNMI), in metrics.jsonl. The probe
+    # is eval's (PNMI), so such a run goes through `python -m eval.curves train`, which the workflow does.
+    curve_interval: int | None = field(None, ge=1)
     progress: bool = True
 
 
     # Resolved step counts (explicit values win, otherwise the paper's proportions of max_steps).
     @property
     def warmup_steps(self) -> int:
-        return _steps(self.optim.warmup_steps, 0.03, self.max_steps)
+        return _steps(self.optim.warmup_steps, PAPER_PHASES["warmup"], self.max_steps)
 
     @property
     def hold_steps(self) -> int:
-        return _steps(self.optim.hold_steps, 0.47, self.max_steps)
+        return _steps(self.optim.hold_steps, PAPER_PHASES["hold"], self.max_steps)
 
     @property
     def decay_steps(self) -> int:
-        return _steps(self.optim.decay_steps, 0.50, self.max_steps)
+        return _steps(self.optim.decay_steps, PAPER_PHASES["decay"], self.max_steps)
+
+    @property
+    def ema_start_decay(self) -> float:
+        if self.ema.start_decay is not None:
+            return float(self.ema.start_decay)
+        return scaled_ema(self.max_steps)[0] if self.ema.scaling == "movement" else PAPER_EMA_START_DECAY
 
     @property
     def ema_timescale(self) -> float:
-        return float(self.ema.timescale) if self.ema.timescale is not None else 0.05 * self.max_steps
+        if self.ema.timescale is not None:
+            return float(self.ema.timescale)
+        if self.ema.scaling == "movement":
+            return scaled_ema(self.max_steps)[1]
+        return PAPER_EMA_TIMESCALE / PAPER_STEPS * self.max_steps
 
     @property
     def ema_final_step(self) -> int:
@@ -255,7 +286,20 @@ class TrainConfig:
 
     @property
     def freeze_at(self) -> int:
-        return _steps(self.freeze_step, 0.5, self.max_steps)
+        return _steps(self.freeze_step, PAPER_PHASES["freeze"], self.max_steps)
+
+    def schedule(self) -> dict[str, Any]:
+        """The resolved step schedules (what unset keys became), recorded in the workdir and the final checkpoint."""
+        out = {"max_steps": self.max_steps, "warmup_steps": self.warmup_steps, "hold_steps": self.hold_steps,
+               "decay_steps": self.decay_steps, "freeze_step": self.freeze_at, "ema_schedule": self.ema.schedule,
+               "ema_scaling": self.ema.scaling, "ema_start_decay": self.ema_start_decay}
+        if self.ema.schedule == "exponential":
+            out.update(ema_timescale=self.ema_timescale, ema_threshold=self.ema.threshold, ema_movement=ema_movement(
+                self.max_steps, start_decay=self.ema_start_decay, timescale=self.ema_timescale,
+                threshold=self.ema.threshold))
+        else:
+            out.update(ema_final_decay=self.ema.final_decay, ema_final_step=self.ema_final_step)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
@@ -263,7 +307,8 @@ class TrainConfig:
     def recipe_dict(self) -> dict[str, Any]:
         """The fields that change the trained weights (resume refuses a workdir trained with other values)."""
         d = self.to_dict()
-        for key in ("device", "log_interval", "checkpoint_interval", "keep_checkpoints", "valid_interval", "progress"):
+        for key in ("device", "log_interval", "checkpoint_interval", "keep_checkpoints", "valid_interval", "progress",
+                    "curve_interval"):
             d.pop(key)
         d["data"].pop("num_workers")
         return d
@@ -277,7 +322,7 @@ def _steps(value: int | None, ratio: float, max_steps: int) -> int:
 # Presets
 
 # Default max_steps per preset (the schedules scale with it).
-PRESET_STEPS = {"base": 400_000, "small": 600, "tiny": 8}
+PRESET_STEPS = {"base": 400_000, "medium": 8_000, "small": 600, "tiny": 8}
 
 
 def preset(name: str, kind: str = "spidr") -> TrainConfig:
@@ -294,6 +339,17 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
     cfg = TrainConfig(kind=kind, preset=name, model=model, ema=ema, max_steps=PRESET_STEPS[name])
     if name == "base":
         return cfg
+    if name == "medium":
+        # One GPU, minutes (configs/gpu_quick.yaml): the paper's front end and per-GPU batch (3.8M samples, 237.5 s
+        # of audio, ~7k masked frames per codebook update), an 8 x 512 transformer with codebooks on layers 3..8,
+        # and the recipe scaled to 8k steps with the EMA's total movement held near the paper's
+        # (spidr.schedules.scaled_recipe; ema.scaling 'movement').
+        model = dataclasses.replace(model, embed_dim=512, num_layers=8, num_heads=8, ffn_dim=2048, num_codebooks=6)
+        return dataclasses.replace(
+            cfg, model=model, ema=dataclasses.replace(ema, scaling="movement"),
+            data=dataclasses.replace(cfg.data, global_batch_samples=3_800_000, batch_samples=3_800_000),
+            log_interval=100, checkpoint_interval=1_000,
+        )
     if name == "small":
         # CPU demo: about 3 min on 2 idle cores for the 0.34 h demo corpus (600 steps of <= 8 s, ~10 epochs).
         # Narrow CNN, 8 x 256 transformer, codebooks on layers 3..8 (the paper's unit layer 6 has a head).

@@ -32,6 +32,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,6 +64,9 @@ from spidr.config import ConfigError, TrainConfig, batch_plan, from_dict, from_j
 from spidr.dataset import PretrainBatches, derived_seed, make_loader
 from spidr.model import MODELS, DinoSR, compile_model
 from spidr.schedules import ema_decay_at, lr_at
+
+# A learning-curve probe: diagnostics of the model being trained (rank 0, between steps), as one JSON-able dict.
+Probe = Callable[[DinoSR], dict]
 
 
 class WorkdirMismatch(RuntimeError):
@@ -141,7 +145,7 @@ def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
                 "use another --workdir or delete this one"
             )
     origin = json.loads(path.read_text()).get("init_from") if path.is_file() else None  # kept across resumes
-    atomic_write_json(path, {**want, "config": cfg.to_dict(), "init_from": origin})
+    atomic_write_json(path, {**want, "config": cfg.to_dict(), "schedule": cfg.schedule(), "init_from": origin})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,8 +154,9 @@ def check_workdir(workdir: Path, cfg: TrainConfig, manifest_sha: str) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, manifest: str, workdir: str, *, valid_manifest: str | None = None,
-                 init_from: str | Path | None = None) -> None:
+                 init_from: str | Path | None = None, probe: Probe | None = None) -> None:
         self.cfg = cfg
+        self.probe = probe
         self.dist = setup_distributed(cfg.device)
         self.rank, self.world, self.device = self.dist.rank, self.dist.world, self.dist.device
         self.main = self.dist.is_main
@@ -412,6 +417,16 @@ class Trainer:
         self.last_valid = record
         return record
 
+    def record_curves(self) -> None:
+        """One learning-curve point: the probe's diagnostics of the model now (rank 0; the others wait at the next
+        collective). The model is left in eval mode; every train step sets train mode again."""
+        if self.probe is None or not self.main:
+            return
+        start = time.perf_counter()
+        record = self.probe(self.model)
+        self.metrics.write({"split": "curves", "step": self.step, **record,
+                            "probe_seconds": round(time.perf_counter() - start, 3)})
+
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def fit(self, stop_after: int | None = None) -> bool:
@@ -427,6 +442,9 @@ class Trainer:
             pbar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                         mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"pretrain {cfg.kind}/{cfg.preset}")
         valid_every = cfg.valid_interval or cfg.checkpoint_interval
+        curves_every = cfg.curve_interval if self.probe is not None else None
+        if curves_every and self.step == 0 and end > 0:
+            self.record_curves()  # the initial point (a resumed run already has its points up to its step)
         try:
             while self.step < end:
                 self.data.set_epoch(self.epoch)
@@ -450,6 +468,8 @@ class Trainer:
                         self.save()
                     if self.step % valid_every == 0 or self.step == cfg.max_steps:
                         self.validate()
+                    if curves_every and (self.step % curves_every == 0 or self.step == cfg.max_steps):
+                        self.record_curves()
                     self.stop_if_requested(pbar)
                     if self.step >= end:
                         break
@@ -472,6 +492,7 @@ class Trainer:
             "manifest_sha256": self.manifest_sha,
             "train_audio_hours": self.data.audio_seconds / 3600,  # the whole manifest (every rank plans it all)
             "last_train": self.last_record, "last_valid": self.last_valid, "init_from": self.init_from,
+            "schedule": self.cfg.schedule(),
         }
         payload = checkpoint_dict(
             self.model, step=self.step, train_config=self.cfg.to_dict(),
@@ -483,10 +504,18 @@ class Trainer:
 def train(
     config: dict | TrainConfig, manifest: str, workdir: str, out: str | None, *, valid_manifest: str | None = None,
     stop_after: int | None = None, init_from: str | Path | None = None, stop_after_s: float | None = None,
+    probe: Probe | None = None,
 ) -> Trainer:
-    """Train (or resume) to max_steps and write `out`; `init_from` starts an empty workdir from another run."""
+    """Train (or resume) to max_steps and write `out`; `init_from` starts an empty workdir from another run.
+
+    `probe` computes the learning-curve points that `curve_interval` asks for (eval.curves builds it).
+    """
     cfg = config if isinstance(config, TrainConfig) else from_dict(config)
-    trainer = Trainer(cfg, manifest, workdir, valid_manifest=valid_manifest, init_from=init_from)
+    if cfg.curve_interval is not None and probe is None:
+        raise ConfigError("curve_interval needs a dev set with phone labels: run the trainer through "
+                          "`python -m eval.curves train --dev-manifest DEV.tsv --phones PHONES.jsonl -- "
+                          "SPIDR.TRAIN ARGS` (the workflow does), or drop curve_interval")
+    trainer = Trainer(cfg, manifest, workdir, valid_manifest=valid_manifest, init_from=init_from, probe=probe)
     if trainer.main and trainer.resumed_from is not None:
         print(f"resuming from {trainer.resumed_from} (step {trainer.step})", file=sys.stderr)
     if trainer.main and trainer.origin is not None:
@@ -502,7 +531,7 @@ def train(
     return trainer
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, probe: Probe | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help="training manifest (TSV: id, path, num_samples, speaker)")
     parser.add_argument("--workdir", required=True, help="resumable state: checkpoints, metrics.jsonl, config.json")
@@ -527,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 train(cfg, args.manifest, args.workdir, args.out, valid_manifest=args.valid_manifest,
                       stop_after=args.stop_after, init_from=args.init_from,
-                      stop_after_s=args.stop_after_seconds)
+                      stop_after_s=args.stop_after_seconds, probe=probe)
             except TrainingDiverged as err:
                 raise TrainingDiverged(f"{err}\n{retry_advice(args, json.loads(text or '{}'), cfg, err)}",
                                        step=err.step, last_checkpoint=err.last_checkpoint) from None

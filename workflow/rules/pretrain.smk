@@ -29,9 +29,39 @@ class PretrainBatch:
 pretrain_batch = PretrainBatch()
 
 
+def curve_inputs(encoder):
+    """The dev set of an encoder's learning-curve probe (train.curve_interval): the evaluated benchmark's ABX
+    manifest and 100 Hz phone labels; none without curve_interval."""
+    entry = config["encoders"][encoder]
+    if "train" not in entry:
+        return {}
+    train = spidr_train_config({"kind": entry["kind"], **entry["train"]})
+    if train.curve_interval is None:
+        return {}
+    layout = benchmark_layout(BENCH)
+    if "phones" not in layout:
+        raise ConfigError(
+            f"encoders.{encoder}.train.curve_interval: the learning-curve probe needs phone labels, and "
+            f"benchmark {BENCH!r} has no 'phones'"
+        )
+    return {"dev": layout["abx_manifest"], "phones": layout["phones"]}
+
+
+def pretrain_entry(wildcards, input):
+    """spidr.train, or eval.curves' wrapper of it with the dev-set probe when the encoder logs learning curves."""
+    if "phones" not in input.keys():
+        return "spidr.train"
+    return f"eval.curves train --dev-manifest {input.dev} --phones {input.phones}"
+
+
 rule pretrain:
     input:
-        manifest=lambda wc: corpus_manifest(config["encoders"][wc.encoder]["corpus"]),
+        unpack(
+            lambda wc: {
+                "manifest": corpus_manifest(config["encoders"][wc.encoder]["corpus"]),
+                **curve_inputs(wc.encoder),
+            }
+        ),
     output:
         "results/encoders/{encoder}/checkpoint.pt",
     log:
@@ -53,12 +83,13 @@ rule pretrain:
         ),
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/pretrain/{encoder}",
+        entry=pretrain_entry,
     message:
         "pretrain {wildcards.encoder}: {pretrain_batch:{wildcards.encoder} {resources.nodes} {resources.gpu} {resources.gres}|}"
     shell:
         # common.launch: torchrun --standalone on one node, one torchrun per node through srun otherwise; in a SLURM
         # job it stops the trainer (checkpoint, exit 75) before the time limit, and the retry resumes from workdir.
         "python -m common.launch --nodes {resources.nodes} --gpus {resources.gpu} --gres '{resources.gres}' "
-        "--threads {threads} spidr.train "
+        "--threads {threads} {params.entry} "
         "--manifest {input.manifest} --workdir {params.workdir} --out {output} --config '{params.hp}' "
         "--threads {threads} > {log} 2>&1"
