@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,7 +43,10 @@ from data.audio import SAMPLE_RATE, write_wav
 from data.config import DemoConfig
 from data.manifest import write_manifest, write_table
 
-ALICE = Path("/usr/share/doc/flite/examples/alice")
+# flite's example texts; TEXTLESS_FLITE_EXAMPLES points elsewhere when flite is unpacked outside /usr
+# (scripts/gpu_quick.sh on a machine without the Debian package).
+FLITE_EXAMPLES = Path(os.environ.get("TEXTLESS_FLITE_EXAMPLES", "/usr/share/doc/flite/examples"))
+ALICE = FLITE_EXAMPLES / "alice"
 # Median F0 of each voice (Hz); pitch jitter scales it. rms ignores the setting (documented flite behaviour).
 BASE_F0 = {"slt": 165.0, "awb": 126.0, "rms": 105.0, "kal16": 89.0}
 
@@ -390,8 +394,8 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
 
     # sWUGGY: words from the training text and from flite's other example text (out-of-vocabulary words).
     counts = word_counts(train_text)
-    extra = word_counts([Path("/usr/share/doc/flite/examples/intro.txt").read_text(encoding="latin-1").lower()]) \
-        if Path("/usr/share/doc/flite/examples/intro.txt").is_file() else Counter()
+    extra = word_counts([(FLITE_EXAMPLES / "intro.txt").read_text(encoding="latin-1").lower()]) \
+        if (FLITE_EXAMPLES / "intro.txt").is_file() else Counter()
     all_words = sorted(set(word_counts(sentences)) | set(extra))
     lexicon = pronounce(all_words)
     known = {tuple(p) for p in lexicon.values()}
