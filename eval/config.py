@@ -47,13 +47,22 @@ class UnitQualityConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The workflow's `eval` block: which benchmark, the LM scoring convention and the ABX protocol."""
+    """The workflow's `eval` block: which benchmarks, the LM scoring convention and the ABX protocol."""
 
-    benchmark: str = "demo"  # a `benchmarks` entry
+    # `benchmarks` entries, all evaluated in one run; the report gives each its Set column value. The first is also
+    # the set of the pretraining's learning curves.
+    benchmarks: tuple[str, ...] = ("demo",)
     normalisation: Literal["mean", "sum"] = "mean"  # LM log-likelihood per token (mean) or total
     abx_features: bool = True  # also ABX on the continuous features of each evaluated layer
     abx: AbxConfig = dataclasses.field(default_factory=AbxConfig)
     unit_quality: UnitQualityConfig = dataclasses.field(default_factory=UnitQualityConfig)
+
+    def __post_init__(self) -> None:
+        if not self.benchmarks:
+            raise ConfigError("'benchmarks' must name at least one benchmark")
+        repeated = sorted({b for b in self.benchmarks if self.benchmarks.count(b) > 1})
+        if repeated:
+            raise ConfigError(f"'benchmarks' names {repeated} more than once")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from spidr.config import from_dict as spidr_train_config
 from units.config import EncoderConfigError, ExtractionConfig, ShardingConfig, UnitsConfig, validate_units_request
 
 # Keys that moved: the old place is an error that says where the key lives now.
-MOVED = {("eval", "bad_audio"): "extraction.bad_audio (it controls unit and feature extraction)"}
+MOVED = {("eval", "bad_audio"): "extraction.bad_audio (it controls unit and feature extraction)",
+         ("eval", "benchmark"): "eval.benchmarks (a list: every benchmark is evaluated in the same run)"}
 
 
 def encoder_checkpoint(config: dict[str, Any], name: str) -> str | None:
@@ -41,7 +42,8 @@ def encoder_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
     return spec
 
 
-SHARDING_KEYS = ("shards",)  # in config.yaml's `extraction` block, but compute layout: no job's --config has them
+# In config.yaml's `extraction` block, but compute layout: no job's --config has them.
+SHARDING_KEYS = ("shards", "benchmark_shards")
 
 
 def extraction_values(config: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +103,34 @@ def units_experiment(config: dict[str, Any], name: str, eval_set: str | None = N
     """What a units entry's own jobs (ABX, PNMI) evaluate, labelled like the experiments that use it."""
     draws = grids.draw_labels(config)[1].get(name, {})
     return Experiment(units=units_config(config, name), eval_set=eval_set, **draws)
+
+
+LM_TASKS = ("lexical", "syntactic", "sSC", "tSC")
+ABX_KINDS = ("triphone", "phoneme")
+
+
+def benchmark_tasks(config: dict[str, Any], name: str) -> dict[str, tuple[str, ...]]:
+    """What a benchmark entry evaluates: {"lm": LM tasks, "abx": item kinds, "unit_quality": (), "pooled": parts}.
+
+    The demo has every set; a `paths` entry has the sets whose files it names (sLM21 dev and test are two entries);
+    a `pooled` entry is only the unit quality (PNMI) over the ABX audio of the entries it names, together.
+    """
+    bench = config["benchmarks"][name]
+    if bench["source"] == "demo":
+        if bench.get("set", "dev") == "test":
+            return {"lm": ("lexical", "syntactic")}
+        return {"lm": LM_TASKS, "abx": ABX_KINDS, "unit_quality": ()}
+    if bench["source"] == "pooled":
+        return {"unit_quality": (), "pooled": tuple(bench["of"])}
+    tasks: dict[str, tuple[str, ...]] = {}
+    if any(task in bench for task in LM_TASKS):
+        tasks["lm"] = tuple(task for task in LM_TASKS if task in bench)
+    if "abx_manifest" in bench:
+        if any(f"{kind}_item" in bench for kind in ABX_KINDS):
+            tasks["abx"] = tuple(kind for kind in ABX_KINDS if f"{kind}_item" in bench)
+        if "phones" in bench:
+            tasks["unit_quality"] = ()
+    return tasks
 
 
 def eval_config(config: dict[str, Any]) -> EvalConfig:
@@ -195,7 +225,19 @@ def validate(config: dict[str, Any]) -> None:
         if corpus["source"] == "subset":
             subset_config(config, name)
     evaluation = eval_config(config)
-    need("benchmark", evaluation.benchmark, "eval.benchmark", config.get("benchmarks") or {})
+    benchmarks = config.get("benchmarks") or {}
+    for i, name in enumerate(evaluation.benchmarks):
+        need("benchmark", name, f"eval.benchmarks[{i}]", benchmarks)
+    for name, bench in benchmarks.items():
+        if bench["source"] == "pooled":
+            for j, part in enumerate(bench["of"]):
+                need("benchmark", part, f"benchmarks.{name}.of[{j}]", benchmarks)
+                if "unit_quality" not in benchmark_tasks(config, part) or benchmarks[part]["source"] == "pooled":
+                    raise ConfigError(f"'benchmarks.{name}.of[{j}]': {part!r} has no ABX audio and phone labels "
+                                      "(abx_manifest and phones) to pool")
+        if not benchmark_tasks(config, name):
+            raise ConfigError(f"'benchmarks.{name}' names no evaluation set (lexical, syntactic, sSC, tSC, or "
+                              "abx_manifest with triphone_item / phoneme_item / phones)")
     for name, enc in config["encoders"].items():
         if "train" in enc:
             need("corpus", enc["corpus"], f"encoders.{name}.corpus", config["corpora"])

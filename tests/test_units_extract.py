@@ -4,6 +4,8 @@ bad audio, the text export and the CLI."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -257,7 +259,7 @@ def test_split_rows_balanced_consecutive_and_complete():
 
 @pytest.mark.parametrize("quantizer", ["kmeans", "codebook"])
 def test_sharded_units_equal_unsharded_bit_for_bit(tmp_path, corpus, spidr_ckpt, quantizer):
-    from units.extract import gather_units
+    from units.gather import gather_units
 
     spec = {"kind": "mfcc"} if quantizer == "kmeans" else {"kind": "spidr", "checkpoint": spidr_ckpt}
     layer, km = (0, tmp_path / "km.npz") if quantizer == "kmeans" else (3, None)
@@ -280,8 +282,8 @@ def test_sharded_units_equal_unsharded_bit_for_bit(tmp_path, corpus, spidr_ckpt,
 
 
 def test_gather_refuses_missing_or_reordered_shards(tmp_path, corpus):
-    from units.extract import gather_units
     from units.format import UnitsFileError
+    from units.gather import gather_units
 
     spec = {"kind": "mfcc"}
     km = tmp_path / "km.npz"
@@ -325,7 +327,8 @@ def test_killed_shard_job_resumes_alone(tmp_path, corpus, monkeypatch):
     assert "resuming: 1 of " in log.read_text()
     whole = tmp_path / "whole.parquet"
     extract_units(spec, 0, "kmeans", corpus, whole, kmeans=km, run=RUN)
-    ex.gather_units(parts, tmp_path / "gathered.parquet")
+    gathered = [sys.executable, "-m", "units.gather", *map(str, parts), "--out", str(tmp_path / "gathered.parquet")]
+    subprocess.run(gathered, check=True, capture_output=True)  # the workflow's command
     a, b = read_units(whole), read_units(tmp_path / "gathered.parquet")
     assert a["id"].tolist() == b["id"].tolist()
     for x, y in zip(a["units"], b["units"], strict=True):

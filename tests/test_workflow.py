@@ -146,8 +146,9 @@ def test_lm_hyperparameter_reruns_lm_eval_and_report_only(completed_workdir: Pat
     from pipeline.grids import expand_grids
 
     n_exp = len(expand_grids(config)["experiments"])  # written out and from the demo's grid
-    lm_jobs = {"train_lm": 1 * n_exp, "score_lm": 4 * n_exp, "eval_slm21": 2 * n_exp, "eval_storycloze": 2 * n_exp,
-               "report": 1}
+    # Scored: the demo's 4 LM tasks of dev and the 2 of its sLM21 test split (eval.benchmarks: [demo, demo_test]).
+    lm_jobs = {"train_lm": 1 * n_exp, "score_lm": 6 * n_exp, "eval_slm21": 4 * n_exp, "eval_storycloze": 2 * n_exp,
+               "zerospeech_submission": n_exp, "report": 1}
     # The seed also draws the train/valid split, so the corpus is packed again.
     assert jobs == Counter({**lm_jobs, "pack_lm_data": n_exp})
     config = default_config()
@@ -162,8 +163,10 @@ def test_unit_layer_reruns_from_extraction_not_pretraining(completed_workdir: Pa
     assert {"pretrain", "demo_data", "fit_kmeans", "benchmark_manifest"}.isdisjoint(jobs)
     shards = default_config()["extraction"]["shards"]
     assert shards >= 2  # the demo runs sharded extraction
-    # The training corpus + 5 benchmark sets, for this units config only, each in `shards` jobs and one gather.
-    assert jobs["quantize"] == 6 * shards and jobs["gather_units"] == 6
+    # For this units config only: the training corpus in `shards` jobs, and each of the 7 benchmark sets (5 of the
+    # demo's dev, 2 of its sLM21 test) in `benchmark_shards` (1) job; one gather each.
+    assert default_config()["extraction"]["benchmark_shards"] == 1
+    assert jobs["quantize"] == shards + 7 and jobs["gather_units"] == 8
     assert jobs["train_lm"] == 1 and jobs["report"] == 1
     assert jobs["extract_features"] == 1  # layer 5 features for ABX are new
 
@@ -192,13 +195,16 @@ def test_pretraining_hyperparameter_reruns_everything_downstream_of_the_encoder(
 
 def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, demo_corpus: Path) -> None:
     """configs/paper.yaml is a complete experiment: with its /data paths replaced, the whole DAG is planned."""
-    paths = {
+    paths = {  # the demo's dev sets stand in for every set (a dry run reads no audio)
+        "/data/sLM21/lexical/test": demo_corpus / "sLM21/lexical/dev",
+        "/data/sLM21/syntactic/test": demo_corpus / "sLM21/syntactic/dev",
         "/data/sLM21": demo_corpus / "sLM21",
         "/data/SpokenStoryCloze": demo_corpus / "storycloze",
-        "/data/abx/dev-clean/manifest.tsv": demo_corpus / "dev/manifest.tsv",
-        "/data/abx/triphone-dev-clean.item": demo_corpus / "dev/triphone.item",
-        "/data/abx/phoneme-dev-clean.item": demo_corpus / "dev/phoneme.item",
-        "/data/abx/phoneme-dev-clean-100hz.jsonl": demo_corpus / "dev/phones_100hz.jsonl",
+        **{f"/data/abx/{name}": demo_corpus / f"dev/{demo}"
+           for subset in ("dev-clean", "dev-other")
+           for name, demo in ((f"{subset}/manifest.tsv", "manifest.tsv"), (f"triphone-{subset}.item", "triphone.item"),
+                              (f"phoneme-{subset}.item", "phoneme.item"),
+                              (f"phoneme-{subset}-100hz.jsonl", "phones_100hz.jsonl"))},
         "/data/checkpoints/spidr_base.pt": tmp_path / "spidr_base.pt",
         "/data/checkpoints/dinosr.ckpt": tmp_path / "dinosr.ckpt",
         "/data/": f"{tmp_path}/",
@@ -217,6 +223,11 @@ def test_paper_recipe_plans_every_stage_once_pointed_at_data(tmp_path: Path, dem
                  "extract_codebook_probs", "eval_abx_codebook_probs", "report"):
         assert re.search(rf"^{rule}\s+\d+", out.stdout, re.M), rule
     assert "demo_data" not in out.stdout
+    # Every set in one run: sLM21 dev and test, ABX on dev-clean and dev-other, PNMI on both and pooled.
+    jobs = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout, re.M)}
+    n_exp, n_units = len(config["experiments"]), len(config["units"])
+    assert jobs["eval_slm21"] == 2 * 2 * n_exp and jobs["eval_storycloze"] == 2 * n_exp
+    assert jobs["eval_unit_quality"] == 3 * n_units and jobs["eval_abx_units"] == 2 * 2 * n_units
 
 
 def test_abx_protocol_reruns_abx_and_report_only(completed_workdir: Path) -> None:
@@ -248,6 +259,10 @@ def test_shard_count_change_after_a_run_reruns_nothing_without_the_input_trigger
     config = default_config()
     config["extraction"]["shards"] = 3
     jobs = planned_jobs(workdir, config)
-    assert jobs["gather_units"] >= 6 and jobs["quantize"] == 3 * jobs["gather_units"] and "pretrain" not in jobs
+    # Only the training corpora are sharded by `shards`: one per units config, now in 3 jobs.
+    from pipeline.grids import expand_grids
+
+    n_units = len(expand_grids(config)["units"])
+    assert jobs["quantize"] == 3 * n_units and jobs["gather_units"] == n_units and "pretrain" not in jobs
     triggers = ("--rerun-triggers", "mtime", "params", "code", "software-env")
     assert planned_jobs(workdir, config, *triggers) == Counter()

@@ -237,7 +237,9 @@ class ShardingConfig:
     """How many extraction jobs a dataset is split into (config.yaml's `extraction.shards`). Compute layout only:
     it is kept out of every job's `--config`, and the gathered units do not depend on it."""
 
-    shards: int = cfg_field(2, ge=1)  # corpus shards per dataset (units.shards.split_rows), one job each
+    shards: int = cfg_field(2, ge=1)  # shards per training corpus (units.shards.split_rows), one job each
+    # Shards per benchmark set: evaluation sets are hours, not thousands of hours, so one job each by default.
+    benchmark_shards: int = cfg_field(1, ge=1)
 
 
 @dataclass(frozen=True)

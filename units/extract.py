@@ -10,7 +10,7 @@ Usage:
       work directory beside the output (default: .UNITS.parquet.work/), removed once the file is complete.
       --shard I --num-shards N: only corpus shard I of N (consecutive manifest rows, balanced by audio), one
       independent job each (run them in parallel), then:
-  python -m units.extract gather SHARD_0.parquet ... SHARD_N-1.parquet --out UNITS.parquet
+  python -m units.gather SHARD_0.parquet ... SHARD_N-1.parquet --out UNITS.parquet   (units/gather.py, no torch)
       Stream the shard files into one units file, identical in rows and order to an unsharded run.
   python -m units.extract text UNITS.parquet OUT.txt
       Export to `id<TAB>u1 u2 ...` lines (fairseq / textlesslib), for frame-level or deduplicated units.
@@ -34,7 +34,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
@@ -53,14 +52,13 @@ from units.config import (
     run_options_from_args,
 )
 from units.encoders import Encoder, check_units_config, get_encoder
-from units.format import UnitsFileError, UnitsWriter, read_units_meta, write_text_units
+from units.format import UnitsFileError, UnitsWriter, write_text_units
+from units.gather import MAX_SKIPPED_RECORDED, gather_units, merge_units_files
 from units.kmeans import KMeansError, KMeansModel, nearest_centroid
 from units.shards import iter_shards, plan_shards, progress_bar, split_rows
 
 SUCCESS = "_SUCCESS.json"
 CONFIG = "_CONFIG.json"
-MAX_SKIPPED_RECORDED = 1000  # per result file; the log has them all
-GATHER_BATCH_ROWS = 1024  # rows per record batch when shards are streamed into one file
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,50 +189,11 @@ def extract_units(spec: str | dict | EncoderSpec, layer: int, quantizer: str, ma
                     "max_batch": run.max_batch}}
     if count > 1:
         prov["shard"] = {"index": index, "count": count, "rows": [mine.start, mine.stop]}
-    summary = _merge(list(parts.values()), out, prov, quant.vocab_size, encoder.frame_rate)
+    summary = merge_units_files(list(parts.values()), out, prov, quant.vocab_size, encoder.frame_rate)
     shutil.rmtree(work)
     what = f" (shard {index} of {count})" if count > 1 else ""
     print(f"units: wrote {out}{what}: {summary['utterances']} utterances, {summary['frames']} frames, "
           f"{summary['skipped_count']} bad audio file(s) skipped", file=log)
-    return summary
-
-
-def _merge(parts: list[Path], out: Path, prov: dict[str, Any], vocab_size: int, frame_rate: float) -> dict[str, Any]:
-    """Stream units files into OUT record batch by record batch (memory flat in corpus size); their summaries are
-    added up into provenance['summary'] (utterances, frames, seconds, skipped files)."""
-    summaries = [read_units_meta(part)["provenance"]["summary"] for part in parts]
-    skipped = [s for summary in summaries for s in summary["skipped"]]
-    summary = {key: sum(s[key] for s in summaries) for key in ("utterances", "frames", "skipped_count")}
-    summary["skipped"] = skipped[:MAX_SKIPPED_RECORDED]
-    summary["seconds"] = summary["frames"] / frame_rate
-    with UnitsWriter(out, vocab_size=vocab_size, frame_rate=frame_rate,
-                     provenance={**prov, "summary": summary}) as writer:
-        for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=GATHER_BATCH_ROWS):
-                writer.write_batch(batch)
-    return summary
-
-
-def gather_units(shards: list[str | Path], out: str | Path, log=sys.stderr) -> dict[str, Any]:
-    """Stream the shard files of `extract_units(shard=(i, n))`, i = 0..n-1, into one units file: the same rows in
-    the same order as one unsharded run (whatever n), with the totals and the shards' provenance."""
-    shards, out = [Path(s) for s in shards], Path(out)
-    if not shards:
-        raise UnitsFileError(f"{out}: no shard files to gather")
-    metas = [read_units_meta(s) for s in shards]
-    first = metas[0]["provenance"]
-    for i, (path, meta) in enumerate(zip(shards, metas, strict=True)):
-        info = meta["provenance"].get("shard", {"index": 0, "count": 1})
-        if (info["index"], info["count"]) != (i, len(shards)):
-            raise UnitsFileError(f"{path}: shard {info['index']} of {info['count']}, but it is given as shard {i} of "
-                                 f"{len(shards)}; list every shard of one run, in order")
-        if meta["provenance"]["config"] != first["config"]:
-            raise UnitsFileError(f"{path}: extracted with another config than {shards[0]} "
-                                 f"({meta['provenance']['config']} vs {first['config']}); rerun its shards")
-    prov = {**provenance(first["config"]), "encoder_info": first["encoder_info"], "run": first["run"]}
-    summary = _merge(shards, out, prov, metas[0]["vocab_size"], metas[0]["frame_rate"])
-    print(f"units: gathered {len(shards)} shard(s) into {out}: {summary['utterances']} utterances, "
-          f"{summary['frames']} frames, {summary['skipped_count']} bad audio file(s) skipped", file=log)
     return summary
 
 
@@ -334,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="split the manifest into N shards of consecutive rows balanced by audio (default 1)")
     add_run_options(units)
 
-    gather = sub.add_parser("gather", help="stream the shard files of one units run into the units file")
+    gather = sub.add_parser("gather", help="the same as `python -m units.gather` (which does not load torch)")
     gather.add_argument("shards", type=Path, nargs="+", help="shard files 0..N-1 of `units --num-shards N`, in order")
     gather.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
 

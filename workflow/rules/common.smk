@@ -36,7 +36,8 @@ LMS = list(config["lms"])
 EXPERIMENTS = list(config["experiments"])
 EVAL = pipeline.eval_config(config)
 SHARDING = pipeline.sharding(config)
-BENCH = EVAL.benchmark
+# Every benchmark evaluated in this run; the first is also where the pretraining's learning curves are measured.
+BENCH = EVAL.benchmarks[0]
 LM_TASKS = ["lexical", "syntactic", "sSC", "tSC"]
 BENCH_SETS = [*LM_TASKS, "abx"]
 
@@ -95,6 +96,11 @@ def corpus_manifest(name):
 def benchmark_layout(name):
     """Where each evaluation set of a benchmark lives (official layouts); the demo's are generated."""
     bench = config["benchmarks"][name]
+    if bench["source"] == "demo" and bench.get("set", "dev") == "test":
+        return {
+            "lexical": f"{DEMO}/sLM21/lexical/test",
+            "syntactic": f"{DEMO}/sLM21/syntactic/test",
+        }
     if bench["source"] == "demo":
         return {
             "lexical": f"{DEMO}/sLM21/lexical/dev",
@@ -196,7 +202,8 @@ def quantize_inputs(wildcards):
 
 def unit_shards(wildcards):
     """The shard files of a dataset's units: extraction.shards jobs (compute layout only, not in any --config)."""
-    n = SHARDING.shards
+    corpus = wildcards.dataset.startswith("corpus-")
+    n = SHARDING.shards if corpus else SHARDING.benchmark_shards
     return [
         f"results/units/{wildcards.units}/{wildcards.dataset}/shards/{i}-of-{n}.parquet"
         for i in range(n)
@@ -250,37 +257,57 @@ def lm_experiments():
 
 
 def experiment_metrics():
-    """Every metrics file of every experiment: LM tasks per experiment, unit metrics per units config."""
-    files = [
-        f"results/eval/experiments/{e}/{BENCH}/{task}.json"
-        for e in lm_experiments()
-        for task in LM_TASKS
-    ]
+    """Every metrics file of the run: per benchmark, its LM tasks per experiment, and ABX / unit quality per units
+    config (ABX also on continuous features and codebook probabilities of each evaluated layer).
+    """
     used_units = sorted({config["experiments"][e]["units"] for e in EXPERIMENTS})
-    for u in used_units:
+    layers = sorted(
+        {
+            (config["units"][u]["encoder"], config["units"][u]["layer"])
+            for u in used_units
+        }
+    )
+    probs_layers = pipeline.codebook_probs_layers(config, used_units)
+    files = []
+    for bench in EVAL.benchmarks:
+        tasks = pipeline.benchmark_tasks(config, bench)
         files += [
-            f"results/eval/units/{u}/{BENCH}/abx_{kind}.json"
-            for kind in ("triphone", "phoneme")
+            f"results/eval/experiments/{e}/{bench}/{task}.json"
+            for e in lm_experiments()
+            for task in tasks.get("lm", ())
         ]
-        files.append(f"results/eval/units/{u}/{BENCH}/unit_quality.json")
-    if EVAL.abx_features:
-        layers = sorted(
-            {
-                (config["units"][u]["encoder"], config["units"][u]["layer"])
-                for u in used_units
-            }
-        )
-        for enc, layer in layers:
+        kinds = tasks.get("abx", ())
+        for u in used_units:
             files += [
-                f"results/eval/features/{enc}/L{layer}/{BENCH}/abx_{kind}.json"
-                for kind in ("triphone", "phoneme")
+                f"results/eval/units/{u}/{bench}/abx_{kind}.json" for kind in kinds
             ]
-    for enc, layer in pipeline.codebook_probs_layers(config, used_units):
+            if "unit_quality" in tasks:
+                files.append(f"results/eval/units/{u}/{bench}/unit_quality.json")
+        if EVAL.abx_features:
+            files += [
+                f"results/eval/features/{enc}/L{layer}/{bench}/abx_{kind}.json"
+                for enc, layer in layers
+                for kind in kinds
+            ]
         files += [
-            f"results/eval/codebook_probs/{enc}/L{layer}/{BENCH}/abx_{kind}.json"
-            for kind in ("triphone", "phoneme")
+            f"results/eval/codebook_probs/{enc}/L{layer}/{bench}/abx_{kind}.json"
+            for enc, layer in probs_layers
+            for kind in kinds
         ]
     return files
+
+
+def unit_quality_inputs(wildcards):
+    """Frame-level units and phone labels of a benchmark's ABX audio; of each part for a pooled benchmark."""
+    parts = pipeline.benchmark_tasks(config, wildcards.benchmark).get(
+        "pooled", (wildcards.benchmark,)
+    )
+    return {
+        "units": [
+            f"results/units/{wildcards.units}/{b}-abx/frames.parquet" for b in parts
+        ],
+        "phones": [benchmark_layout(b)["phones"] for b in parts],
+    }
 
 
 def all_targets():

@@ -11,6 +11,8 @@ rule demo_data:
         phones=f"{DEMO}/dev/phones_100hz.jsonl",
         lexical=f"{DEMO}/sLM21/lexical/dev/gold.csv",
         syntactic=f"{DEMO}/sLM21/syntactic/dev/gold.csv",
+        lexical_test=f"{DEMO}/sLM21/lexical/test/gold.csv",
+        syntactic_test=f"{DEMO}/sLM21/syntactic/test/gold.csv",
         ssc=directory(f"{DEMO}/storycloze/sSC"),
         tsc=directory(f"{DEMO}/storycloze/tSC"),
     log:

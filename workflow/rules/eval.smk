@@ -136,9 +136,9 @@ rule eval_abx_codebook_probs:
 
 
 rule eval_unit_quality:
+    """PNMI and purities; a `pooled` benchmark gives several (units, phones) pairs, counted together."""
     input:
-        units="results/units/{units}/{benchmark}-abx/frames.parquet",
-        phones=lambda wc: benchmark_layout(wc.benchmark)["phones"],
+        unpack(unit_quality_inputs),
     output:
         "results/eval/units/{units}/{benchmark}/unit_quality.json",
     log:

@@ -58,7 +58,7 @@ rule gather_units:
     log:
         "logs/gather_units/{units}/{dataset}.log",
     shell:
-        "python -m units.extract gather {input} --out {output} > {log} 2>&1"
+        "python -m units.gather {input} --out {output} > {log} 2>&1"
 
 
 rule dedup:
