@@ -215,7 +215,9 @@ def _sacct() -> list[dict[str, str]]:
         job_id, state, account, partition, tres, comment = line.split("|", 5)
         rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment)
         jobs.append({"id": job_id, "state": state, "account": account, "partition": partition, "tres": tres,
-                     "rule": rule.group(1) if rule else comment})
+                     "rule": rule.group(1) if rule else comment,
+                     # the plugin joins the wildcard values with "_"
+                     "wildcards": rule.group(2).removeprefix("_wildcards_") if rule and rule.group(2) else ""})
     return jobs
 
 
@@ -272,6 +274,15 @@ def test_profile_runs_the_workflow_through_slurm(slurm_cluster: Path, tmp_path: 
     assert {job["state"] for job in ran} == {"COMPLETED"}, ran
     assert {(job["account"], job["partition"]) for job in ran} == {(ACCOUNT, PARTITION)}, ran
     assert not [job for job in ran if "gpu" in job["tres"]], ran
+    # Sharded extraction: each units config's training corpus is extraction.shards separate SLURM jobs.
+    shards = 2  # the default of extraction.shards (configs/test.yaml leaves it)
+    config = _small_config()
+    used_units = {exp["units"] for exp in config["experiments"].values()}
+    for units in used_units:
+        jobs = [job for job in ran if job["rule"] == "quantize"
+                and re.fullmatch(rf"{units}_corpus-demo_\d+_{shards}", job["wildcards"])]
+        assert sorted(int(job["wildcards"].split("_")[-2]) for job in jobs) == list(range(shards)), ran
+        assert len({job["id"] for job in jobs}) == shards
 
 
 @pytest.mark.slow
