@@ -1,7 +1,8 @@
 """Scale behaviour of the CPU-side stages: peak RSS and throughput of each stage at 1x and 20x the demo, as JSON.
 
 Usage: python -m benchmarks.bench_scale [--scales 1 20] [--shards 4] [--spidr-scales 1 20] [--shard-hours 0.04]
-                                       [--threads 1] [--manifest resources/demo/train/manifest.tsv] [--out JSON]
+                                       [--threads 1] [--malloc-mmap-threshold BYTES]
+                                       [--manifest resources/demo/train/manifest.tsv] [--out JSON]
 
 For each scale S a corpus directory is built in a temporary folder: the demo's training wavs, symlinked S times
 under rep000/ ... rep{S-1}/ (ids are relative paths, so they stay unique; the manifest stage follows the links and
@@ -28,7 +29,9 @@ of the extraction, gather and pack figures), i.e. what the stage's data and mode
 read) is lowered from the workflow's 0.5 h so that even at 1x every shard has several pieces; otherwise a 1x corpus
 smaller than one piece would be measured against full pieces at 20x. At the smallest scale each encoder is also run
 unsharded (--num-shards 1), and the gathered units must equal that file's rows (sha256 of ids and units).
-The machine is usually shared: the 1-minute load average is recorded per stage, and CPU time beside wall time.
+Dedup reads 1,024 rows per record batch, packing 8,192, more than the 400 utterances of the 1x demo: their growth
+from 1x includes filling the first batch. The machine is usually shared: the 1-minute load average is recorded per
+stage, and CPU time beside wall time.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ class Bench:
         threads = str(args.threads)
         self.env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        if args.malloc_mmap_threshold:
+            # A fixed threshold turns off glibc's dynamic one, under which CPU inference over ever new tensor shapes
+            # leaves the heap fragmented (RSS grows with the pieces a process has encoded).
+            self.env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
         self.logs = tmp / "logs"
         self.logs.mkdir()
         self.configs: dict[str, dict[str, Any]] = {}
@@ -251,6 +258,8 @@ def main() -> None:
     parser.add_argument("--shard-hours", type=float, default=0.04, help="extraction's resumable pieces (see above)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                         help="torch / OpenMP threads of every stage process")
+    parser.add_argument("--malloc-mmap-threshold", type=int,
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ for every stage (bytes; default: glibc's dynamic one)")
     parser.add_argument("--manifest", type=Path, default=REPO / "resources/demo/train/manifest.tsv",
                         help="the 1x corpus (the demo's training set)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -280,6 +289,7 @@ def main() -> None:
                     "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
         "code_version": code_version(),
         "settings": {"scales": scales, "shards": args.shards, "shard_hours": args.shard_hours,
+                     "malloc_mmap_threshold": args.malloc_mmap_threshold or os.environ.get("MALLOC_MMAP_THRESHOLD_"),
                      "encoders_ran_at_scales": ran, "kmeans_k": KMEANS_K, "spidr_layer": SPIDR_LAYER,
                      "corpus": str(args.manifest)},
         "setup_not_scaled": {**bench.setup, "import_only_peak_rss_mb": bench.import_rss},
