@@ -13,7 +13,7 @@ rule uses (workflow/rules/data.smk, units.smk), so what is measured is what the 
   extract/E       python -m units.extract units --shard I --num-shards N ..., one process per shard, one at a time
                   (E = mfcc: MFCC k-means 256, fitted once on the 1x corpus; spidr-small: codebook argmax at layer 6
                   of a randomly initialised SpidR small; speed and memory do not depend on trained weights)
-  gather/E        python -m units.extract gather SHARD_0 ... --out frames.parquet
+  gather/E        python -m units.gather SHARD_0 ... --out frames.parquet
   dedup/E         python -m units.dedup frames.parquet dedup.parquet --stats STATS
   pack/E          python -m lm.pack --units dedup.parquet --out DIR --config '{}'  (if lm/pack.py exists; otherwise
                   lm.data.prepare_token_arrays through `python -c`; the JSON says which)
@@ -61,7 +61,7 @@ ENCODERS = ("mfcc", "spidr-small")
 SPIDR_LAYER = 6  # the demo's unit layer (small preset: codebook heads on layers 3..8)
 KMEANS_K = 256
 # The module each stage runs: its import alone (torch for units.extract and lm.pack) sets a floor under its RSS.
-STAGE_MODULES = {"manifest": "data.manifest", "extract": "units.extract", "gather": "units.extract",
+STAGE_MODULES = {"manifest": "data.manifest", "extract": "units.extract", "gather": "units.gather",
                  "dedup": "units.dedup", "pack": "lm.pack"}
 
 
@@ -215,7 +215,7 @@ class Bench:
                                             "shards": runs}
             frames_path = units_dir / "frames.parquet"
             stats = self.stage(f"gather/{encoder}", scale, [
-                sys.executable, "-m", "units.extract", "gather", *map(str, shards), "--out", str(frames_path)])
+                sys.executable, "-m", "units.gather", *map(str, shards), "--out", str(frames_path)])
             dedup_stats = units_dir / "dedup_stats.json"
             stats_d = self.stage(f"dedup/{encoder}", scale, [
                 sys.executable, "-m", "units.dedup", str(frames_path), str(units_dir / "dedup.parquet"),

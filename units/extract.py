@@ -53,7 +53,7 @@ from units.config import (
 )
 from units.encoders import Encoder, check_units_config, get_encoder
 from units.format import UnitsFileError, UnitsWriter, write_text_units
-from units.gather import MAX_SKIPPED_RECORDED, gather_units, merge_units_files
+from units.gather import MAX_SKIPPED_RECORDED, merge_units_files
 from units.kmeans import KMeansError, KMeansModel, nearest_centroid
 from units.shards import iter_shards, plan_shards, progress_bar, split_rows
 
@@ -293,10 +293,6 @@ def main(argv: list[str] | None = None) -> None:
                        help="split the manifest into N shards of consecutive rows balanced by audio (default 1)")
     add_run_options(units)
 
-    gather = sub.add_parser("gather", help="the same as `python -m units.gather` (which does not load torch)")
-    gather.add_argument("shards", type=Path, nargs="+", help="shard files 0..N-1 of `units --num-shards N`, in order")
-    gather.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
-
     text = sub.add_parser("text", help="export a units file to `id<TAB>u1 u2 ...` lines")
     text.add_argument("units", type=Path)
     text.add_argument("out", type=Path)
@@ -307,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     try:
-        cfg = loads(UnitsConfig, args.config) if args.command not in ("text", "gather") else None
+        cfg = loads(UnitsConfig, args.config) if args.command != "text" else None
         if args.command == "features":
             if cfg.quantizer is not None:
                 raise EncoderConfigError(f"--config: features are continuous: quantizer must be null, got "
@@ -320,8 +316,6 @@ def main(argv: list[str] | None = None) -> None:
             extract_units(cfg.encoder, cfg.layer, cfg.quantizer, args.manifest, args.out, kmeans=args.kmeans,
                           run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir,
                           shard=(args.shard, args.num_shards))
-        elif args.command == "gather":
-            gather_units(args.shards, args.out)
         elif args.command == "text":
             write_text_units(args.units, args.out)
         else:
