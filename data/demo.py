@@ -331,6 +331,18 @@ def lexical_split(folder: Path, candidates: list[str], lexicon: dict[str, list[s
     return utts, rows, used
 
 
+def draw_new_pair(pair_id: int, seen_pairs: set[tuple[str, str]], rng: np.random.Generator,
+                  draws: int = 200) -> tuple[str, str, str, str] | None:
+    """A pair of kind `pair_id` (mod 6) not in `seen_pairs`; once a kind is used up (e.g. the 8 gender pairs, shared
+    by dev and test), the next kind; None when every kind is used up."""
+    for shift in range(6):
+        for _ in range(draws):
+            pair = syntactic_pair(pair_id + shift, rng)
+            if (pair[2], pair[3]) not in seen_pairs:
+                return pair
+    return None
+
+
 def syntactic_split(folder: Path, seen_pairs: set[tuple[str, str]], cfg: DemoConfig, rng: np.random.Generator,
                     stream: int) -> tuple[list[Utterance], list[dict]]:
     """sBLIMP pairs of one set, none in `seen_pairs` (which grows), read by every voice: jobs and gold rows."""
@@ -340,9 +352,11 @@ def syntactic_split(folder: Path, seen_pairs: set[tuple[str, str]], cfg: DemoCon
     names = iter(opaque_ids(2 * cfg.syntactic_pairs * len(voices), rng))
     pair_id = 0
     while pair_id < cfg.syntactic_pairs:
-        kind, subtype, good, bad = syntactic_pair(pair_id, rng)
-        if (good, bad) in seen_pairs:
-            continue
+        drawn = draw_new_pair(pair_id, seen_pairs, rng)
+        if drawn is None:
+            raise ValueError(f"could only build {pair_id} of {cfg.syntactic_pairs} syntactic pairs for {folder.name} "
+                             "that no earlier set has: lower syntactic_pairs")
+        kind, subtype, good, bad = drawn
         seen_pairs.add((good, bad))
         for v, voice in enumerate(voices):
             for correct, text in ((1, good), (0, bad)):

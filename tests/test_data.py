@@ -363,3 +363,18 @@ def test_read_manifest_rejects_a_truncated_file_and_keeps_speaker_na(tmp_path: P
     (tmp_path / "m.tsv").write_text(good[: good.index("\t16000\ts2")])  # cut inside the last row
     with pytest.raises(ManifestError, match=r"m\.tsv: .*line\(s\) \[3\].*truncated or corrupt; delete it"):
         read_manifest(tmp_path / "m.tsv")
+
+
+def test_default_sizes_give_disjoint_dev_and_test_syntactic_pairs(tmp_path: Path) -> None:
+    """The default demo asks for 32 + 32 pairs; a kind with fewer distinct pairs than both sets need (8 gender
+    pairs) gives way to the next kind instead of drawing forever; an impossible request is an error."""
+    from data.demo import syntactic_split
+
+    cfg, seen = DemoConfig(), set()
+    rng = np.random.default_rng(0)
+    _, dev = syntactic_split(tmp_path / "dev", seen, cfg, rng, stream=4)
+    _, test = syntactic_split(tmp_path / "test", seen, cfg, rng, stream=5)
+    pairs = [{(r["transcription"]) for r in rows if r["correct"] == 1} for rows in (dev, test)]
+    assert len(pairs[0]) == len(pairs[1]) == cfg.syntactic_pairs and not pairs[0] & pairs[1]
+    with pytest.raises(ValueError, match="could only build .* syntactic pairs for many"):
+        syntactic_split(tmp_path / "many", seen, DemoConfig(syntactic_pairs=5000), rng, stream=6)
