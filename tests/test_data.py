@@ -374,7 +374,7 @@ def test_default_sizes_give_disjoint_dev_and_test_syntactic_pairs(tmp_path: Path
     rng = np.random.default_rng(0)
     _, dev = syntactic_split(tmp_path / "dev", seen, cfg, rng, stream=4)
     _, test = syntactic_split(tmp_path / "test", seen, cfg, rng, stream=5)
-    pairs = [{(r["transcription"]) for r in rows if r["correct"] == 1} for rows in (dev, test)]
+    pairs = [{r["transcription"] for r in rows if r["correct"] == 1} for rows in (dev, test)]
     assert len(pairs[0]) == len(pairs[1]) == cfg.syntactic_pairs and not pairs[0] & pairs[1]
-    with pytest.raises(ValueError, match="could only build .* syntactic pairs for many"):
+    with pytest.raises(ValueError, match=r"could only build .* syntactic pairs for many"):
         syntactic_split(tmp_path / "many", seen, DemoConfig(syntactic_pairs=5000), rng, stream=6)
