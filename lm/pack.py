@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.config import loads
 from lm.config import TrainConfig
 from lm.data import prepare_token_arrays
 
@@ -25,13 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder of the packed arrays (written last)")
     parser.add_argument("--config", default="{}", help="JSON object: the LM training config (lm/config.py)")
     args = parser.parse_args(argv)
-    try:
-        raw = json.loads(args.config)
-    except json.JSONDecodeError as err:
-        parser.error(f"--config is not valid JSON: {err}")
-    if not isinstance(raw, dict):
-        parser.error("--config must be a JSON object")
-    cfg = TrainConfig.from_dict(raw)
+    cfg = loads(TrainConfig, args.config)
     start = time.perf_counter()
     _, stats = prepare_token_arrays(args.units, args.out, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
     seconds = time.perf_counter() - start
