@@ -223,17 +223,13 @@ def lm_split_json(wildcards):
 
 def slm21_parts(experiment):
     """The per-task sLM21 parts (eval_slm21's submission-<task> folders) of an experiment over every evaluated
-    benchmark that has sWUGGY or sBLIMP: `EVAL.benchmarks` when the eval section lists several, else `BENCH`.
-    """
-    parts = []
-    for bench in list(getattr(EVAL, "benchmarks", None) or [BENCH]):
-        entry = config["benchmarks"][bench]
-        parts += [
-            f"results/eval/experiments/{experiment}/{bench}/submission-{task}"
-            for task in ("lexical", "syntactic")
-            if entry["source"] == "demo" or task in entry
-        ]
-    return parts
+    benchmark that has sWUGGY or sBLIMP (dev and test are two benchmarks)."""
+    return [
+        f"results/eval/experiments/{experiment}/{bench}/submission-{task}"
+        for bench in EVAL.benchmarks
+        for task in pipeline.benchmark_tasks(config, bench).get("lm", ())
+        if task in ("lexical", "syntactic")
+    ]
 
 
 def submission_parts(wildcards):

@@ -30,20 +30,21 @@ pretrain_batch = PretrainBatch()
 
 
 def curve_inputs(encoder):
-    """The dev set of an encoder's learning-curve probe (train.curve_interval): the evaluated benchmark's ABX
-    manifest and 100 Hz phone labels; none without curve_interval."""
+    """The dev set of an encoder's learning-curve probe (train.curve_interval): the ABX manifest and 100 Hz phone
+    labels of the first evaluated benchmark that has them; none without curve_interval."""
     entry = config["encoders"][encoder]
     if "train" not in entry:
         return {}
     train = spidr_train_config({"kind": entry["kind"], **entry["train"]})
     if train.curve_interval is None:
         return {}
-    layout = benchmark_layout(BENCH)
-    if "phones" not in layout:
+    with_phones = [b for b in EVAL.benchmarks if "phones" in benchmark_layout(b)]
+    if not with_phones:
         raise ConfigError(
-            f"encoders.{encoder}.train.curve_interval: the learning-curve probe needs phone labels, and "
-            f"benchmark {BENCH!r} has no 'phones'"
+            f"encoders.{encoder}.train.curve_interval: the learning-curve probe needs phone labels, and no "
+            f"benchmark of eval.benchmarks ({list(EVAL.benchmarks)}) has 'phones'"
         )
+    layout = benchmark_layout(with_phones[0])
     return {"dev": layout["abx_manifest"], "phones": layout["phones"]}
 
 
