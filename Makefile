@@ -10,7 +10,10 @@ CORES ?= all
 
 .PHONY: demo test test-fast setup system-deps test-deps lint dag clean
 
+# The stamp below skips the install once done; the drift check runs every time (a package upgraded by hand would
+# make this machine format, lint or compute differently from a fresh clone).
 setup: $(VENV)/.installed system-deps
+	$(BIN)/python scripts/check_venv.py constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
 	scripts/setup_venv.sh $(VENV)

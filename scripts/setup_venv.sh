@@ -33,3 +33,5 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
 # constraints.txt pins every package (the lock file); the project is installed editable on top.
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+# pip leaves packages it was not asked about alone: check that nothing drifted from the lock.
+"$VENV/bin/python" scripts/check_venv.py constraints.txt

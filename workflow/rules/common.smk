@@ -15,9 +15,7 @@ from lm.config import ScoreConfig, TrainConfig as LMTrainConfig
 
 # Rules run `python -m ...`: make that the interpreter running Snakemake (the project's venv), also inside SLURM
 # jobs, whatever PATH the user's shell had.
-os.environ["PATH"] = (
-    os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-)
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 # The schema fixes the structure (sections, named entries, sources) and rejects unknown sections and entry keys;
 # the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
@@ -55,10 +53,7 @@ wildcard_constraints:
     layer=r"\d+",
     shard=r"\d+",
     nshards=r"\d+",
-    dataset="|".join(
-        [f"corpus-{c}" for c in CORPORA]
-        + [f"{b}-{s}" for b in BENCHMARKS for s in BENCH_SETS]
-    ),
+    dataset="|".join([f"corpus-{c}" for c in CORPORA] + [f"{b}-{s}" for b in BENCHMARKS for s in BENCH_SETS]),
 
 
 def sorted_json(obj):
@@ -155,9 +150,7 @@ def units_json(wildcards):
 
 
 def features_json(wildcards):
-    return dumps(
-        pipeline.features_config(config, wildcards.encoder, int(wildcards.layer))
-    )
+    return dumps(pipeline.features_config(config, wildcards.encoder, int(wildcards.layer)))
 
 
 def abx_units_json(wildcards):
@@ -204,10 +197,7 @@ def unit_shards(wildcards):
     """The shard files of a dataset's units: extraction.shards jobs (compute layout only, not in any --config)."""
     corpus = wildcards.dataset.startswith("corpus-")
     n = SHARDING.shards if corpus else SHARDING.benchmark_shards
-    return [
-        f"results/units/{wildcards.units}/{wildcards.dataset}/shards/{i}-of-{n}.parquet"
-        for i in range(n)
-    ]
+    return [f"results/units/{wildcards.units}/{wildcards.dataset}/shards/{i}-of-{n}.parquet" for i in range(n)]
 
 
 def lm_train_units(wildcards):
@@ -257,12 +247,7 @@ def experiment_metrics():
     config (ABX also on continuous features and codebook probabilities of each evaluated layer).
     """
     used_units = sorted({config["experiments"][e]["units"] for e in EXPERIMENTS})
-    layers = sorted(
-        {
-            (config["units"][u]["encoder"], config["units"][u]["layer"])
-            for u in used_units
-        }
-    )
+    layers = sorted({(config["units"][u]["encoder"], config["units"][u]["layer"]) for u in used_units})
     probs_layers = pipeline.codebook_probs_layers(config, used_units)
     files = []
     for bench in EVAL.benchmarks:
@@ -274,9 +259,7 @@ def experiment_metrics():
         ]
         kinds = tasks.get("abx", ())
         for u in used_units:
-            files += [
-                f"results/eval/units/{u}/{bench}/abx_{kind}.json" for kind in kinds
-            ]
+            files += [f"results/eval/units/{u}/{bench}/abx_{kind}.json" for kind in kinds]
             if "unit_quality" in tasks:
                 files.append(f"results/eval/units/{u}/{bench}/unit_quality.json")
         if EVAL.abx_features:
@@ -295,13 +278,9 @@ def experiment_metrics():
 
 def unit_quality_inputs(wildcards):
     """Frame-level units and phone labels of a benchmark's ABX audio; of each part for a pooled benchmark."""
-    parts = pipeline.benchmark_tasks(config, wildcards.benchmark).get(
-        "pooled", (wildcards.benchmark,)
-    )
+    parts = pipeline.benchmark_tasks(config, wildcards.benchmark).get("pooled", (wildcards.benchmark,))
     return {
-        "units": [
-            f"results/units/{wildcards.units}/{b}-abx/frames.parquet" for b in parts
-        ],
+        "units": [f"results/units/{wildcards.units}/{b}-abx/frames.parquet" for b in parts],
         "phones": [benchmark_layout(b)["phones"] for b in parts],
     }
 
@@ -310,11 +289,7 @@ def all_targets():
     targets = [f"{DEMO}/info.json"] if uses_demo() else []
     targets += [corpus_manifest(c) for c in CORPORA]
     targets += experiment_metrics()
-    targets += [
-        f"results/eval/experiments/{e}/submission"
-        for e in lm_experiments()
-        if slm21_parts(e)
-    ]
+    targets += [f"results/eval/experiments/{e}/submission" for e in lm_experiments() if slm21_parts(e)]
     targets.append("results/report/table.md")
     return targets
 

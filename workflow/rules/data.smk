@@ -59,11 +59,7 @@ rule subset:
 rule benchmark_manifest:
     input:
         # For the demo, the generated benchmark must exist first; real benchmarks are plain folders.
-        lambda wc: (
-            [f"{DEMO}/info.json"]
-            if config["benchmarks"][wc.benchmark]["source"] == "demo"
-            else []
-        ),
+        lambda wc: ([f"{DEMO}/info.json"] if config["benchmarks"][wc.benchmark]["source"] == "demo" else []),
     output:
         "resources/benchmarks/{benchmark}/{lmtask}/manifest.tsv",
     log:

@@ -12,9 +12,7 @@ rule eval_slm21:
         gold=lambda wc: f"{benchmark_layout(wc.benchmark)[wc.lmtask]}/gold.csv",
     output:
         metrics="results/eval/experiments/{experiment}/{benchmark}/{lmtask}.json",
-        submission=directory(
-            "results/eval/experiments/{experiment}/{benchmark}/submission-{lmtask}"
-        ),
+        submission=directory("results/eval/experiments/{experiment}/{benchmark}/submission-{lmtask}"),
     log:
         "logs/eval_slm21/{experiment}/{benchmark}/{lmtask}.log",
     wildcard_constraints:

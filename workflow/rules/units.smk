@@ -41,9 +41,7 @@ rule quantize:
         gpu=0,
     params:
         units=units_json,
-        kmeans=lambda wc, input: (
-            f"--kmeans {input.kmeans}" if "kmeans" in input.keys() else ""
-        ),
+        kmeans=lambda wc, input: (f"--kmeans {input.kmeans}" if "kmeans" in input.keys() else ""),
     shell:
         "python -m units.extract units --config '{params.units}' {params.kmeans} --manifest {input.manifest} "
         "--shard {wildcards.shard} --num-shards {wildcards.nshards} --out {output} --no-progress > {log} 2>&1"
