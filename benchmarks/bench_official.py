@@ -87,10 +87,10 @@ def worker(args: argparse.Namespace) -> dict:
         where = official_models.__file__
     else:
         sys.path.insert(0, str(REPO))
-        from spidr.config import from_dict
+        from spidr.config import TrainConfig
         from spidr.model import MODELS
 
-        model = MODELS["spidr"](from_dict({"kind": "spidr", "preset": args.preset}).model).to(device)
+        model = MODELS["spidr"](TrainConfig.from_dict({"kind": "spidr", "preset": args.preset}).model).to(device)
         where = str(REPO / "spidr")
     if args.variant == "official" and Path(where).resolve().is_relative_to(REPO / "spidr"):
         raise SystemExit("the official worker imported our spidr package; run it from .venv-official")
@@ -107,12 +107,12 @@ def make_inputs(path: Path, preset: str, batch: int, item_seconds: float) -> int
     import torch
 
     from data.audio import SAMPLE_RATE
-    from spidr.config import from_dict
+    from spidr.config import TrainConfig
     from spidr.masking import mask_indices
     from spidr.model import build_model
 
     samples = int(item_seconds * SAMPLE_RATE)
-    frames = build_model(from_dict({"kind": "spidr", "preset": preset}).model, teacher=False).frame_count(samples)
+    frames = build_model(TrainConfig.from_dict({"kind": "spidr", "preset": preset}).model, teacher=False).frame_count(samples)
     gen = torch.Generator().manual_seed(0)
     wavs = torch.randn(batch, samples, generator=gen)
     wavs = (wavs - wavs.mean(1, keepdim=True)) / wavs.std(1, keepdim=True)

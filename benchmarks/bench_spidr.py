@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import units.batching
 from data.audio import SAMPLE_RATE
-from spidr.config import ModelConfig, from_dict
+from spidr.config import ModelConfig, TrainConfig
 from spidr.masking import mask_indices
 from spidr.model import MODELS, ConvBlock, FeatureExtractor, SelfAttention, Transformer, compile_model, standardize
 
@@ -132,7 +132,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    cfg = from_dict({"kind": args.kind, "preset": args.preset})
+    cfg = TrainConfig.from_dict({"kind": args.kind, "preset": args.preset})
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     reference = args.variant == "ours_official_settings"
     model = MODELS[args.kind](cfg.model).to(device)

@@ -188,16 +188,19 @@ def load[T](cls: type[T], values: Mapping[str, Any] | None, where: str = "", *, 
 
 
 def loads[T](cls: type[T], text: str | None, where: str = "--config") -> T:
-    """`load` from a JSON text (a `--config` argument); empty text means all defaults."""
-    if not text:
-        return load(cls, {}, "")
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{where} is not valid JSON ({err}): {text[:200]!r}") from None
+    """The config of an entry point's `--config` JSON text (what the workflow passes: `dumps` of the resolved
+    dataclass, so it loads back unchanged); empty text means all defaults. A class with a `from_dict` classmethod
+    (presets: spidr.config.TrainConfig, lm.config.TrainConfig) resolves its defaults there."""
+    values: Any = {}
+    if text:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where} is not valid JSON ({err}): {text[:200]!r}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a JSON object ({cls.__name__}), got {text[:200]!r}")
-    return load(cls, values, "")
+    from_dict = getattr(cls, "from_dict", None)
+    return from_dict(values, "") if from_dict is not None else load(cls, values, "")
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch.distributed as torch_dist
 
 from common.artefacts import load_torch
 from common.config import ConfigError
-from common.io import atomic_write, atomic_write_text
+from common.io import atomic_write, atomic_write_json, atomic_write_text, code_version
 
 EXIT_DIVERGED = 3
 # sysexits.h EX_TEMPFAIL ("temporary failure, try again"): SLURM / Snakemake retry it and the retry resumes.
@@ -269,22 +268,54 @@ class TrainingInterrupted(TrainingStopped):
 
 
 class FiniteGuard:
-    """Counts steps with a NaN/Inf loss or gradient norm on the device (no host sync per step); `check` raises."""
+    """Watches the loss and the gradient norm for NaN/Inf, the same way in both trainers.
 
-    def __init__(self, device: torch.device, step: int) -> None:
+    By default (fp32) any non-finite value stops the run: values are summed on the device (no host sync per step)
+    and `check`, called before anything is saved, raises TrainingDiverged. With `skip_limit` > 0 (bf16 runs) a step
+    whose gradient norm is not finite is skipped instead, as the official SpidR code's GradScaler does: no optimiser
+    update (the step counter, the schedules and the EMA go on), counted in `skipped` and logged; the run stops only
+    after more than `skip_limit` consecutive skips. Deciding costs one host sync per step, in those runs only.
+    """
+
+    def __init__(self, device: torch.device, step: int, skip_limit: int = 0) -> None:
         self.bad = torch.zeros((), device=device)
         self.good_step = step  # the last step known to be finite
+        self.skip_limit = skip_limit
+        self.skipped = 0  # steps skipped since the last `take_skipped`
+        self.consecutive = 0
 
     def update(self, *values: torch.Tensor) -> None:
         with torch.no_grad():
             for v in values:
                 self.bad += (~torch.isfinite(v.detach())).any().float()
 
+    def allow_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether to apply this step's update. The gradient norm is the same on every rank (DDP all-reduces the
+        gradients), so every rank decides alike without communicating."""
+        if not self.skip_limit:
+            self.update(loss, grad_norm)
+            return True
+        if bool(torch.isfinite(grad_norm)):
+            self.consecutive = 0
+            return True
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive > self.skip_limit:
+            self.bad += 1
+        return False
+
+    def take_skipped(self) -> int:
+        """Steps skipped since the last call (what the metrics log records)."""
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
     def check(self, step: int, dist: Dist, last_checkpoint: Path | None, advice: str) -> None:
         """Raise TrainingDiverged if any rank saw a non-finite value since the last check (call before saving)."""
         if dist.all_reduce(self.bad.clone()).item() > 0:
+            what = (f"the gradients were NaN/Inf on more than {self.skip_limit} consecutive steps (each skipped)"
+                    if self.skip_limit else "loss became NaN/Inf")
             raise TrainingDiverged(
-                f"loss became NaN/Inf between step {self.good_step} and step {step}; stopping without saving. "
+                f"{what} between step {self.good_step} and step {step}; stopping without saving. "
                 f"Last good checkpoint: {last_checkpoint or 'none'}. {advice}",
                 step=step, last_checkpoint=last_checkpoint)
         self.good_step = step
@@ -361,8 +392,18 @@ def interrupted(reason: str, step: int, checkpoint: Path) -> TrainingInterrupted
                                "command to resume.")
 
 
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# --init-from: a new run from another run's checkpoint, with changed values
+# The work directory and the one resume policy of both trainers
+
+
+class WorkdirBusy(RuntimeError):
+    """Another live trainer holds the work directory."""
+
+
+CONFIG_JSON = "config.json"
+CHECKPOINTS = "checkpoints"
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], where: str = "") -> dict[str, list[Any]]:
@@ -377,46 +418,230 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], where: str = "") ->
     return out
 
 
+def describe_changes(changes: dict[str, list[Any]], limit: int = 6) -> str:
+    text = "; ".join(f"{key}: {a!r} -> {b!r}" for key, (a, b) in list(changes.items())[:limit])
+    return text + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
+def checkpoint_paths(workdir: str | Path) -> list[Path]:
+    """A work directory's resumable checkpoints, oldest first."""
+    return sorted((Path(workdir) / CHECKPOINTS).glob("step_*.pt"))
+
+
+def origin_checkpoint(init_from: str | Path) -> Path:
+    """The checkpoint `--init-from` names: a work directory's newest checkpoint, or a checkpoint file."""
+    path = Path(init_from)
+    if path.is_dir():
+        found = checkpoint_paths(path)
+        if not found:
+            raise FileNotFoundError(f"--init-from {init_from}: no {CHECKPOINTS}/step_*.pt in this work directory")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {init_from}: no such work directory or checkpoint file")
+    return path
+
+
+class Workdir:
+    """A trainer's resumable state, and the one policy both trainers follow (../ARCHITECTURE.md).
+
+    Layout: WORKDIR/checkpoints/step_XXXXXXXX.pt (the newest `keep`), WORKDIR/metrics.jsonl and WORKDIR/config.json:
+    the run's identity (`recipe`: the config values that change the weights; `data`: what it trains on), its
+    resolved config, the code versions it ran under, its `--init-from` origin, and `finished` once the final
+    artefact is written. `start` decides where training begins:
+
+    - checkpoints of the same identity, run not finished: resume (a changed code version is recorded);
+    - checkpoints of another identity, or of a finished run started again (a forced rerun): the directory is set
+      aside as WORKDIR.set-aside-<time> (kept, named in the log) and training starts afresh, so a DAG rerun after a
+      hyperparameter change just works and a forced retrain really retrains;
+    - no checkpoint: `--init-from`'s checkpoint when given, else step 0.
+
+    Rank 0 decides and writes; every rank then reads the same checkpoint. While open, rank 0 holds an exclusive
+    flock on WORKDIR.lock, so a second live trainer of the same directory is refused with the holder's name.
+    """
+
+    def __init__(self, path: str | Path, identity: dict[str, Any], dist: Dist, *, keep: int = 1) -> None:
+        self.path, self.identity, self.dist, self.keep = Path(path), identity, dist, keep
+        self.info: dict[str, Any] = {}
+        self.resumed_from: Path | None = None  # set by `start`: the own checkpoint resumed, or
+        self.origin: Path | None = None  # --init-from's checkpoint
+        self._lock: Any = None
+
+    # -- the lock -------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Workdir:
+        if self.dist.is_main:
+            import fcntl
+            import socket
+
+            lock = self.path.with_name(self.path.name + ".lock")
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = lock.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise WorkdirBusy(f"{self.path} is in use by another live trainer ({holder}); wait for it to end "
+                                  "or stop it (e.g. scancel its job), then rerun") from None
+            handle.seek(0)
+            handle.truncate()
+            job = os.environ.get("SLURM_JOB_ID")
+            handle.write(f"host {socket.gethostname()}, pid {os.getpid()}" + (f", SLURM job {job}" if job else ""))
+            handle.flush()
+            self._lock = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the flock
+            self._lock = None
+
+    # -- where to start --------------------------------------------------------------------------------------
+
+    def start(self, config: dict[str, Any], init_from: str | Path | None = None) -> dict[str, Any] | None:
+        """Apply the policy; returns the checkpoint to start from (None: step 0). `config` is the resolved config."""
+        note = None
+        if self.dist.is_main:
+            note = self._decide(config, init_from)
+        self.dist.barrier()
+        self.info = json.loads((self.path / CONFIG_JSON).read_text())
+        self.resumed_from, self.origin = self.latest(), None
+        if self.resumed_from is not None:
+            state = load_checkpoint(self.resumed_from)
+            what = f"resumed from {self.resumed_from} at step {state['step']}"
+        elif init_from is not None:
+            self.origin = origin_checkpoint(init_from)
+            state = load_checkpoint(self.origin)
+            if "optimizer" not in state:
+                raise ConfigError(f"--init-from {self.origin}: a final checkpoint without optimizer state; give "
+                                  "the run's work directory or one of its checkpoints/step_*.pt")
+            what = f"initialised from {self.origin} at step {state['step']}"
+        else:
+            state, what = None, "starting at step 0"
+        if self.dist.is_main:
+            print(f"{self.path}: {note + '; ' if note else ''}{what}", file=sys.stderr)
+        return state
+
+    def _decide(self, config: dict[str, Any], init_from: str | Path | None) -> str | None:
+        """Rank 0: set aside what must not be resumed, then write config.json; returns what was done, for the log."""
+        note = None
+        record = self._read_record()
+        if self.latest() is not None:
+            changes = config_changes({k: record.get(k) for k in self.identity}, self.identity)
+            if record.get("finished"):
+                note = self.set_aside("a finished run started again (a forced rerun) starts afresh")
+            elif changes:
+                note = self.set_aside(f"checkpoints of another recipe or data ({describe_changes(changes)})")
+        (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        record = self._read_record() if self.latest() is not None else {}
+        versions = record.get("code_versions") or []
+        version = code_version()
+        if not versions or versions[-1]["version"] != version:
+            step = int(load_checkpoint(self.latest())["step"]) if self.latest() is not None else 0
+            if versions:
+                note = f"resuming under code {version} (the run so far: {versions[-1]['version']})"
+            versions = [*versions, {"version": version, "from_step": step}]
+        origin = record.get("init_from")
+        if self.latest() is None and init_from is not None:
+            checkpoint = origin_checkpoint(init_from)
+            state = load_checkpoint(checkpoint)
+            old = state.get("config") or state.get("train_config") or {}
+            origin = {"checkpoint": str(checkpoint.resolve()), "step": int(state["step"]),
+                      "changed": config_changes(old, config)}
+        atomic_write_json(self.path / CONFIG_JSON, {**self.identity, "config": config, "code_versions": versions,
+                                                    "init_from": origin, "finished": None})
+        return note
+
+    def _read_record(self) -> dict[str, Any]:
+        path = self.path / CONFIG_JSON
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}  # none, or unreadable: treated as another recipe (the directory is set aside, not reused)
+        return record if isinstance(record, dict) else {}
+
+    def set_aside(self, why: str) -> str:
+        """Rename the work directory out of the way (nothing is deleted); returns the log line."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.set-aside-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.set-aside-{stamp}-{n}")
+        self.path.rename(target)
+        self.path.mkdir()
+        return f"{why}: the old work directory is kept as {target}"
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+
+    def latest(self) -> Path | None:
+        found = checkpoint_paths(self.path)
+        return found[-1] if found else None
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Rank 0 writes checkpoints/step_XXXXXXXX.pt (atomically) and keeps the newest `keep`; all ranks wait."""
+        path = self.path / CHECKPOINTS / f"step_{step:08d}.pt"
+        if self.dist.is_main:
+            save_checkpoint(state, path)
+            for old in checkpoint_paths(self.path)[:-self.keep]:
+                old.unlink(missing_ok=True)
+        self.dist.barrier()
+        return path
+
+    @property
+    def init_from(self) -> dict[str, Any] | None:
+        return self.info.get("init_from")
+
+    def last_good(self) -> Path | None:
+        """What a diverged run can continue from: the newest checkpoint, else --init-from's."""
+        return self.latest() or self.origin
+
+    def finish(self, step: int) -> None:
+        """Record that the final artefact is written: starting this run again is a forced rerun."""
+        if self.dist.is_main:
+            self.info["finished"] = {"step": step, "code_version": code_version(),
+                                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_json(self.path / CONFIG_JSON, self.info)
+
+
+def reapply_optimizer_settings(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an optimiser's saved state but keep this run's hyperparameters (betas, eps, weight decay): the saved
+    values are the origin's, which `--init-from` may have changed. The learning rate is set by the loop each step."""
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(settings)
+
+
+def retry_advice(module: str, argv: list[str], config: dict[str, Any], changes: dict[str, Any],
+                 err: TrainingDiverged, lr: float) -> TrainingDiverged:
+    """`err` with the command that continues from its last good checkpoint, in a new work directory named after
+    the new learning rate, with `changes` applied to the resolved `config` (`argv`: the trainer's own arguments)."""
+    words, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag in ("--workdir", "--config", "--init-from"):
+            if flag == "--workdir":
+                value = argv[i].split("=", 1)[1] if "=" in argv[i] else argv[i + 1]
+                workdir = Path(value)
+            i += 1 if "=" in argv[i] else 2
+            continue
+        words.append(argv[i])
+        i += 1
+    new_workdir = workdir.with_name(f"{workdir.name}-lr{lr:g}")
+    words += ["--workdir", str(new_workdir), "--config", json.dumps(merged(config, changes), sort_keys=True)]
+    if err.last_checkpoint is not None:
+        words += ["--init-from", str(err.last_checkpoint)]
+    start = "continue from it" if err.last_checkpoint else "start again"
+    return TrainingDiverged(f"{err}\nTo {start} with half the learning rate in a new work directory:\n  "
+                            f"{shlex.join(['python', '-m', *module.split(), *words])}",
+                            step=err.step, last_checkpoint=err.last_checkpoint)
+
+
 def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """`base` with `changes` applied, nested dicts merged key by key."""
     out = dict(base)
     for key, value in changes.items():
         out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def init_record(origin: Path, state: dict[str, Any], changes: dict[str, list[Any]]) -> dict[str, Any]:
-    """What a run started with --init-from records (checkpoint, metrics, provenance): its origin and changes."""
-    return {"checkpoint": str(origin.resolve()), "step": int(state["step"]), "changed": changes}
-
-
-def retry_command(module: str, args: list[tuple[str, str | None]], config: dict[str, Any],
-                  changes: dict[str, Any], workdir: str | Path, init_from: Path | None) -> str:
-    """The command line that starts a new work directory from `init_from` with `changes` applied to `config`."""
-    words = ["python", "-m", module]
-    for flag, value in args:
-        if value is not None:
-            words += [flag, value]
-    words += ["--workdir", str(workdir), "--config", json.dumps(merged(config, changes), sort_keys=True)]
-    if init_from is not None:
-        words += ["--init-from", str(init_from)]
-    return shlex.join(words)
-
-
-def retry_workdir(workdir: str | Path, lr: float) -> Path:
-    """A sibling work directory named after the new learning rate, e.g. work/lm/x-lr0.001."""
-    workdir = Path(workdir)
-    return workdir.with_name(f"{workdir.name}-lr{lr:g}")
-
-
-@contextlib.contextmanager
-def exit_codes() -> Iterator[None]:
-    """In a trainer's main(): a TrainingStopped becomes `error: ...` on stderr and its exit code; teardown after."""
-    try:
-        yield
-    except TrainingStopped as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    finally:
-        teardown()
-

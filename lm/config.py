@@ -52,6 +52,9 @@ class TrainConfig:
     log_interval: int = field(10, ge=1)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a bf16-capable GPU, else fp32
+    # bf16 only: a step whose gradients are NaN/Inf is skipped (no update), as the official SpidR code's GradScaler
+    # does; the run stops after more than this many consecutive skips. fp32 stops at the first NaN/Inf.
+    skip_nonfinite_steps: int = field(10, ge=0)
     compile: bool = False
     # sdpa (CPU default: a dense per-utterance mask, exact), eager, or flex_attention (a block-sparse per-utterance
     # mask that keeps a fused kernel on GPU; CPU runs it forward only). Others need cross_document_attention.
@@ -100,6 +103,28 @@ class TrainConfig:
     def total_steps(self, train_blocks: int | None = None) -> int:
         """The run's length in optimizer steps (the cosine schedule's too): the smallest budget."""
         return min(self.budgets(train_blocks).values())
+
+
+def batch_layout(cfg: TrainConfig, world: int, where: str = "") -> str:
+    """How `world` processes reach cfg.batch_size, as lm.train will run it ("W process(es) x A accumulation x M
+    sequences = B sequences per step"); a ConfigError naming the keys and the sizes that work when none does."""
+    if world < 1:
+        raise ConfigError(f"world size {world}: expected at least 1 process")
+    per_round = cfg.micro_batch_size * world
+    if cfg.batch_size % per_round:
+        key = f"{where}." if where else ""
+        worlds = [w for w in range(1, cfg.batch_size // cfg.micro_batch_size + 1)
+                  if cfg.batch_size % (cfg.micro_batch_size * w) == 0]
+        micros = [m for m in range(1, cfg.batch_size // world + 1) if cfg.batch_size % (m * world) == 0]
+        raise ConfigError(
+            f"'{key}batch_size' ({cfg.batch_size}) cannot be reached on world size {world} with "
+            f"'{key}micro_batch_size' {cfg.micro_batch_size}: it must be a multiple of micro_batch_size x world size "
+            f"= {per_round}. World sizes that reach it: {worlds}; or, on {world} process(es), micro_batch_size in "
+            f"{micros or 'none (batch_size < world size)'}")
+    accumulation = cfg.batch_size // per_round
+    tokens = cfg.batch_size * cfg.context_length
+    return (f"{world} process(es) x {accumulation} accumulation x {cfg.micro_batch_size} sequences = "
+            f"{cfg.batch_size} sequences ({tokens} tokens) per step")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from eval.config import EvalConfig, Experiment
 from eval.submission import SubmissionJob, SubmissionMeta
 from lm.config import TrainConfig as LMTrainConfig
 from pipeline import grids
-from spidr.config import from_dict as spidr_train_config
+from pipeline.checks import check_data_layouts, check_names
+from spidr.config import TrainConfig as SpidrTrainConfig
 from units.config import EncoderConfigError, ExtractionConfig, ShardingConfig, UnitsConfig, validate_units_request
 
 # Keys that moved: the old place is an error that says where the key lives now.
@@ -193,12 +194,23 @@ def subset_config(config: dict[str, Any], corpus: str) -> SubsetConfig:
         parent = config["corpora"][parent].get("of")
 
 
+def pretrain_config(config: dict[str, Any], name: str) -> SpidrTrainConfig:
+    """The resolved training config of an encoder this workflow pretrains (`pretrain`'s `--config`): its kind, and
+    its `train:` block over the preset's defaults."""
+    enc = config["encoders"][name]
+    return SpidrTrainConfig.from_dict({"kind": enc["kind"], **enc["train"]}, f"encoders.{name}.train")
+
+
+def lm_train_config(config: dict[str, Any], name: str) -> LMTrainConfig:
+    """The resolved training config of a unit LM (`train_lm`'s `--config`)."""
+    return LMTrainConfig.from_dict(config["lms"][name]["train"], f"lms.{name}.train")
+
+
 def encoder_geometry(config: dict[str, Any], name: str) -> dict[str, Any]:
     """Depth and codebook layers of an encoder this workflow pretrains (from its training config); {} otherwise."""
-    enc = config["encoders"][name]
-    if "train" not in enc:
+    if "train" not in config["encoders"][name]:
         return {}
-    model = spidr_train_config({"kind": enc["kind"], **enc["train"]}, f"encoders.{name}.train").model
+    model = pretrain_config(config, name).model
     return {"num_layers": model.num_layers, "codebook_layers": model.codebook_layers}
 
 
@@ -212,7 +224,9 @@ def validate(config: dict[str, Any]) -> None:
     for (section, key), new in MOVED.items():
         if key in (config.get(section) or {}):
             raise ConfigError(f"'{section}.{key}' has moved to {new}")
+    check_names(config)  # names build paths and wildcards: first, and again once grids are expanded
     config = grids.expand_grids(config)  # grid entries are checked as the ordinary entries they become
+    check_names(config)
     if not config["experiments"]:
         raise ConfigError("no experiment: define 'experiments' or 'grids'")
     demo_config(config)
@@ -257,8 +271,9 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"'units.{name}': {err}") from None
     for name, lm in config["lms"].items():
         need("corpus", lm["corpus"], f"lms.{name}.corpus", config["corpora"])
-        LMTrainConfig.from_dict(lm["train"], f"lms.{name}.train")
+        lm_train_config(config, name)
     for name, exp in config["experiments"].items():
         need("units", exp["units"], f"experiments.{name}.units", config["units"])
         if exp.get("lm") is not None:
             need("lm", exp["lm"], f"experiments.{name}.lm", config["lms"])
+    check_data_layouts(config)

@@ -12,7 +12,6 @@ recipe (12k / 188k / 200k, timescale 20k, freeze 200k) and a 500-step demo keeps
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -313,6 +312,23 @@ class TrainConfig:
         d["data"].pop("num_workers")
         return d
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None = None, where: str = "") -> TrainConfig:
+        """Resolve a JSON config: preset(kind) defaults, then every override; `where` prefixes key paths in errors.
+
+        A resolved config (what the workflow passes, `common.config.dumps` of a TrainConfig) loads back unchanged.
+        """
+        values = dict(values or {})
+        kind = values.get("kind", "spidr")
+        name = values.get("preset", "base")
+        if not isinstance(kind, str) or not isinstance(name, str):
+            raise ConfigError(f"{where or 'config'}: 'kind' and 'preset' must be strings")
+        try:
+            base = preset(name, kind)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+        return load(cls, values, where, base=base)
+
 
 def _steps(value: int | None, ratio: float, max_steps: int) -> int:
     return int(value) if value is not None else round(ratio * max_steps)
@@ -382,30 +398,6 @@ def preset(name: str, kind: str = "spidr") -> TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 # JSON overrides (through the one typed loader, common.config)
-
-
-def from_dict(values: dict[str, Any] | None = None, where: str = "") -> TrainConfig:
-    """Resolve a JSON config: preset(kind) defaults, then every override; `where` prefixes key paths in errors."""
-    values = dict(values or {})
-    kind = values.get("kind", "spidr")
-    name = values.get("preset", "base")
-    if not isinstance(kind, str) or not isinstance(name, str):
-        raise ConfigError(f"{where or 'config'}: 'kind' and 'preset' must be strings")
-    try:
-        base = preset(name, kind)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
-    return load(TrainConfig, values, where, base=base)
-
-
-def from_json(text: str | None) -> TrainConfig:
-    if not text:
-        return from_dict({})
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--config is not valid JSON ({err})") from err
-    return from_dict(values)
 
 
 def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from spidr.config import ConfigError, from_dict
+from spidr.config import ConfigError, TrainConfig
 from spidr.schedules import ema_decay_at, ema_movement, exponential_ema, scaled_ema, scaled_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,14 +34,14 @@ def test_scaled_recipe_at_the_papers_step_count_is_the_papers_recipe() -> None:
     assert (r.ema_start_decay, r.ema_timescale) == (0.999, 20_000.0)
     assert r.ema_movement == r.paper_ema_movement == pytest.approx(20.0, abs=0.01)
     # and so is the `movement` scaling of the base preset: exactly the proportional (paper) schedule
-    paper = from_dict({"preset": "base"}).schedule()
-    scaled = from_dict({"preset": "base", "ema": {"scaling": "movement"}}).schedule()
+    paper = TrainConfig.from_dict({"preset": "base"}).schedule()
+    scaled = TrainConfig.from_dict({"preset": "base", "ema": {"scaling": "movement"}}).schedule()
     assert {**scaled, "ema_scaling": "proportional"} == paper
 
 
 @pytest.mark.parametrize("steps", [8_000, 10_000, 1_000])
 def test_ema_movement_is_the_sum_over_the_run_the_trainer_applies(steps: int) -> None:
-    cfg = from_dict({"preset": "medium", "max_steps": steps})
+    cfg = TrainConfig.from_dict({"preset": "medium", "max_steps": steps})
     r = scaled_recipe(steps)
     assert cfg.schedule()["ema_movement"] == pytest.approx(r.ema_movement, rel=1e-12)
     assert (cfg.ema_start_decay, cfg.ema_timescale) == (r.ema_start_decay, r.ema_timescale)
@@ -70,12 +70,12 @@ def test_ema_movement_stops_where_the_teacher_freezes() -> None:
 
 
 def test_proportional_scaling_is_unchanged_and_explicit_values_win() -> None:
-    small = from_dict({"preset": "small"})
+    small = TrainConfig.from_dict({"preset": "small"})
     assert (small.ema_start_decay, small.ema_timescale) == (0.999, 30.0)
-    medium = from_dict({"preset": "medium", "ema": {"start_decay": 0.99, "timescale": 100.0}, "max_steps": 50})
+    medium = TrainConfig.from_dict({"preset": "medium", "ema": {"start_decay": 0.99, "timescale": 100.0}, "max_steps": 50})
     assert (medium.ema_start_decay, medium.ema_timescale) == (0.99, 100.0)
     with pytest.raises(ConfigError, match=re.escape("ema.scaling='movement'")):
-        from_dict({"kind": "dinosr", "preset": "base", "ema": {"scaling": "movement"}})
+        TrainConfig.from_dict({"kind": "dinosr", "preset": "base", "ema": {"scaling": "movement"}})
 
 
 # --- the corpus: several readings of each sentence ------------------------------------------------------------------

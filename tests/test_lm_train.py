@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM
 
 import lm.pack
 import lm.train
-from common.runtime import EXIT_DIVERGED, EXIT_INTERRUPTED, TrainingInterrupted
+from common.cli import run_main
+from common.runtime import EXIT_DIVERGED, EXIT_INTERRUPTED, TrainingInterrupted, checkpoint_paths
 from lm.model import UnitVocab
 from lm.synthetic import write_markov_units
 from lm.train import TrainConfig, lr_at, train
@@ -40,6 +41,20 @@ def units(tmp_path_factory):
 
 def cfg(**changes) -> TrainConfig:
     return TrainConfig.from_dict({**FAST, **changes})
+
+
+def run_cli(argv: list[str]) -> None:
+    """`python -m lm.train ARGV`, in process: errors become `error:` lines and exit codes as on the command line."""
+    run_main(lambda: lm.train.main(argv))
+
+
+def latest(workdir: Path) -> Path:
+    """The newest resumable checkpoint of a work directory."""
+    return checkpoint_paths(workdir)[-1]
+
+
+def workdir_record(workdir: Path) -> dict:
+    return json.loads((workdir / "config.json").read_text())
 
 
 def metrics(workdir: Path) -> list[dict]:
@@ -94,7 +109,7 @@ def test_loss_decreases_and_model_dir_round_trips(units, tmp_path):
                                                      "model.safetensors", "provenance.json", "unit_vocab.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
     model = AutoModelForCausalLM.from_pretrained(out / "last")
-    state = torch.load(work / "checkpoint.pt", weights_only=True)["model"]
+    state = torch.load(latest(work), weights_only=True)["model"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     assert UnitVocab.load(out) == UnitVocab(16) == UnitVocab.load(out / "last")
@@ -128,7 +143,7 @@ def test_resume_after_interruption_is_bit_identical(units, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train(units, resumed / "work", resumed / "model", cfg())
     assert not (resumed / "model").exists()
-    assert torch.load(resumed / "work" / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert torch.load(latest(resumed / "work"), weights_only=True)["step"] == 3
     monkeypatch.setattr(lm.train, "micro_batches", real)
     train(units, resumed / "work", resumed / "model", cfg())
 
@@ -158,7 +173,7 @@ def test_changed_hyperparameters_start_afresh(units, tmp_path):
 def test_packed_data_from_lm_pack_trains_the_same_model(units, tmp_path):
     """The workflow's path (lm.pack, then lm.train --data) equals packing inside the training job."""
     lm.pack.main(["--units", str(units), "--out", str(tmp_path / "data"), "--config", json.dumps(FAST)])
-    lm.train.main(["--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "w1"), "--out", str(tmp_path / "m1"),
+    run_cli(["--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "w1"), "--out", str(tmp_path / "m1"),
                    "--config", json.dumps({**FAST, "max_steps": 3})])
     train(units, tmp_path / "w2", tmp_path / "m2", cfg(max_steps=3))
     assert not (tmp_path / "w1" / "data").exists()  # nothing packed again in the training job
@@ -183,10 +198,11 @@ def test_wall_clock_budget_stops_training(units, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
 
 
-def test_cli_rejects_unknown_key(units, tmp_path):
-    with pytest.raises(ValueError, match="'bogus'"):
-        lm.train.main(["--units", str(units), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
-                       "--config", json.dumps({"bogus": 1})])
+def test_cli_rejects_unknown_key(units, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["--units", str(units), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "m"),
+                 "--config", json.dumps({"bogus": 1})])
+    assert "'bogus'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -238,7 +254,7 @@ def test_signal_to_one_of_two_workers_stops_both_and_the_retry_matches(units, tm
     assert run.wait(timeout=120) != 0
     err = run.stderr.read()
     assert "(SIGUSR1); resumable checkpoint" in err and "a stop requested on another rank" in err, err[-3000:]
-    stopped = torch.load(tmp_path / "run" / "work" / "checkpoint.pt", weights_only=True)
+    stopped = torch.load(latest(tmp_path / "run" / "work"), weights_only=True)
     assert 3 <= stopped["step"] < 40 and len(stopped["rng"]) == 2 and not (tmp_path / "run" / "model").exists()
     retry = launch("run")
     assert retry.wait(timeout=300) == 0, retry.stderr.read()[-3000:]
@@ -263,11 +279,11 @@ def _cli(units: Path, work: Path, out: Path, config: dict, *extra: str) -> list[
 def test_nan_loss_exits_3_without_checkpoint_or_model(units, tmp_path, capsys):
     """The issue probe: lr 1e30 used to train every step at NaN and write a non-finite model with exit 0."""
     with pytest.raises(SystemExit) as stop:
-        lm.train.main(_cli(units, tmp_path / "w", tmp_path / "m", {**FAST, "lr": 1e30}))
+        run_cli(_cli(units, tmp_path / "w", tmp_path / "m", {**FAST, "lr": 1e30}))
     assert stop.value.code == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "NaN/Inf between step 1 and step 2" in err and "Last good checkpoint: none" in err
-    assert not (tmp_path / "w" / "checkpoint.pt").exists() and not (tmp_path / "m").exists()
+    assert not checkpoint_paths(tmp_path / "w") and not (tmp_path / "m").exists()
     assert [r["step"] for r in metrics(tmp_path / "w")] == [1]  # the NaN step is not logged either
 
 
@@ -285,23 +301,23 @@ def test_nan_message_command_continues_from_the_last_good_checkpoint(units, tmp_
     monkeypatch.setattr(lm.train, "micro_batches", batches)
     monkeypatch.setattr(lm.train, "forward_loss", poisoned)
     with pytest.raises(SystemExit) as stop:
-        lm.train.main(_cli(units, tmp_path / "w", tmp_path / "m", FAST))
+        run_cli(_cli(units, tmp_path / "w", tmp_path / "m", FAST))
     assert stop.value.code == EXIT_DIVERGED
     err = capsys.readouterr().err
-    assert "between step 4 and step 5" in err and f"Last good checkpoint: {tmp_path / 'w' / 'checkpoint.pt'}" in err
-    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert "between step 4 and step 5" in err and f"Last good checkpoint: {latest(tmp_path / 'w')}" in err
+    assert torch.load(latest(tmp_path / "w"), weights_only=True)["step"] == 3
     assert not (tmp_path / "m").exists()
 
     # The printed command, as is (minus `python -m lm.train`), once the cause is gone.
     words = shlex.split(err.strip().splitlines()[-1])
     assert words[:3] == ["python", "-m", "lm.train"] and "--init-from" in words
     monkeypatch.setattr(lm.train, "forward_loss", real_loss)
-    lm.train.main(words[3:])
+    run_cli(words[3:])
     new = tmp_path / "w-lr0.0015"
-    state = torch.load(new / "checkpoint.pt", weights_only=True)
-    origin = {"checkpoint": str((tmp_path / "w" / "checkpoint.pt").resolve()), "step": 3,
+    state = torch.load(latest(new), weights_only=True)
+    origin = {"checkpoint": str(latest(tmp_path / "w").resolve()), "step": 3,
               "changed": {"lr": [3e-3, 1.5e-3], "min_lr": [3e-4, 1.5e-4]}}
-    assert state["step"] == 8 and state["init_from"] == origin
+    assert state["step"] == 8 and workdir_record(new)["init_from"] == origin
     rows = metrics(new)
     assert rows[0] == {"step": 3, "event": "init_from", **origin}
     assert [r["step"] for r in rows[1:]] == [4, 5, 6, 7, 8] and all(math.isfinite(r["train_loss"]) for r in rows[1:])
@@ -322,10 +338,10 @@ def test_stop_signal_checkpoints_exits_75_and_resumes_bit_identically(units, tmp
     monkeypatch.setattr(lm.train, "micro_batches", signalled)
     work, out = tmp_path / "run" / "work", tmp_path / "run" / "model"
     with pytest.raises(SystemExit) as stop:
-        lm.train.main(_cli(units, work, out, FAST))
+        run_cli(_cli(units, work, out, FAST))
     assert stop.value.code == EXIT_INTERRUPTED
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the trainer's handler is gone
-    assert torch.load(work / "checkpoint.pt", weights_only=True)["step"] == 5 and not out.exists()
+    assert torch.load(latest(work), weights_only=True)["step"] == 5 and not out.exists()
     monkeypatch.setattr(lm.train, "micro_batches", real)
 
     # --init-from the interrupted run with an unchanged config continues it exactly, in a new work directory ...
@@ -337,7 +353,7 @@ def test_stop_signal_checkpoints_exits_75_and_resumes_bit_identically(units, tmp
         w = _weights(other)
         assert w.keys() == ref_w.keys() and all(torch.equal(ref_w[k], w[k]) for k in ref_w)
     assert _without_timing(metrics(work)) == _without_timing(metrics(reference / "work"))
-    init = torch.load(tmp_path / "copy" / "work" / "checkpoint.pt", weights_only=True)["init_from"]
+    init = workdir_record(tmp_path / "copy" / "work")["init_from"]
     assert init["step"] == 5 and init["changed"] == {}
 
 
@@ -353,15 +369,15 @@ def test_signal_during_the_last_step_never_writes_the_model(units, tmp_path, mon
     with pytest.raises(TrainingInterrupted, match=r"step 8 \(SIGTERM\)"):
         train(units, tmp_path / "w", tmp_path / "m", cfg())
     assert not (tmp_path / "m").exists()
-    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["step"] == 8
+    assert torch.load(latest(tmp_path / "w"), weights_only=True)["step"] == 8
 
 
 def test_init_from_refuses_a_model_of_another_shape(units, tmp_path):
     train(units, tmp_path / "a", tmp_path / "ma", cfg(max_steps=3))
-    with pytest.raises(ValueError, match=r"--init-from .*checkpoint\.pt: its model does not fit"):
+    with pytest.raises(ValueError, match=r"--init-from .*step_\d+\.pt: its model does not fit"):
         train(units, tmp_path / "b", tmp_path / "mb", cfg(max_steps=3, model={"dropout": 0.1, "num_hidden_layers": 1}),
               init_from=tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint\.pt"):
+    with pytest.raises(FileNotFoundError, match=r"no such work directory or checkpoint"):
         train(units, tmp_path / "c", tmp_path / "mc", cfg(), init_from=tmp_path / "nowhere")
 
 
@@ -421,9 +437,9 @@ def test_minutes_intervals_checkpoint_and_validate_without_changing_the_weights(
 
     clock = _StepClock(monkeypatch)
     saved = []
-    real_save = lm.train.save_checkpoint
-    monkeypatch.setattr(lm.train, "save_checkpoint",
-                        lambda obj, path: (saved.append(obj["step"]), real_save(obj, path)))
+    real_save = lm.train.Workdir.save
+    monkeypatch.setattr(lm.train.Workdir, "save",
+                        lambda self, state, step: (saved.append(step), real_save(self, state, step))[1])
     timed = cfg(eval_interval=None, eval_minutes=2.5, checkpoint_interval=None, checkpoint_minutes=2.5)
     train(units, tmp_path / "work", tmp_path / "model", timed)
     assert saved == [3, 6, 8]  # every 2.5 "minutes", and at the end
@@ -528,7 +544,7 @@ def test_a_deleted_best_model_is_chosen_afresh_on_resume(units, tmp_path, monkey
     work = tmp_path / "work"
     with pytest.raises(KeyboardInterrupt):
         train(units, work, tmp_path / "model", cfg())  # valid 4; checkpoints 3, 6 (naming best-step 4)
-    assert torch.load(work / "checkpoint.pt", weights_only=True)["best_step"] == 4
+    assert torch.load(latest(work), weights_only=True)["best_step"] == 4
     lm.train.shutil.rmtree(work / "best-step00000004")
     monkeypatch.setattr(lm.train, "micro_batches", real)
     summary = train(units, work, tmp_path / "model", cfg())

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spidr.checkpoint import CheckpointError, export_official, load_encoder, load_model, save_model
-from spidr.config import ConfigError, ModelConfig, batch_plan, from_dict, preset
+from spidr.config import ConfigError, ModelConfig, TrainConfig, batch_plan, preset
 from spidr.masking import mask_indices
 from spidr.model import Codebook, Codebooks, ConvBlock, build_model, compile_model, layer_norm_gelu, standardize
 from spidr.schedules import exponential_ema, linear_ema, tri_stage_lr
@@ -151,7 +151,7 @@ def test_tri_stage_learning_rate():
     assert tri_stage_lr(300_000, **kw) == pytest.approx(5e-5)  # halfway through the decay: 0.1x
     assert tri_stage_lr(400_000, **kw) == pytest.approx(5e-6)
     assert tri_stage_lr(500_000, **kw) == pytest.approx(5e-6)
-    cfg = from_dict({})  # the paper recipe, derived from max_steps=400k
+    cfg = TrainConfig.from_dict({})  # the paper recipe, derived from max_steps=400k
     assert (cfg.warmup_steps, cfg.hold_steps, cfg.decay_steps, cfg.freeze_at) == (12_000, 188_000, 200_000, 200_000)
     assert cfg.ema_timescale == 20_000
 
@@ -187,7 +187,7 @@ def test_masking_statistics():
 def test_padded_batch_inference_equals_one_at_a_time(kind, mode):
     """The padded frames never change the real ones: the valid mask, and GroupNorm front ends run alone."""
     torch.manual_seed(0)
-    cfg = from_dict({"kind": kind, "preset": "tiny", "model": {"extractor_mode": mode}}).model
+    cfg = TrainConfig.from_dict({"kind": kind, "preset": "tiny", "model": {"extractor_mode": mode}}).model
     model = build_model(cfg, kind=kind, seed=0).eval()
     wavs = [standardize(torch.randn(n)) for n in (16_000, 9_123, 700, 23_456, 16_000)]
     batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
@@ -213,7 +213,7 @@ def test_front_end_equals_a_plain_conv1d_stack(mode, matmul_devices, monkeypatch
     """The matmul / channels-last front end computes what Conv1d -> norm -> GELU layers compute, on either path
     (CPU: every conv a matmul over windows; GPU: conv2d after the first, here run on the CPU)."""
     monkeypatch.setattr(ConvBlock, "matmul_devices", matmul_devices)
-    cfg = from_dict({"preset": "tiny", "model": {"extractor_mode": mode}}).model
+    cfg = TrainConfig.from_dict({"preset": "tiny", "model": {"extractor_mode": mode}}).model
     model = build_model(cfg, seed=0)
     wav = torch.randn(2, 7_001)
     x = wav.unsqueeze(1)
@@ -254,7 +254,7 @@ def test_front_end_norm_and_gelu_run_outside_autocast_in_the_conv_dtype():
 @pytest.mark.slow
 def test_compiled_model_matches_eager():
     """`compile_model` (spidr.train's `compile: true`) changes speed, not results."""
-    cfg = from_dict({"preset": "tiny", "model": {"dropout": 0.0, "attention_dropout": 0.0}}).model  # RNGs differ
+    cfg = TrainConfig.from_dict({"preset": "tiny", "model": {"dropout": 0.0, "attention_dropout": 0.0}}).model  # RNGs differ
     model = build_model(cfg, seed=0).train()
     wav = torch.randn(2, 16_000)
     index = mask_indices(2, model.frame_count(16_000), generator=torch.Generator().manual_seed(0))
@@ -477,7 +477,7 @@ def test_random_model_checkpoint_for_other_stages(tmp_path):
 
 
 def test_global_batch_is_reached_on_any_world_size_that_divides_it():
-    base = from_dict({}).data
+    base = TrainConfig.from_dict({}).data
     assert (base.global_batch_samples, base.batch_samples) == (60_800_000, 3_800_000)  # the paper: 16 x 3.8M
     for world, accumulation in ((1, 16), (2, 8), (4, 4), (8, 2), (16, 1)):
         plan = batch_plan(base, world)
@@ -485,7 +485,7 @@ def test_global_batch_is_reached_on_any_world_size_that_divides_it():
     assert batch_plan(base, 16).describe().startswith("16 process(es) x 1 accumulation x 3800000 samples = 60800000")
     # the demo presets keep their single-process batch: one micro-batch per step
     for name, samples in (("small", 128_000), ("tiny", 64_000)):
-        plan = batch_plan(from_dict({"preset": name}).data, 1)
+        plan = batch_plan(TrainConfig.from_dict({"preset": name}).data, 1)
         assert (plan.accumulation, plan.effective_batch_samples) == (1, samples)
     with pytest.raises(ConfigError, match=r"data\.global_batch_samples=60800000 cannot be reached exactly on world "
                                           r"size 3 with data\.batch_samples=3800000.*\[1, 2, 4, 8, 16\].*"
@@ -493,30 +493,30 @@ def test_global_batch_is_reached_on_any_world_size_that_divides_it():
         batch_plan(base, 3)
     with pytest.raises(ConfigError, match=r"world size 32"):
         batch_plan(base, 32)
-    inexact = batch_plan(from_dict({"data": {"inexact_global_batch": True}}).data, 3)
+    inexact = batch_plan(TrainConfig.from_dict({"data": {"inexact_global_batch": True}}).data, 3)
     assert (inexact.accumulation, inexact.effective_batch_samples, inexact.exact) == (5, 57_000_000, False)
     assert "NOT data.global_batch_samples=60800000" in inexact.describe() and not inexact.to_dict()["exact"]
     with pytest.raises(ConfigError, match=r"encoders\.x\.train\.data.*global_batch_samples=1000000 is not a "
                                           r"multiple of data\.batch_samples=300000"):
-        from_dict({"data": {"global_batch_samples": 1_000_000, "batch_samples": 300_000}}, "encoders.x.train")
+        TrainConfig.from_dict({"data": {"global_batch_samples": 1_000_000, "batch_samples": 300_000}}, "encoders.x.train")
 
 
 def test_config_overrides_and_unknown_keys():
-    cfg = from_dict({"kind": "dinosr", "preset": "small", "max_steps": 100,
+    cfg = TrainConfig.from_dict({"kind": "dinosr", "preset": "small", "max_steps": 100,
                      "optim": {"lr": 1e-3, "betas": [0.9, 0.98]}, "model": {"num_layers": 6}})
     assert cfg.model.num_layers == 6 and cfg.optim.betas == (0.9, 0.98) and cfg.ema.schedule == "linear"
     assert cfg.model.layer_drop == 0.05 and cfg.freeze_at == 50 and cfg.warmup_steps == 3
     assert cfg.model.codebook_layers == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ConfigError, match=r"model\.num_layer\b"):
-        from_dict({"model": {"num_layer": 3}})
+        TrainConfig.from_dict({"model": {"num_layer": 3}})
     with pytest.raises(ConfigError, match="'lr_max'"):
-        from_dict({"lr_max": 3})
+        TrainConfig.from_dict({"lr_max": 3})
     with pytest.raises(ConfigError, match=r"optim\.lr"):
-        from_dict({"optim": {"lr": "fast"}})
+        TrainConfig.from_dict({"optim": {"lr": "fast"}})
     with pytest.raises(ConfigError, match="unknown preset"):
-        from_dict({"preset": "huge"})
+        TrainConfig.from_dict({"preset": "huge"})
     with pytest.raises(ConfigError, match="kind"):
-        from_dict({"kind": "hubert"})
+        TrainConfig.from_dict({"kind": "hubert"})
     with pytest.raises(ConfigError, match="num_heads"):
-        from_dict({"model": {"num_heads": 5}})
-    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what checkpoints record reloads identically
+        TrainConfig.from_dict({"model": {"num_heads": 5}})
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what checkpoints record reloads identically

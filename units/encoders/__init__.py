@@ -48,9 +48,9 @@ def check_units_config(spec: str | Mapping[str, Any] | EncoderSpec, layer: int, 
     if train_config is not None and num_layers is None:
         if spec.kind not in ("spidr", "dinosr"):
             raise EncoderConfigError(f"a training config only describes spidr/dinosr encoders, not {spec.kind!r}")
-        from spidr.config import from_dict
+        from spidr.config import TrainConfig
 
-        model = from_dict({"kind": spec.kind, **train_config}).model
+        model = TrainConfig.from_dict({"kind": spec.kind, **train_config}).model
         num_layers, codebook_layers = model.num_layers, model.codebook_layers
     if num_layers is None and spec.kind == "hf":
         try:

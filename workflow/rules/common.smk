@@ -8,10 +8,11 @@ import sys
 from snakemake.utils import validate
 
 import pipeline.config as pipeline
+from pipeline.data_root import resolve as resolve_data_root
 from common.config import dumps
 from data.config import ManifestConfig
 from eval.config import AbxJob, Experiment, ScoresJob, UnitQualityJob
-from lm.config import ScoreConfig, TrainConfig as LMTrainConfig
+from lm.config import ScoreConfig
 
 # Rules run `python -m ...`: make that the interpreter running Snakemake (the project's venv), also inside SLURM
 # jobs, whatever PATH the user's shell had.
@@ -21,6 +22,8 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 # the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
 # naming the key path. Cheap (no torch), so every parse checks, jobs included.
 validate(config, schema="../schemas/config.schema.yaml")
+# Relative data paths are resolved against `data_root` (pipeline.data_root), once, before anything reads them.
+config.update(resolve_data_root(config))
 # Grids become ordinary units, LMs and experiments (pipeline.grids), so every rule below sees only those.
 config.update(pipeline.grids.expand_grids(config))
 pipeline.validate(config)
@@ -54,11 +57,6 @@ wildcard_constraints:
     shard=r"\d+",
     nshards=r"\d+",
     dataset="|".join([f"corpus-{c}" for c in CORPORA] + [f"{b}-{s}" for b in BENCHMARKS for s in BENCH_SETS]),
-
-
-def sorted_json(obj):
-    """A config subtree as key-sorted JSON: reordering YAML keys must not look like a params change."""
-    return dumps(obj)
 
 
 def demo_config():
@@ -207,8 +205,18 @@ def lm_train_units(wildcards):
 
 def lm_split_json(wildcards):
     """The LM config keys that decide its train/valid split (all that lm.pack reads), resolved with defaults."""
-    train = LMTrainConfig.from_dict(config["lms"][wildcards.lm]["train"])
-    return sorted_json({"valid_fraction": train.valid_fraction, "seed": train.seed})
+    train = pipeline.lm_train_config(config, wildcards.lm)
+    return dumps({"valid_fraction": train.valid_fraction, "seed": train.seed})
+
+
+def pretrain_json(wildcards):
+    """`pretrain`'s `--config`: the encoder's resolved training config, so a changed default reruns it too."""
+    return dumps(pipeline.pretrain_config(config, wildcards.encoder))
+
+
+def lm_train_json(wildcards):
+    """`train_lm`'s `--config`: the LM's resolved training config."""
+    return dumps(pipeline.lm_train_config(config, wildcards.lm))
 
 
 def slm21_parts(experiment):

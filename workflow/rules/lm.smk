@@ -1,6 +1,8 @@
 """Unit-LM stage: pack the deduplicated units of a corpus (CPU), train on them, then score every benchmark
 utterance."""
 
+import pipeline.layout as layout
+
 
 rule pack_lm_data:
     """Token arrays of the train/valid split, built before training so that no GPU waits on packing."""
@@ -38,7 +40,7 @@ rule train_lm:
         nodes=1,
         gres="",
     params:
-        hp=lambda wc: sorted_json(config["lms"][wc.lm]["train"]),
+        hp=lm_train_json,
         # Resume state lives outside the declared output: Snakemake deletes outputs of failed jobs.
         workdir="work/lm/{units}/{lm}",
     shell:
@@ -66,3 +68,15 @@ rule score_lm:
     shell:
         "python -m lm.score --model {input.model} --units {input.units} --out {output.scores} "
         "--config '{params.score}' > {log} 2>&1"
+
+
+# Every training layout (world size x accumulation x micro-batch = the recipe's global batch) from the resources the
+# profiles give pretrain and train_lm, printed by the planning Snakemake process (not again inside each job); one
+# that cannot reach its batch is an error here, before anything is submitted (pipeline.layout).
+if workflow.is_main_process:
+    _layouts = layout.report(
+        config,
+        {name: layout.layout_resources(getattr(rules, name).rule.resources) for name in ("pretrain", "train_lm")},
+    )
+    if _layouts:
+        print(_layouts, file=sys.stderr)
