@@ -5,6 +5,14 @@ pipeline.config): encoder spec, layer, quantizer, k-means fit, extraction settin
 """
 
 
+def benchmark_group(wildcards):
+    """`group:` of a benchmark set's units jobs: its extraction, gather, dedup and unit evaluations run as one SLURM
+    job (a chain of minutes, hundreds of them in the paper DAG); a training corpus's jobs stay separate (hours each).
+    """
+    dataset = wildcards.get("dataset", f"{wildcards.get('benchmark', '')}-abx")
+    return None if dataset.startswith("corpus-") else "benchmark_units"
+
+
 rule fit_kmeans:
     input:
         encoder=lambda wc: encoder_inputs(units_entry(wc)["encoder"]),
@@ -36,6 +44,8 @@ rule quantize:
         "logs/quantize/{units}/{dataset}/{shard}-of-{nshards}.log",
     benchmark:
         "logs/benchmarks/quantize/{units}/{dataset}/{shard}-of-{nshards}.tsv"
+    group:
+        benchmark_group
     threads: 2
     resources:
         gpu=0,
@@ -55,6 +65,8 @@ rule gather_units:
         "results/units/{units}/{dataset}/frames.parquet",
     log:
         "logs/gather_units/{units}/{dataset}.log",
+    group:
+        benchmark_group
     shell:
         "python -m units.gather {input} --out {output} > {log} 2>&1"
 
@@ -67,6 +79,8 @@ rule dedup:
         stats="results/units/{units}/{dataset}/dedup_stats.json",
     log:
         "logs/dedup/{units}/{dataset}.log",
+    group:
+        benchmark_group
     shell:
         "python -m units.dedup {input} {output.units} --stats {output.stats} > {log} 2>&1"
 
@@ -83,6 +97,8 @@ rule extract_features:
         "logs/extract_features/{encoder}/L{layer}/{benchmark}.log",
     benchmark:
         "logs/benchmarks/extract_features/{encoder}/L{layer}/{benchmark}.tsv"
+    group:
+        "features"
     threads: 2
     resources:
         gpu=0,
