@@ -8,7 +8,11 @@ define a `run` of their own). Expected failures are
 - an error class defined in this project (ManifestError, ConfigError, KMeansError, CheckpointError, ...): those are
   raised on purpose with a message that names the file, key or value, so the message is all the user needs;
 - torch's RuntimeError for a write that failed part-way (torch.save on a full disk), which names no path: every
-  writer goes through `common.io.atomic_write`, which turns it into an OSError naming the path first.
+  writer goes through `common.io.atomic_write`, which turns it into an OSError naming the path first;
+- out of memory (torch.OutOfMemoryError, a CPU allocator's RuntimeError, MemoryError): one line naming the settings
+  that reduce memory, the entry point's own `memory_hint` where it passes one;
+- a pickle that torch.load(weights_only=True) refuses (e.g. inside a library's loader): one line, without torch's
+  advice to load it with weights_only=False (which would run the file's code).
 Anything else (KeyError, TypeError, an assertion, ...) is a bug: its traceback is kept. A named error with an
 `exit_code` attribute (the trainers' stops) exits with that code, so that a retry can tell the cases apart.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +45,50 @@ CAUSES = {
 }
 
 
+# Out of memory: torch.OutOfMemoryError (CUDA, MPS) and the CPU allocator's RuntimeError, which names no class.
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.IGNORECASE)
+MEMORY_HINT = ("use less memory per step: a smaller batch of this stage (units.extract: --batch-seconds, "
+               "--max-batch, --chunk-seconds; the trainers: their micro-batch setting), or more memory (another GPU, "
+               "a job with more RAM)")
+
+
+def project_module(module: str) -> bool:
+    """True for a module of this project, `__main__` included when it is one run as `python -m package.module`
+    (its classes then live in `__main__`, not under their package's name)."""
+    if module.split(".")[0] in PROJECT_PACKAGES:
+        return True
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        return spec is not None and spec.name.split(".")[0] in PROJECT_PACKAGES
+    return False
+
+
 def is_named_error(err: BaseException) -> bool:
     """True for an exception whose class (or a base of it) is defined in this project."""
-    return any(cls.__module__.split(".")[0] in PROJECT_PACKAGES for cls in type(err).__mro__)
+    return any(project_module(cls.__module__) for cls in type(err).__mro__)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (checked by name: no torch import here), a CPU allocation failure, or MemoryError."""
+    if isinstance(err, MemoryError) or any(cls.__name__ == "OutOfMemoryError" for cls in type(err).__mro__):
+        return True
+    return isinstance(err, RuntimeError) and bool(OUT_OF_MEMORY.search(str(err).split("\n")[0]))
+
+
+def _first_sentences(text: str, limit: int = 2) -> str:
+    """The first `limit` sentences of the first line: torch's messages go on for a paragraph."""
+    line = " ".join(text.strip().split("\n")[0].split())
+    return ". ".join(line.split(". ")[:limit]).rstrip(".")
+
+
+def refused_pickle(err: BaseException) -> str | None:
+    """One line for torch's weights_only refusal, naming the refused global, without its weights_only=False advice."""
+    if not isinstance(err, pickle.UnpicklingError) or "weights only load failed" not in str(err).lower():
+        return None
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    what = f"refused global {found.group(1)}" if found else _first_sentences(str(err), 1)
+    return (f"a pickle holds Python objects that torch.load(weights_only=True) refuses to build ({what}), so it was "
+            "not loaded and none of its code ran; use a file this pipeline wrote, or a safetensors file")
 
 
 def _file_in_the_way(path: str) -> str | None:
@@ -71,8 +118,14 @@ def describe_os_error(err: OSError) -> str:
     return " ".join(f"{where}: {cause}".split())
 
 
-def error_message(err: BaseException) -> str | None:
+def error_message(err: BaseException, memory_hint: str | None = None) -> str | None:
     """The user-facing message for an expected failure, or None for a bug (whose traceback must be kept)."""
+    if is_out_of_memory(err):
+        detail = _first_sentences(str(err)) or type(err).__name__
+        return f"out of memory ({detail}): {memory_hint or MEMORY_HINT}"
+    pickled = refused_pickle(err)
+    if pickled is not None:
+        return pickled
     if isinstance(err, OSError):
         return describe_os_error(err)
     if isinstance(err, RuntimeError) and TORCH_WRITE_FAILURE.search(str(err)):
@@ -82,13 +135,15 @@ def error_message(err: BaseException) -> str | None:
     return None
 
 
-def run_main(main: Callable[[], Any]) -> Any:
+def run_main(main: Callable[[], Any], *, memory_hint: str | None = None) -> Any:
     """Call `main()`; an expected failure exits with `error: <message>` on stderr and a non-zero status: the
-    error's own `exit_code` attribute when it has one (e.g. a training stopped on NaN), else EXIT_ERROR."""
+    error's own `exit_code` attribute when it has one (e.g. a training stopped on NaN), else EXIT_ERROR.
+
+    `memory_hint` names the entry point's own settings that reduce memory, for an out-of-memory error."""
     try:
         return main()
     except Exception as err:
-        message = error_message(err)
+        message = error_message(err, memory_hint)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

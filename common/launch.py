@@ -28,8 +28,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 # common.runtime.EXIT_INTERRUPTED (not imported: that would load torch in the launcher as well).
 EXIT_INTERRUPTED = 75
@@ -132,6 +134,66 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# --- torchrun's stderr: its workers' lines as they are, its own ChildFailedError dump as one line -----------------
+# (issue 23, case 15; kept apart from the launcher's logic above). A worker that fails prints its own one-line
+# `error: ...` (common.cli.run_main); torchrun then adds a traceback of its own and a report of the failed ranks,
+# which say nothing more. Both are replaced by one line naming the rank and exit code; any other traceback (a bug
+# in a worker) passes through whole.
+CHILD_FAILED = b"torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+AGENT_FAILED = re.compile(rb"elastic/multiprocessing/api\.py:\d+\] failed \(exitcode")
+RULE = b"=" * 20
+
+
+def write_stderr(data: bytes) -> None:
+    out = getattr(sys.stderr, "buffer", None)
+    if out is not None:
+        out.write(data)
+    else:  # a replaced sys.stderr (tests)
+        sys.stderr.write(data.decode(errors="replace"))
+    sys.stderr.flush()
+
+
+def relay_stderr(source: BinaryIO, sink: Callable[[bytes], None], module: str) -> None:
+    """Copy `source` to `sink` line by line (bytes: progress bars' carriage returns pass as they are), dropping
+    torchrun's ChildFailedError traceback and report for one summary line."""
+    held: list[bytes] = []  # a traceback, until its exception line says whose it is
+    rules = 0  # rule lines of the failure report seen while dropping it (it ends at the second)
+    facts: dict[str, str] = {}
+
+    def summary() -> None:
+        sink(f"common.launch: {module} failed on rank {facts.get('rank', '?')} (exit code "
+             f"{facts.get('exitcode', '?')}); its error is above\n".encode())
+
+    for line in iter(source.readline, b""):
+        if rules:
+            found = re.match(rb"\s*(rank|exitcode)\s*:\s*(-?\d+)", line)
+            if found:
+                facts.setdefault(found[1].decode(), found[2].decode())
+            if line.startswith(RULE):
+                rules += 1
+                if rules == 3:
+                    rules = 0
+                    summary()
+            continue
+        if held:
+            if line[:1] in (b" ", b"\t"):
+                held.append(line)
+                continue
+            if line.startswith(CHILD_FAILED):
+                held, rules = [], 1
+                continue
+            sink(b"".join(held))
+            held = []
+        if line.startswith(b"Traceback (most recent call last):"):
+            held = [line]
+        elif not AGENT_FAILED.search(line):
+            sink(line)
+    if held:
+        sink(b"".join(held))
+    if rules:
+        summary()
+
+
 def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -> int:
     """Run the trainer (see the module docstring); returns the exit status."""
 
@@ -153,7 +215,11 @@ def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -
     received: list[str] = []
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: received.append(signal.Signals(signum).name))
-    code = subprocess.Popen(cmd, env={**os.environ, **TORCHRUN_ENV}).wait()
+    proc = subprocess.Popen(cmd, env={**os.environ, **TORCHRUN_ENV}, stderr=subprocess.PIPE)
+    relay = threading.Thread(target=relay_stderr, args=(proc.stderr, write_stderr, module), daemon=True)
+    relay.start()
+    code = proc.wait()
+    relay.join(timeout=10)
     due = received or (deadline is not None and time.monotonic() >= deadline)
     if code != 0 and due:
         why = ", ".join(received) if received else "the stop before the time limit"

@@ -53,7 +53,9 @@ class ManifestConfig:
     """How `data.manifest` builds a manifest from a directory of audio (the `--config` JSON)."""
 
     ext: tuple[str, ...] = ("wav", "flac")  # file extensions, without the dot
-    speaker: Literal["dir", "prefix"] = "dir"  # the first folder below the root (LibriSpeech) or the stem prefix
+    # dir: the first folder below the root (LibriSpeech); prefix: the stem up to its first '-' or '_'; single: one
+    # speaker, named after the root folder (a folder of one person's recordings)
+    speaker: Literal["dir", "prefix", "single"] = "dir"
     bad_audio: Literal["fail", "skip"] = "fail"  # skip: reported by name and counted
     convert: bool = False  # resample / downmix instead of rejecting other rates and multi-channel audio
     # header: soundfile's header only (rate, channels, frames), cheap at 60k h; decode: every sample read too

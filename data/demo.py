@@ -61,6 +61,10 @@ PHONE_CLASSES = {
 PHONE_CLASS = {p: c for c, ps in PHONE_CLASSES.items() for p in ps}
 
 
+class DemoError(ValueError):
+    """The demo corpus cannot be generated as configured (flite missing or failing, sizes it cannot reach)."""
+
+
 @dataclass
 class Utterance:
     """One synthesis job: text (or phones with `phones=True`) read by `voice`, jittered with `jitter_seed`."""
@@ -196,7 +200,7 @@ def run_flite(args: list[str]) -> str:
         raise FileNotFoundError("flite not found: install the Debian package 'flite' (make demo does it)")
     out = subprocess.run(["flite", *args], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"flite {' '.join(args)} failed: {out.stderr.strip()}")
+        raise DemoError(f"flite {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout
 
 
@@ -216,7 +220,7 @@ def parse_psdur(text: str, duration: float) -> list[tuple[str, float, float]]:
             segments.append((phone, start, end))
         start = end
     if not segments:
-        raise RuntimeError("flite returned no phone timings")
+        raise DemoError("flite returned no phone timings")
     # flite ends within ~5 ms of the wav, except kal16, which cuts its final pause: stretch the last segment.
     phone, onset, _ = segments[-1]
     segments[-1] = (phone, onset, duration)
@@ -238,7 +242,7 @@ def synthesize(utt: Utterance, cfg: DemoConfig) -> Utterance:
     wav, rate = sf.read(str(raw), dtype="float32")
     raw.unlink()
     if rate != SAMPLE_RATE or wav.ndim != 1:
-        raise RuntimeError(f"flite voice {utt.voice} wrote {rate} Hz / {wav.ndim}-D audio, expected 16 kHz mono")
+        raise DemoError(f"flite voice {utt.voice} wrote {rate} Hz / {wav.ndim}-D audio, expected 16 kHz mono")
     power = float(np.mean(wav**2)) or 1e-8
     wav = wav + rng.normal(0.0, np.sqrt(power / 10 ** (snr / 10)), size=wav.shape).astype(np.float32)
     write_wav(utt.path, wav)
@@ -327,7 +331,7 @@ def lexical_split(folder: Path, candidates: list[str], lexicon: dict[str, list[s
                              "length": len(phones), "correct": correct})
         pair_id += 1
     if pair_id < cfg.lexical_pairs:
-        raise ValueError(f"could only build {pair_id} of {cfg.lexical_pairs} lexical pairs for {folder.name}")
+        raise DemoError(f"could only build {pair_id} of {cfg.lexical_pairs} lexical pairs for {folder.name}")
     return utts, rows, used
 
 
@@ -354,8 +358,8 @@ def syntactic_split(folder: Path, seen_pairs: set[tuple[str, str]], cfg: DemoCon
     while pair_id < cfg.syntactic_pairs:
         drawn = draw_new_pair(pair_id, seen_pairs, rng)
         if drawn is None:
-            raise ValueError(f"could only build {pair_id} of {cfg.syntactic_pairs} syntactic pairs for {folder.name} "
-                             "that no earlier set has: lower syntactic_pairs")
+            raise DemoError(f"could only build {pair_id} of {cfg.syntactic_pairs} syntactic pairs for {folder.name} "
+                            "that no earlier set has: lower syntactic_pairs")
         kind, subtype, good, bad = drawn
         seen_pairs.add((good, bad))
         for v, voice in enumerate(voices):
@@ -387,9 +391,9 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     # The whole text (train_sentences null) keeps one sentence per story back for tSC's random endings.
     train_idx = rest[: cfg.train_sentences] if cfg.train_sentences is not None else rest[cfg.storycloze_stories :]
     if len(dev_idx) < cfg.dev_sentences * len(cfg.voices) or len(train_idx) < (cfg.train_sentences or 1):
-        raise ValueError(f"demo config asks for {cfg.train_sentences} train + {cfg.dev_sentences} x "
-                         f"{len(cfg.voices)} voices dev sentences; "
-                         f"the Alice text has {len(sentences)} ({len(mid)} of dev length)")
+        raise DemoError(f"demo config asks for {cfg.train_sentences} train + {cfg.dev_sentences} x "
+                        f"{len(cfg.voices)} voices dev sentences; "
+                        f"the Alice text has {len(sentences)} ({len(mid)} of dev length)")
     train_text = [sentences[i] for i in train_idx]
     voices = list(cfg.voices)
 
@@ -477,11 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help="JSON object of DemoConfig fields")
     parser.add_argument("--threads", type=int, default=2, help="parallel flite processes")
     args = parser.parse_args(argv)
-    try:
-        cfg = loads(DemoConfig, args.config)
-        info = generate(args.out, cfg, args.threads)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    cfg = loads(DemoConfig, args.config)
+    info = generate(args.out, cfg, args.threads)
     print(json.dumps({"counts": info["counts"], "hours": info["hours"], "abx_items": info["abx_items"]}))
 
 

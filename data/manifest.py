@@ -1,6 +1,7 @@
 """Corpus manifests (TSV: id, path, num_samples, speaker) built from any directory of wav/flac, bad files reported.
 
-Usage: python -m data.manifest ROOT OUT.tsv [--config '{"ext": ["flac"], "speaker": "dir", "bad_audio": "skip",
+Usage: python -m data.manifest ROOT OUT.tsv [--config '{"ext": ["flac"], "speaker": "dir"|"prefix"|"single",
+                                               "bad_audio": "skip",
                                                "check": "header"|"decode", "ids": "path"|"stem"}']
 
 `path` is stored relative to the manifest's directory when the audio lies below it, absolute otherwise, so a
@@ -8,6 +9,7 @@ manifest can move together with its audio. `id` is, by default, the path below R
 (Libri-Light: `103/1240/103-1240-0000`), unique by construction; `ids: stem` gives the file stem
 (`103-1240-0000`), which benchmark gold files, ABX items and feature files use, and refuses two files sharing one.
 By default only headers are read (soundfile.info), in parallel threads; `check: decode` reads every sample too.
+Symlinked folders are followed (each folder once; what cannot be followed is listed in the log), see data.walk.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from common.config import loads
 from common.io import atomic_write
 from data.audio import AUDIO_EXTENSIONS, AudioCheck, check_audio, check_header
 from data.config import ManifestConfig
+from data.walk import walk_audio
 
 MANIFEST_COLUMNS = ("id", "path", "num_samples", "speaker")
 BAD_AUDIO_POLICIES = ("fail", "skip")
@@ -38,11 +41,17 @@ class ManifestError(ValueError):
     """A manifest (or the directory it is built from) is not usable; the message names the file."""
 
 
-def speaker_of(relpath: Path, how: str) -> str:
-    """Speaker id of a file: its first directory below the root (`dir`, LibriSpeech) or its stem prefix."""
+def speaker_of(relpath: Path, how: str, root: Path | None = None) -> str:
+    """Speaker id of a file: its first directory below the root (`dir`, LibriSpeech), its stem prefix (`prefix`),
+    or, for a folder of one speaker's recordings (`single`), the root folder's name."""
+    if how == "single":
+        return root.name if root is not None and root.name else "speaker"
     if how == "dir":
         if len(relpath.parts) < 2:
-            raise ManifestError(f"{relpath}: --speaker dir needs files inside speaker folders (ROOT/SPEAKER/...)")
+            raise ManifestError(
+                f"{relpath}: lies directly in the corpus folder {root or 'ROOT'}, but speaker: dir (the default) "
+                "takes each file's first folder below it as its speaker (ROOT/SPEAKER/...); for one speaker's "
+                "recordings set speaker: single, for names that start with the speaker (SPEAKER_...) speaker: prefix")
         return relpath.parts[0]
     if how == "prefix":
         stem = relpath.stem
@@ -50,24 +59,25 @@ def speaker_of(relpath: Path, how: str) -> str:
             if sep in stem:
                 return stem.split(sep, 1)[0]
         return stem
-    raise ManifestError(f"unknown speaker rule {how!r}; expected 'dir' or 'prefix'")
+    raise ManifestError(f"unknown speaker rule {how!r}; expected 'dir', 'prefix' or 'single'")
 
 
-def find_audio(root: Path, exts: tuple[str, ...]) -> list[str]:
-    """Every path below root with an audio extension that is not a directory, sorted (identical across runs).
+def find_audio(root: Path, exts: tuple[str, ...], log=sys.stderr) -> list[str]:
+    """Every path below root with an audio extension that is not a directory, sorted (identical across runs),
+    symlinked folders followed (data.walk); folders it could not follow are listed on `log`.
 
     Symlinks that cannot be followed (a loop, a missing target) and other non-files are kept: they are bad files
     to report like any other (`not_a_file`), never silently left out.
     """
     if not root.is_dir():
         raise ManifestError(f"{root}: not a directory")
-    # Strings, not Paths: a sorted Path also keeps its parts (measured: ~0.9 KB per file). The key is what Path
-    # ordering compares (the components), so the order is that of sorted Paths.
-    files = [str(p) for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir()]
-    files.sort(key=lambda p: p.split(os.sep))
-    if not files:
-        raise ManifestError(f"{root}: no audio files with extension {', '.join(exts)}")
-    return files
+    walk = walk_audio(root, exts)
+    for path, why in walk.not_followed:
+        print(f"not followed: {path}: {why}", file=log)
+    if not walk.files:
+        raise ManifestError(f"{root}: no audio files with extension {', '.join(exts)} (set the corpus's ext, e.g. "
+                            "ext: [wav, flac, mp3], if the audio is in another format)")
+    return walk.files
 
 
 def not_a_file(path: Path) -> str | None:
@@ -127,7 +137,7 @@ def build_manifest(
     if ids not in ID_RULES:
         raise ManifestError(f"ids={ids!r}; expected one of {ID_RULES}")
     root, out = Path(root).resolve(), Path(out)
-    files = find_audio(root, tuple(e if e.startswith(".") else f".{e}" for e in exts))
+    files = find_audio(root, tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts), log)
     rows, bad = [], []
     # Threads: header reads and libsndfile decoding wait on the disk or release the GIL. Files go to the pool a
     # chunk at a time, each check turned into its row at once: `pool.map` over every file submits them all, holding
@@ -141,7 +151,7 @@ def build_manifest(
                     print(f"bad audio: {path}: {found.problem}", file=log)
                     continue
                 rel = Path(path).relative_to(root)
-                rows.append((utterance_id(rel, ids), path, found.num_samples, speaker_of(rel, speaker)))
+                rows.append((utterance_id(rel, ids), path, found.num_samples, speaker_of(rel, speaker, root)))
     if bad and bad_audio == "fail":
         shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", default="{}", help='data.config.ManifestConfig JSON: {"ext": ["wav", "flac"], '
-                        '"speaker": "dir"|"prefix", "bad_audio": "fail"|"skip", "convert": false, '
+                        '"speaker": "dir"|"prefix"|"single", "bad_audio": "fail"|"skip", "convert": false, '
                         '"check": "header"|"decode", "ids": "path"|"stem"}')
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args(argv)

@@ -65,6 +65,10 @@ AGGREGATION = {
 }
 
 
+class AbxError(ValueError):
+    """An ABX evaluation that cannot be run as asked (frame rates, ids, items outside their utterances ...)."""
+
+
 @dataclass(frozen=True)
 class Condition:
     name: str
@@ -94,7 +98,7 @@ def conditions_for(kind: str, speakers: tuple[str, ...]) -> list[Condition]:
 def fastabx_frequency(rate: float) -> int | str:
     """fastabx wants an int or a decimal string (a float would be rounded by binary floating point)."""
     if rate <= 0 or not math.isfinite(rate):
-        raise ValueError(f"frame rate must be a positive number, got {rate}")
+        raise AbxError(f"frame rate must be a positive number, got {rate}")
     return int(rate) if float(rate).is_integer() else repr(float(rate))
 
 
@@ -106,26 +110,38 @@ def token_frames(onset: Decimal, offset: Decimal, rate: Decimal, librilight: boo
     return start, end
 
 
-def select_items(items: ItemFile, lengths: dict[str, int], rate: float, librilight: bool
-                 ) -> tuple[list[str], dict[str, int]]:
-    """Item rows that get at least one frame inside their utterance; counts of the dropped ones by reason."""
+def select_items(items: ItemFile, lengths: dict[str, int], rate: float, librilight: bool,
+                 max_dropped: float = 1.0) -> tuple[list[str], dict[str, int]]:
+    """Item rows that get at least one frame inside their utterance; counts of the dropped ones by reason.
+
+    More than `max_dropped` of the items past the end of their utterance is an error naming the files: ABX over
+    the remnant would be reported as if over the whole set.
+    """
     missing = sorted({f for f in items.files if f not in lengths})
     if missing:
         raise FileNotFoundError(f"{items.path}: {len(missing)} utterance(s) of the item file have no features/units, "
                                 f"e.g. {missing[:3]}")
     dec_rate = Decimal(str(fastabx_frequency(rate)))
     kept, dropped = [], {"empty": 0, "past_end": 0}
+    short: dict[str, int] = {}  # utterance -> frames its items need
     for line, f, onset, offset in zip(items.lines, items.files, items.onsets, items.offsets, strict=True):
         start, end = token_frames(onset, offset, dec_rate, librilight)
         if end <= start:
             dropped["empty"] += 1
         elif start < 0 or end > lengths[f]:
             dropped["past_end"] += 1
+            short[f] = max(short.get(f, 0), end)
         else:
             kept.append(line)
+    if dropped["past_end"] > max_dropped * len(items.lines):
+        shown = ", ".join(f"{f} ({lengths[f]} frames, items up to frame {n})" for f, n in sorted(short.items())[:5])
+        raise AbxError(f"{items.path}: {dropped['past_end']} of {len(items.lines)} items fall past the end of their "
+                       f"utterance at {rate:g} Hz (allowed: {max_dropped:.0%}, eval.abx.max_dropped), in "
+                       f"{len(short)} file(s): {shown}; the units or features are cut short or at another frame "
+                       "rate: delete them and rerun their extraction")
     if not kept:
-        raise ValueError(f"{items.path}: no item has a frame at {rate} Hz inside its utterance; is the frame rate "
-                         "right?")
+        raise AbxError(f"{items.path}: no item has a frame at {rate} Hz inside its utterance; is the frame rate "
+                       "right?")
     return kept, dropped
 
 
@@ -152,8 +168,8 @@ FEATURES_REMEDY = "delete the features folder and rerun the rule that extracts i
 def load_features(path: str | Path) -> torch.Tensor:
     feats = load_torch(path, what="features file", remedy=FEATURES_REMEDY)
     if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
-        raise ValueError(f"{path}: expected a (frames, dim) tensor, got "
-                         f"{getattr(feats, 'shape', type(feats).__name__)}")
+        raise AbxError(f"{path}: expected a (frames, dim) tensor, got "
+                       f"{getattr(feats, 'shape', type(feats).__name__)}")
     return feats.float()
 
 
@@ -176,9 +192,9 @@ def features_frame_rate(featdir: Path, given: float | None) -> float:
         try:
             recorded = json.loads(marker.read_text()).get("frame_rate")
         except (json.JSONDecodeError, AttributeError) as err:
-            raise ValueError(f"{marker}: not a JSON object ({err})") from err
+            raise AbxError(f"{marker}: not a JSON object ({err})") from err
     if given is not None and recorded is not None and not math.isclose(given, float(recorded)):
-        raise ValueError(f"--frame-rate {given} contradicts {marker}, which records {recorded} Hz")
+        raise AbxError(f"--frame-rate {given} contradicts {marker}, which records {recorded} Hz")
     return float(given if given is not None else recorded if recorded is not None else 50.0)
 
 
@@ -191,9 +207,9 @@ def features_representation(featdir: Path) -> str:
     try:
         representation = json.loads(marker.read_text()).get("representation", "features")
     except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{marker}: not a JSON object ({err})") from err
+        raise AbxError(f"{marker}: not a JSON object ({err})") from err
     if representation not in REPRESENTATIONS:
-        raise ValueError(f"{marker}: representation {representation!r}; expected one of {sorted(REPRESENTATIONS)}")
+        raise AbxError(f"{marker}: representation {representation!r}; expected one of {sorted(REPRESENTATIONS)}")
     return representation
 
 
@@ -203,8 +219,8 @@ def feature_lengths(files: dict[str, Path], needed: set[str]) -> dict[str, int]:
     for uid in needed & set(files):
         t = load_torch(files[uid], what="features file", remedy=FEATURES_REMEDY, mmap=True)
         if not isinstance(t, torch.Tensor) or t.ndim != 2:
-            raise ValueError(f"{files[uid]}: expected a (frames, dim) tensor, got "
-                             f"{getattr(t, 'shape', type(t).__name__)}")
+            raise AbxError(f"{files[uid]}: expected a (frames, dim) tensor, got "
+                           f"{getattr(t, 'shape', type(t).__name__)}")
         lengths[uid] = int(t.shape[0])
     return lengths
 
@@ -237,7 +253,7 @@ def build_dataset(item: Path, *, features: Path | None, units: dict[str, np.ndar
 def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path | None, frame_rate: float | None,
         cfg: AbxConfig, labels: dict) -> dict:
     if (features is None) == (units_path is None):
-        raise ValueError("give exactly one of --features FEATDIR and --units UNITS.parquet")
+        raise AbxError("give exactly one of --features FEATDIR and --units UNITS.parquet")
     items = read_item_file(item_path)
     kind = item_kind(item_path, cfg.item_kind)
     needed = set(items.files)
@@ -252,22 +268,28 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
         recorded = units_file.frame_rate
         rate = float(frame_rate if frame_rate is not None else recorded if recorded is not None else 50.0)
         if recorded is not None and not math.isclose(rate, recorded):
-            raise ValueError(f"--frame-rate {frame_rate} contradicts {units_path}, whose units are at "
-                             f"{recorded} Hz")
+            raise AbxError(f"--frame-rate {frame_rate} contradicts {units_path}, whose units are at "
+                           f"{recorded} Hz")
         if any("/" in uid for uid in units):
-            raise ValueError(f"{units_path}: utterance ids with '/' cannot be matched to item files by fastabx")
+            nested = next(uid for uid in units if "/" in uid)
+            raise AbxError(f"{units_path}: utterance ids with '/' (e.g. {nested!r}) cannot be matched to the item "
+                           "file's #file column (file stems); build the ABX manifest with file stems as ids "
+                           "(python -m data.manifest AUDIO_DIR OUT.tsv --config '{\"ids\": \"stem\"}') and rerun")
         lengths = {uid: len(u) for uid, u in units.items()}
         distance = cfg.distance or "identical"
         given = "--frame-rate" if frame_rate is not None else "default"
         source = "discrete units" if recorded is not None else \
             f"discrete units ({units_file.format} file, {given} rate)"
-    kept, dropped = select_items(items, lengths, rate, cfg.slicing == "librilight")
+    kept, dropped = select_items(items, lengths, rate, cfg.slicing == "librilight", cfg.max_dropped)
     subsampling = (f"max_size_group={cfg.max_size_group}, max_x_across={cfg.max_x_across}, seed={cfg.seed}"
                    if cfg.max_size_group is not None or cfg.max_x_across is not None else "none")
     common = {"input": source, "items": f"{kind} ({item_path.name})", "slicing": SLICINGS[cfg.slicing],
               "distance": distance, "alignment": "DTW, cost normalised by the path length",
               "subsampling": subsampling, "frame_rate_hz": rate, "tie": "0.5",
               "library": f"fastabx {version('fastabx')}"}
+    if sum(dropped.values()):  # said in the report, as a footnote of the ABX columns
+        common["items_dropped"] = (f"{sum(dropped.values())} of {len(items)} ({dropped['past_end']} past the end "
+                                   f"of their utterance, {dropped['empty']} without a frame)")
     metrics, details = [], {"items_total": len(items), "items_used": len(kept), "items_dropped": dropped,
                             "conditions": {}}
     with tempfile.TemporaryDirectory(prefix="abx-") as tmp:
@@ -312,12 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help='eval.config.AbxJob JSON: {"abx": {AbxConfig fields}, '
                         '"experiment": {"units": UnitsConfig, ...}} (the experiment gives the metric labels)')
     args = parser.parse_args(argv)
-    try:
-        job = loads(AbxJob, args.config)
-        doc = run(args.item, args.out, features=args.features, units_path=args.units, frame_rate=args.frame_rate,
-                  cfg=job.abx, labels=labels_of(job.experiment))
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    job = loads(AbxJob, args.config)
+    doc = run(args.item, args.out, features=args.features, units_path=args.units, frame_rate=args.frame_rate,
+              cfg=job.abx, labels=labels_of(job.experiment))
     for m in doc["metrics"]:
         print(f"{m['metric']}: " + ("not computed" if m["value"] is None else f"{m['value']:.3f} %"))
     print(f"items used {doc['details']['items_used']} of {doc['details']['items_total']}, dropped "

@@ -45,6 +45,10 @@ LAYOUTS = {
 }
 
 
+class BenchmarkError(ValueError):
+    """A benchmark input that cannot be used as asked (its set, its item kind, pairs that do not pair)."""
+
+
 class BenchmarkLayoutError(ValueError):
     """A benchmark file or folder that is missing or not in its official layout."""
 
@@ -59,8 +63,8 @@ def split_of(gold: str | Path, given: str | None = None) -> str:
         return given
     name = Path(gold).resolve().parent.name
     if name not in ("dev", "test"):
-        raise ValueError(f"{gold}: cannot tell the set from the folder name {name!r} (expected dev or test); "
-                         "pass --set")
+        raise BenchmarkError(f"{gold}: cannot tell the set from the folder name {name!r} (expected dev or test); "
+                             "pass --set")
     return name
 
 
@@ -232,13 +236,13 @@ def item_kind(path: str | Path, given: str | None = None) -> str:
     """'triphone' or 'phoneme' items, from the file name (triphone-dev-clean.item, phoneme.item) unless given."""
     if given is not None:
         if given not in ("triphone", "phoneme"):
-            raise ValueError(f"item kind must be 'triphone' or 'phoneme', got {given!r}")
+            raise BenchmarkError(f"item kind must be 'triphone' or 'phoneme', got {given!r}")
         return given
     name = Path(path).name.lower()
     kinds = [k for k in ("triphone", "phoneme") if k in name]
     if len(kinds) != 1:
-        raise ValueError(f"{path}: cannot tell triphone from phoneme items by the file name; set item_kind in "
-                         "--config")
+        raise BenchmarkError(f"{path}: cannot tell triphone from phoneme items by the file name; set item_kind in "
+                             "--config")
     return kinds[0]
 
 

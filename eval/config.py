@@ -26,6 +26,9 @@ class AbxConfig:
     item_kind: Literal["triphone", "phoneme"] | None = None  # default from the item file name
     speakers: tuple[Literal["within", "across"], ...] = ("within", "across")
     device: str | None = None  # where fastabx keeps the tokens; default CUDA if available
+    # Largest share of items allowed to fall past the end of their utterance's frames (dropped, and footnoted in
+    # the report); more means units or features cut short, or the wrong frame rate: an error naming the files.
+    max_dropped: float = field(0.02, ge=0, le=1)
 
     def __post_init__(self) -> None:
         if not self.speakers or len(set(self.speakers)) != len(self.speakers):

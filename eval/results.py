@@ -38,6 +38,10 @@ class MetricsFileError(ValueError):
     """A metrics JSON file that is missing or not in the format above; the message names the file."""
 
 
+class LabelsError(ValueError):
+    """A `--labels` JSON that is not an object of known label keys and plain values."""
+
+
 class ScoresFileError(ValueError):
     """An LM scores table that is missing, malformed or incomplete; the message names the file."""
 
@@ -92,17 +96,17 @@ def parse_labels(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
         try:
             labels = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--labels is not valid JSON ({err}): {text!r}") from err
+            raise LabelsError(f"--labels is not valid JSON ({err}): {text!r}") from err
     else:
         labels = dict(text)
     if not isinstance(labels, dict):
-        raise ValueError(f"--labels must be a JSON object with keys among {list(LABEL_KEYS)}, got {text!r}")
+        raise LabelsError(f"--labels must be a JSON object with keys among {list(LABEL_KEYS)}, got {text!r}")
     unknown = sorted(set(labels) - set(LABEL_KEYS))
     if unknown:
-        raise ValueError(f"--labels: unknown key(s) {unknown}; known keys: {list(LABEL_KEYS)}")
+        raise LabelsError(f"--labels: unknown key(s) {unknown}; known keys: {list(LABEL_KEYS)}")
     for key, value in labels.items():
         if value is not None and not isinstance(value, str | int | float):
-            raise ValueError(f"--labels: value of {key!r} must be a string or a number, got {value!r}")
+            raise LabelsError(f"--labels: value of {key!r} must be a string or a number, got {value!r}")
     return labels
 
 
@@ -223,7 +227,7 @@ def scoring_conventions(scores: str | Path | Any, given: str | None) -> dict[str
     that is an error.
     """
     if given is not None and given not in NORMALISATIONS:
-        raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got {given!r}")
+        raise ScoresFileError(f"normalisation must be one of {list(NORMALISATIONS)}, got {given!r}")
     recorded: dict[str, Any] = {}
     if isinstance(scores, str | Path):
         path = Path(scores)
@@ -243,11 +247,11 @@ def scoring_conventions(scores: str | Path | Any, given: str | None) -> dict[str
                 break
     norm = recorded.get("normalisation")
     if given is not None and norm is not None and given != norm:
-        raise ValueError(f"--normalisation {given} contradicts the scores sidecar of {scores}, which says {norm}")
+        raise ScoresFileError(f"--normalisation {given} contradicts the scores sidecar of {scores}, which says {norm}")
     norm = given or norm
     if norm is None:
-        raise ValueError(f"the normalisation of {scores} is unknown: pass --normalisation mean|sum or keep the "
-                         "sidecar JSON that lm.score writes next to its scores")
+        raise ScoresFileError(f"the normalisation of {scores} is unknown: pass --normalisation mean|sum or keep the "
+                              "sidecar JSON that lm.score writes next to its scores")
     return {"normalisation": str(norm),
             **{f"lm_{k}": str(v) for k, v in sorted(recorded.items()) if k != "normalisation"}}
 

@@ -27,7 +27,6 @@ when it is missing; meta.yaml, the author and model card, comes from `zrc submis
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import pandas as pd
 
 from common.config import loads
 from common.io import atomic_write_text
-from eval.benchmarks import read_lexical_gold, read_syntactic_gold, split_of
+from eval.benchmarks import BenchmarkError, read_lexical_gold, read_syntactic_gold, split_of
 from eval.config import ScoresJob, labels_of
 from eval.results import (
     Metric,
@@ -94,7 +93,7 @@ def score_lexical(gold: pd.DataFrame, scores: pd.Series, source: str = "scores")
     nonwords = data[data["correct"] == 0]
     pairs = words.merge(nonwords, on=["id", "voice"], suffixes=("_w", "_nw"), how="inner")
     if pairs.empty:
-        raise ValueError(f"{source}: no (word, non-word) pair shares an (id, voice) in the gold file")
+        raise BenchmarkError(f"{source}: no (word, non-word) pair shares an (id, voice) in the gold file")
     paired_files = set(pairs["filename_w"]) | set(pairs["filename_nw"])
     pairs["outcome"] = pair_outcome(pairs["score_w"].to_numpy(), pairs["score_nw"].to_numpy())
     by_id = pairs.groupby("id", sort=True).agg(
@@ -121,15 +120,16 @@ def score_syntactic(gold: pd.DataFrame, scores: pd.Series, source: str = "scores
     pos = data[data["correct"] == 1].reset_index(drop=True)
     neg = data[data["correct"] == 0].reset_index(drop=True)
     if len(pos) != len(neg):
-        raise ValueError(f"{gold_path}: {len(pos)} correct vs {len(neg)} incorrect rows; the official scorer pairs "
-                         "them by row order, so the counts must match")
+        raise BenchmarkError(f"{gold_path}: {len(pos)} correct vs {len(neg)} incorrect rows; the official scorer "
+                             f"pairs "
+                             "them by row order, so the counts must match")
     keys = ["id", "voice", "type", "subtype"]
     mismatch = (pos[keys].astype(str) != neg[keys].astype(str)).any(axis=1)
     if mismatch.any():
         k = int(np.flatnonzero(mismatch.to_numpy())[0])
-        raise ValueError(f"{gold_path}: the {k}-th correct row ({pos.loc[k, 'filename']}) and the {k}-th incorrect "
-                         f"row ({neg.loc[k, 'filename']}) differ in {keys}: the file's row order does not pair them "
-                         "as the official scorer assumes")
+        raise BenchmarkError(f"{gold_path}: the {k}-th correct row ({pos.loc[k, 'filename']}) and the {k}-th "
+                             f"incorrect row ({neg.loc[k, 'filename']}) differ in {keys}: the file's row order does "
+                             "not pair them as the official scorer assumes")
     pairs = pos[["type", "subtype", "id", "voice", "transcription"]].assign(
         non_sentence=neg["transcription"], outcome=pair_outcome(pos["score"].to_numpy(), neg["score"].to_numpy()))
     by_id = pairs.groupby(["type", "subtype", "id"], sort=True).agg(
@@ -195,7 +195,7 @@ def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission:
                                   {**conv, "subset": f"type {row.type}"}))
         details = {"by_type": records(res.by_type), "pairs": res.n_pairs}
     else:
-        raise ValueError(f"unknown sLM21 task {task!r}; expected lexical or syntactic")
+        raise BenchmarkError(f"unknown sLM21 task {task!r}; expected lexical or syntactic")
     if submission is not None:
         details["submission_file"] = str(write_submission(submission, task, split, gold, scores))
     return write_metrics(out, task=task, metrics=metrics, labels=labels, inputs=inputs,
@@ -213,12 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help='eval.config.ScoresJob JSON: {"normalisation": "mean"|"sum" '
                         '(default: the scores sidecar\'s), "experiment": {"name", "lm", "units"} (the labels)}')
     args = parser.parse_args(argv)
-    try:
-        job = loads(ScoresJob, args.config)
-        doc = run(args.task, args.gold, args.scores, args.out, submission=args.submission,
-                  normalisation=job.normalisation, labels=labels_of(job.experiment), split=args.split)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    job = loads(ScoresJob, args.config)
+    doc = run(args.task, args.gold, args.scores, args.out, submission=args.submission,
+              normalisation=job.normalisation, labels=labels_of(job.experiment), split=args.split)
     for m in doc["metrics"][:2]:
         value = "not computed" if m["value"] is None else f"{m['value']:.2f} %"
         print(f"{m['metric']}: {value} over {m['n']}")

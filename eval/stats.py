@@ -47,6 +47,10 @@ def bootstrap_ci(scores: Sequence[float] | np.ndarray, *, confidence: float = CO
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+class PairingError(ValueError):
+    """Two results compared item by item that are not over the same items."""
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """Mean of a minus mean of b over the shared items, and the two-sided p-value of 'no difference'."""
@@ -90,8 +94,8 @@ def paired_items(a: Mapping[str, float], b: Mapping[str, float], what: str = "")
     """Two {item id: score} maps as aligned arrays; a paired test needs the same items on both sides."""
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
-        raise ValueError(f"{what or 'paired test'}: the two results are not over the same items "
-                         f"({len(only_a)} only in the first, e.g. {only_a[:3]}; {len(only_b)} only in the second, "
-                         f"e.g. {only_b[:3]})")
+        raise PairingError(f"{what or 'paired test'}: the two results are not over the same items "
+                           f"({len(only_a)} only in the first, e.g. {only_a[:3]}; {len(only_b)} only in the second, "
+                           f"e.g. {only_b[:3]})")
     ids = sorted(a)
     return np.array([a[i] for i in ids], dtype=np.float64), np.array([b[i] for i in ids], dtype=np.float64)

@@ -14,13 +14,12 @@ interval resamples story pairs (eval.stats).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from common.config import loads
-from eval.benchmarks import read_storycloze
+from eval.benchmarks import BenchmarkError, read_storycloze
 from eval.config import ScoresJob, labels_of
 from eval.results import (
     ScoresFileError,
@@ -52,7 +51,7 @@ def task_of(folder: Path, given: str | None) -> str:
         return given
     if folder.name in TASKS:
         return folder.name
-    raise ValueError(f"{folder}: cannot tell sSC from tSC by the folder name; pass --task")
+    raise BenchmarkError(f"{folder}: cannot tell sSC from tSC by the folder name; pass --task")
 
 
 def run(folder: Path, scores_path: Path, out: Path, *, task: str | None, normalisation: str | None,
@@ -84,12 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help='eval.config.ScoresJob JSON: {"normalisation": "mean"|"sum" '
                         '(default: the scores sidecar\'s), "experiment": {"name", "lm", "units"} (the labels)}')
     args = parser.parse_args(argv)
-    try:
-        job = loads(ScoresJob, args.config)
-        doc = run(args.dir, args.scores, args.out, task=args.task, normalisation=job.normalisation,
-                  labels=labels_of(job.experiment))
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    job = loads(ScoresJob, args.config)
+    doc = run(args.dir, args.scores, args.out, task=args.task, normalisation=job.normalisation,
+              labels=labels_of(job.experiment))
     m = doc["metrics"][0]
     print(f"{m['metric']}: {m['value']:.2f} % over {m['n']} pairs")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ def quality_from_counts(counts: np.ndarray) -> dict[str, float]:
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     if total <= 0:
-        raise ValueError("empty count matrix: no aligned frame")
+        raise UnitQualityError("empty count matrix: no aligned frame")
     p = counts / total
     p_phone, p_unit = p.sum(axis=1), p.sum(axis=0)
     nz = p > 0
@@ -71,6 +70,10 @@ def quality_from_counts(counts: np.ndarray) -> dict[str, float]:
         "codebook_perplexity": math.exp(h_unit),  # = 2^H in bits
         "active_units": int((counts.sum(axis=0) > 0).sum()),
     }
+
+
+class UnitQualityError(ValueError):
+    """Units and phone labels that cannot be counted together (rates, ids, lengths, vocabulary)."""
 
 
 @dataclass
@@ -90,13 +93,14 @@ class CountAccumulator:
 
     def add(self, uid: str, units: np.ndarray, phones: list[str]) -> None:
         if len(units) and (units.min() < 0 or units.max() >= self.vocab_size):
-            raise ValueError(f"utterance {uid}: unit ids must lie in [0, {self.vocab_size}); found "
+            raise UnitQualityError(f"utterance {uid}: unit ids must lie in [0, {self.vocab_size}); found "
                              f"[{units.min()}, {units.max()}]")
         up = np.repeat(units, self.repeat)
         diff = abs(len(up) - len(phones))
         if diff > self.max_length_diff:
-            raise ValueError(f"utterance {uid}: {len(phones)} label frames vs {len(units)} units x {self.repeat} = "
-                             f"{len(up)} frames, more than {self.max_length_diff} apart; are the rates right?")
+            raise UnitQualityError(f"utterance {uid}: {len(phones)} label frames vs {len(units)} units x "
+                                   f"{self.repeat} = "
+                                   f"{len(up)} frames, more than {self.max_length_diff} apart; are the rates right?")
         n = min(len(up), len(phones))
         index = self.phones
         rows = np.array([index[p] if p in index else index.setdefault(p, len(index)) for p in phones[:n]],
@@ -116,7 +120,7 @@ class CountAccumulator:
 
     def counts(self) -> tuple[np.ndarray, list[str]]:
         if self.table is None:
-            raise ValueError("no utterance was added")
+            raise UnitQualityError("no utterance was added")
         return self.table, list(self.phones)
 
 
@@ -126,7 +130,7 @@ def units_geometry(source: UnitsSource, cfg: UnitQualityConfig) -> tuple[float, 
     for key, recorded in (("unit_rate", source.frame_rate), ("vocab_size", source.vocab_size)):
         given = getattr(cfg, key)
         if given is not None and recorded is not None and not math.isclose(given, recorded):
-            raise ValueError(f"unit_quality.{key}={given} contradicts {source.path}, which records {recorded}")
+            raise UnitQualityError(f"unit_quality.{key}={given} contradicts {source.path}, which records {recorded}")
     if source.frame_rate is not None:
         rate, rate_from = source.frame_rate, "recorded in the units file"
     elif cfg.unit_rate is not None:
@@ -153,20 +157,22 @@ def evaluate(units_path: Path | Sequence[Path], phones_path: Path | Sequence[Pat
     (the paper's PNMI over dev-clean and dev-other together), utterance ids unique across them."""
     units_paths, phones_paths = _paths(units_path), _paths(phones_path)
     if len(units_paths) != len(phones_paths):
-        raise ValueError(f"{len(units_paths)} units files but {len(phones_paths)} phone files: give one phone file "
-                         "per units file, in the same order")
+        raise UnitQualityError(f"{len(units_paths)} units files but {len(phones_paths)} phone files: give one phone "
+                               f"file "
+                               "per units file, in the same order")
     sources = [units_source(path) for path in units_paths]
     geometries = [units_geometry(source, cfg) for source in sources]
     unit_rate, vocab, decided = geometries[0]
     for path, (rate, size, _) in zip(units_paths[1:], geometries[1:], strict=True):
         if not math.isclose(rate, unit_rate) or size != vocab:
-            raise ValueError(f"{path} ({rate:g} Hz, {size} units) cannot be pooled with {units_paths[0]} "
-                             f"({unit_rate:g} Hz, {vocab} units)")
+            raise UnitQualityError(f"{path} ({rate:g} Hz, {size} units) cannot be pooled with {units_paths[0]} "
+                                   f"({unit_rate:g} Hz, {vocab} units)")
     ratio = cfg.label_rate / unit_rate
     repeat = round(ratio)
     if repeat < 1 or not math.isclose(ratio, repeat):
-        raise ValueError(f"label rate {cfg.label_rate} Hz is not an integer multiple of the unit rate {unit_rate} Hz "
-                         f"of {units_paths[0]}")
+        raise UnitQualityError(f"label rate {cfg.label_rate} Hz is not an integer multiple of the unit rate "
+                               f"{unit_rate} Hz "
+                               f"of {units_paths[0]}")
     acc = CountAccumulator(vocab, repeat, cfg.max_length_diff)
     seen: dict[str, Path] = {}
     unlabelled = 0
@@ -178,14 +184,16 @@ def evaluate(units_path: Path | Sequence[Path], phones_path: Path | Sequence[Pat
                 unlabelled += 1
                 continue
             if uid in seen:
-                raise ValueError(f"utterance {uid!r} is in both {seen[uid]} and {units_file}: pooled sets must not "
-                                 "share utterance ids")
+                raise UnitQualityError(f"utterance {uid!r} is in both {seen[uid]} and {units_file}: pooled sets must "
+                                       f"not "
+                                       "share utterance ids")
             acc.add(uid, units, labels[uid])
             here.add(uid)
         missing = sorted(set(labels) - here)
         if missing:
-            raise ValueError(f"{units_file}: no units for {len(missing)} of the {len(labels)} utterances labelled "
-                             f"in {phones_file}, e.g. {missing[:3]}")
+            raise UnitQualityError(f"{units_file}: no units for {len(missing)} of the {len(labels)} utterances "
+                                   f"labelled "
+                                   f"in {phones_file}, e.g. {missing[:3]}")
         seen.update(dict.fromkeys(here, units_file))
     counts, phone_names = acc.counts()
     result = quality_from_counts(counts)
@@ -248,11 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help='eval.config.UnitQualityJob JSON: {"unit_quality": '
                         '{UnitQualityConfig fields}, "experiment": {"units": UnitsConfig}} (labels come from it)')
     args = parser.parse_args(argv)
-    try:
-        job = loads(UnitQualityJob, args.config)
-        doc = run(args.units, args.phones, args.out, cfg=job.unit_quality, labels=labels_of(job.experiment))
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    job = loads(UnitQualityJob, args.config)
+    doc = run(args.units, args.phones, args.out, cfg=job.unit_quality, labels=labels_of(job.experiment))
     print(" ".join(f"{m['metric']}={m['value']:.4g}" for m in doc["metrics"]))
 
 

@@ -45,6 +45,10 @@ def split_key(uid: str, seed: int) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
+class LMDataError(ValueError):
+    """Units that cannot be packed for the LM, or packed data that do not match the config; names the file."""
+
+
 @dataclass(frozen=True)
 class TokenArrays:
     """One split: `tokens[doc_starts[i]:doc_starts[i+1]]` is utterance i as `<bos> units <eos>`."""
@@ -109,8 +113,8 @@ def _assign_splits(units_path: Path, valid_fraction: float, seed: int) -> tuple[
         counts["train"][1] -= best[2]
         counts["valid"] = [1, best[2]]
     if counts["train"][0] == 0:
-        raise ValueError(f"{units_path}: no training utterances ({total_docs} in the file, "
-                         f"valid_fraction={valid_fraction})")
+        raise LMDataError(f"{units_path}: no training utterances ({total_docs} in the file, "
+                          f"valid_fraction={valid_fraction})")
     return counts, forced
 
 
@@ -161,7 +165,7 @@ def prepare_token_arrays(units_path: str | Path, data_dir: str | Path, *, valid_
     """Build (once) and open the memory-mapped token arrays of both splits; rebuilt when the inputs change."""
     units_path, data_dir = Path(units_path), Path(data_dir)
     if not 0.0 <= valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+        raise LMDataError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     vocab = UnitVocab(int(read_units_meta(units_path)["vocab_size"]))
     key = {"format": DATA_FORMAT, "units": units_fingerprint(units_path), "vocab_size": vocab.num_units,
            "valid_fraction": valid_fraction, "seed": seed}
@@ -194,12 +198,12 @@ def open_token_arrays(data_dir: str | Path, *, valid_fraction: float | None = No
     meta = json.loads(meta_path.read_text())
     key = meta.get("key", {})
     if key.get("format") != DATA_FORMAT:
-        raise ValueError(f"{meta_path}: packed with data format {key.get('format')!r}, this code reads "
-                         f"{DATA_FORMAT}; pack it again with `python -m lm.pack`")
+        raise LMDataError(f"{meta_path}: packed with data format {key.get('format')!r}, this code reads "
+                          f"{DATA_FORMAT}; pack it again with `python -m lm.pack`")
     for name, wanted in (("valid_fraction", valid_fraction), ("seed", seed)):
         if wanted is not None and key.get(name) != wanted:
-            raise ValueError(f"{meta_path}: packed with {name}={key.get(name)!r}, but the config says {wanted!r}; "
-                             f"pack it again with this config (`python -m lm.pack`)")
+            raise LMDataError(f"{meta_path}: packed with {name}={key.get(name)!r}, but the config says {wanted!r}; "
+                              f"pack it again with this config (`python -m lm.pack`)")
     arrays = {s: TokenArrays(np.load(data_dir / f"{s}_tokens.npy", mmap_mode="r"),
                              np.load(data_dir / f"{s}_doc_starts.npy", mmap_mode="r")) for s in SPLITS}
     return arrays, meta

@@ -17,6 +17,8 @@ import argparse
 import errno
 import json
 import math
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.artefacts import corrupt
+from common.artefacts import ArtefactError, corrupt
 from common.config import loads
 from common.io import atomic_write, atomic_write_json, provenance
 from lm.config import ScoreConfig
@@ -35,6 +37,12 @@ from units.format import iter_units, read_units_meta
 
 PAD_MULTIPLE = 16
 NORMALISATIONS = ("mean", "sum")
+# What makes two units files the same units: an LM trained on one scores only the other when these agree.
+UNITS_IDENTITY = ("encoder", "layer", "quantizer", "vocab_size", "kmeans_sha256")
+
+
+class ScoreError(ValueError):
+    """Units and an LM that cannot be scored together, or a scoring request that makes no sense."""
 
 
 def load_lm(model_dir: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
@@ -48,6 +56,14 @@ def load_lm(model_dir: str | Path, device: str | torch.device | None = None) -> 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     except OSError:
         raise  # a missing file: transformers' message names it
+    except pickle.UnpicklingError as err:  # a pickled .bin that torch.load(weights_only=True) refused
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        binary = next(iter(sorted(model_dir.glob("*.bin"))), model_dir)
+        raise ArtefactError(
+            f"{binary}: unit-LM weights hold Python objects that torch.load(weights_only=True) refuses to build"
+            f"{f' ({found.group(1)})' if found else ''}, so they were not loaded and none of their code ran; "
+            f"lm.train writes model.safetensors: delete {model_dir} and rerun the rule that trains it (train_lm)"
+        ) from None
     except Exception as err:  # SafetensorError, JSONDecodeError, ...: a file cut short or damaged
         name = "model.safetensors" if "safetensor" in type(err).__name__.lower() else \
             "config.json" if isinstance(err, json.JSONDecodeError) else ""
@@ -55,7 +71,7 @@ def load_lm(model_dir: str | Path, device: str | torch.device | None = None) -> 
                       "it (train_lm, `python -m lm.train`)") from err
     if (model.config.vocab_size, model.config.bos_token_id, model.config.eos_token_id) != (
             vocab.size, vocab.bos_id, vocab.eos_id):
-        raise ValueError(f"{model_dir}: config.json special tokens / vocab size disagree with unit_vocab.json")
+        raise ScoreError(f"{model_dir}: config.json special tokens / vocab size disagree with unit_vocab.json")
     return model.to(device).eval()
 
 
@@ -68,7 +84,7 @@ def score_sequences(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
                     batch_size: int = 64, eos: bool = True) -> np.ndarray:
     """Log-likelihood of each unit sequence (float64 array in input order); conventions in the module docstring."""
     if normalisation not in NORMALISATIONS:
-        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        raise ScoreError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     config = model.config
     bos, eos_id, pad = config.bos_token_id, config.eos_token_id, config.pad_token_id
     num_units = min(bos, eos_id, pad)  # units come first in the vocabulary, specials after
@@ -78,12 +94,12 @@ def score_sequences(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
     for i, seq in enumerate(sequences):
         units = np.asarray(seq, dtype=np.int64).reshape(-1)
         if units.size and (units.min() < 0 or units.max() >= num_units):
-            raise ValueError(f"sequence {i}: unit ids must be in [0, {num_units}), got {units.min()}..{units.max()}")
+            raise ScoreError(f"sequence {i}: unit ids must be in [0, {num_units}), got {units.min()}..{units.max()}")
         if not eos and units.size == 0:
-            raise ValueError(f"sequence {i} is empty: without <eos> it has no scored token")
+            raise ScoreError(f"sequence {i} is empty: without <eos> it has no scored token")
         seq_tokens = np.concatenate([[bos], units, [eos_id]] if eos else [[bos], units])
         if max_len is not None and len(seq_tokens) - 1 > max_len:
-            raise ValueError(f"sequence {i}: {len(seq_tokens) - 1} positions exceed the model's {max_len}")
+            raise ScoreError(f"sequence {i}: {len(seq_tokens) - 1} positions exceed the model's {max_len}")
         tokens.append(seq_tokens)
     scores = np.zeros(len(tokens), dtype=np.float64)
     # Bucket by padded length (longest first, so an out-of-memory error shows up at once).
@@ -111,13 +127,35 @@ def score_sequences(model: torch.nn.Module, sequences: Sequence[Sequence[int]], 
     return scores
 
 
+def units_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What units a units file holds (UNITS_IDENTITY), from its metadata: the extraction's config, found through
+    the `source` provenance of a deduplicated file. Keys a file does not record are left out."""
+    prov = meta.get("provenance") or {}
+    while "source" in prov and "encoder" not in (prov.get("config") or {}):
+        prov = prov["source"] or {}
+    config = prov.get("config") or {}
+    identity = {k: config[k] for k in UNITS_IDENTITY if k in config}
+    identity["vocab_size"] = meta.get("vocab_size")
+    return identity
+
+
+def units_mismatch(trained: dict[str, Any], scored: dict[str, Any]) -> str:
+    """The keys on which the LM's training units and the scored units differ ('' when they agree on every key
+    both record), e.g. `kmeans_sha256: 3f2a... (LM) vs 9c1b... (scored)`."""
+    a, b = units_identity(trained), units_identity(scored)
+    if not trained:
+        return ""  # an LM directory without provenance (written by hand): only vocab_size can be checked
+    diff = [f"{k}: {a[k]} (LM) vs {b[k]} (scored)" for k in UNITS_IDENTITY if k in a and k in b and a[k] != b[k]]
+    return "; ".join(diff)
+
+
 def select_model(model_dir: str | Path, which: str = "best") -> Path:
     """The directory of lm.train's `best` model (MODEL_DIR) or of its `last` (final) one (MODEL_DIR/last)."""
     model_dir = Path(model_dir)
     if which == "best":
         return model_dir
     if which != "last":
-        raise ValueError(f"'model': {which!r}; expected best or last")
+        raise ScoreError(f"'model': {which!r}; expected best or last")
     if not (model_dir / "last").is_dir():
         raise FileNotFoundError(errno.ENOENT, f"no final model in {model_dir} (written by an older lm.train; "
                                 "rerun train_lm, or score with model: best)", str(model_dir / "last"))
@@ -126,7 +164,7 @@ def select_model(model_dir: str | Path, which: str = "best") -> Path:
 
 def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, normalisation: str = "mean",
                      batch_size: int = 64, eos: bool = True, device: str | None = None,
-                     chunk_utterances: int = 8192, which: str = "best") -> None:
+                     chunk_utterances: int = 8192, which: str = "best", allow_mismatch: bool = False) -> None:
     """Write `id<TAB>score` for every utterance of a units file, plus the conventions in `<out>.json`."""
     out, trained = Path(out), Path(model_dir)
     model_dir = select_model(trained, which)
@@ -134,8 +172,15 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
     model = load_lm(model_dir, device)
     vocab = UnitVocab.load(model_dir)
     if int(meta["vocab_size"]) != vocab.num_units:
-        raise ValueError(f"{units}: vocab_size {meta['vocab_size']} differs from the LM's {vocab.num_units} units "
-                         f"({model_dir})")
+        raise ScoreError(f"{units}: vocab_size {meta['vocab_size']} differs from the LM's {vocab.num_units} units "
+                         f"({model_dir}): score units of the units config the LM was trained on")
+    lm_info: dict[str, Any] = json.loads((trained / "provenance.json").read_text()) \
+        if (trained / "provenance.json").is_file() else {}
+    mismatch = units_mismatch(lm_info.get("units_meta") or {}, meta)
+    if mismatch and not allow_mismatch:
+        raise ScoreError(f"{units}: not the units the LM {trained} was trained on ({mismatch}); score units of that "
+                         "units config, or pass --allow-units-mismatch to score them anyway (the score file and the "
+                         "report then say so)")
     count = 0
     # The TSV, the declared output, appears last (when the outer `with` ends), after its conventions sidecar.
     with atomic_write(out) as tmp:
@@ -156,8 +201,6 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
                 if len(ids) == chunk_utterances:
                     flush()
             flush()
-        lm_info: dict[str, Any] = json.loads((trained / "provenance.json").read_text()) \
-            if (trained / "provenance.json").is_file() else {}
         training = lm_info.get("training", {})
         chosen = (f"best: lowest validation loss {training.get('best_valid_loss')} at step "
                   f"{training.get('best_step')} of {training.get('steps')}") if which == "best" else \
@@ -169,7 +212,9 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
                             "bos": "prepended, context only (not scored)",
                             "eos": "appended and scored" if eos else "not appended",
                             "scored_tokens": "n units + 1 (eos)" if eos else "n units",
-                            "units": "the `units` column (deduplicated when the file is)"},
+                            "units": "the `units` column (deduplicated when the file is)",
+                            **({"units_mismatch": f"scored anyway (--allow-units-mismatch): {mismatch}"}
+                               if mismatch else {})},
             "utterances": count, "units_meta": meta,
             "lm_code_version": lm_info.get("code_version"), "lm_config": lm_info.get("config")})
     print(f"lm.score: wrote {count} scores to {out}", file=sys.stderr)
@@ -185,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
                         '"model": "best"|"last"}')
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--allow-units-mismatch", action="store_true",
+                        help="score units that differ from the LM's training units (encoder, layer, quantizer, "
+                        "k-means); recorded in the conventions, so the report marks the scores")
     args = parser.parse_args(argv)
     cfg = loads(ScoreConfig, args.config)
     score_units_file(args.model, args.units, args.out, cfg.normalisation, args.batch_size, cfg.eos, args.device,
-                     which=cfg.model)
+                     which=cfg.model, allow_mismatch=args.allow_units_mismatch)
 
 
 if __name__ == "__main__":

@@ -192,10 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--username", default="offline-check", help="meta.yaml's username when it has none "
                         "(zrc submit fills it from the logged-in zerospeech.com account)")
     args = parser.parse_args(argv)
-    try:
-        result = check(args.submission, args.benchmark, args.sets, args.score, args.username, args.ours)
-    except ZrcCheckError as err:
-        sys.exit(f"error: {err}")
+    result = check(args.submission, args.benchmark, args.sets, args.score, args.username, args.ours)
     print(json.dumps(result, indent=2))
     if not result["valid"]:
         sys.exit(1)

@@ -206,12 +206,12 @@ def test_eval_and_units_entry_points_reject_unknown_keys(tmp_path: Path) -> None
     from lm.score import main as score_main
     from units.kmeans import main as kmeans_main
 
-    with pytest.raises(SystemExit, match=r"unknown key\(s\) \['abx.slicer'\]"):
+    with pytest.raises((ValueError, OSError), match=r"unknown key\(s\) \['abx.slicer'\]"):
         abx_main(["--item", "x.item", "--units", "u.parquet", "--out", str(tmp_path / "m.json"),
                   "--config", '{"abx": {"slicer": "fastabx"}}'])
     with pytest.raises(ConfigError, match=r"'normalisation': 'median' is not allowed"):
         score_main(["--model", "m", "--units", "u", "--out", "o", "--config", '{"normalisation": "median"}'])
-    with pytest.raises(SystemExit, match=r"'fit.max_frames': 0 is out of range"):
+    with pytest.raises((ValueError, OSError), match=r"'fit.max_frames': 0 is out of range"):
         kmeans_main(["fit", "--config", json.dumps({"encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans",
                                                     "k": 4, "fit": {"max_frames": 0}}),
                      "--manifest", "m.tsv", "--out", str(tmp_path / "k.npz")])

@@ -64,7 +64,7 @@ def test_missing_scores_are_an_error(tmp_path: Path) -> None:
     folder = story_dir(tmp_path, NAMES[:2])
     tsv = tmp_path / "scores.tsv"
     tsv.write_text("0_s0_correct\t-1\n")
-    with pytest.raises(SystemExit, match=r"no score for 1 of 2 story files.*1_s0_incorrect"):
+    with pytest.raises((ValueError, OSError), match=r"no score for 1 of 2 story files.*1_s0_incorrect"):
         main(["--dir", str(folder), "--scores", str(tsv), "--out", str(tmp_path / "m.json"), "--config",
               '{"normalisation": "sum"}'])
 

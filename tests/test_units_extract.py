@@ -213,11 +213,11 @@ def test_cli_units_text_and_validate(tmp_path, corpus, spidr_ckpt):
     lines = (tmp_path / "u.txt").read_text().splitlines()
     pairs = zip(units["id"], units["units"], strict=True)
     assert lines == [f"{i}\t{' '.join(map(str, u.tolist()))}" for i, u in pairs]
-    with pytest.raises(SystemExit, match="needs --kmeans"):
+    with pytest.raises((ValueError, OSError), match="needs --kmeans"):
         main(["units", "--config", job("kmeans"), "--manifest", str(corpus), "--out", str(out), "--no-progress"])
-    with pytest.raises(SystemExit, match="'mfcc' encoder has none"):
+    with pytest.raises((ValueError, OSError), match="'mfcc' encoder has none"):
         main(["validate", "--config", job("codebook", 0, {"kind": "mfcc"})])
-    with pytest.raises(SystemExit, match="quantizer must be null"):
+    with pytest.raises((ValueError, OSError), match="quantizer must be null"):
         main(["features", "--config", job("codebook"), "--manifest", str(corpus), "--out", str(tmp_path / "f")])
     main(["validate", "--config", job("codebook", 4)])
 

@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True, help="unit statistics JSON")
     parser.add_argument("--text", type=Path, help="also export the deduplicated units as `id<TAB>u1 u2 ...` lines")
     args = parser.parse_args(argv)
-    try:
-        stats = deduplicate(args.input, args.output, args.stats, args.text)
-    except UnitsFileError as err:
-        sys.exit(f"error: {err}")
+    stats = deduplicate(args.input, args.output, args.stats, args.text)
     print(f"dedup: {stats['utterances']} utterances, {stats['active_units']}/{stats['vocab_size']} active units, "
           f"{stats['dedup_units_per_second']:.1f} units/s, bitrate {stats['bitrate']:.1f} bit/s", file=sys.stderr)
 

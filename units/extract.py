@@ -39,7 +39,7 @@ from torch import Tensor
 
 from common.config import loads
 from common.io import atomic_write, atomic_write_json, file_sha256, provenance
-from data.audio import SAMPLE_RATE, BadAudioError
+from data.audio import SAMPLE_RATE
 from data.manifest import ManifestError, read_manifest
 from units.batching import encode_batched
 from units.config import (
@@ -52,7 +52,7 @@ from units.config import (
     run_options_from_args,
 )
 from units.encoders import Encoder, check_units_config, get_encoder
-from units.format import UnitsFileError, UnitsWriter, write_text_units
+from units.format import UnitsWriter, write_text_units
 from units.gather import MAX_SKIPPED_RECORDED, merge_units_files
 from units.kmeans import KMeansError, KMeansModel, nearest_centroid
 from units.shards import iter_shards, plan_shards, progress_bar, split_rows
@@ -302,28 +302,25 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--train-config", help="spidr.config JSON of an encoder still to be pretrained")
 
     args = parser.parse_args(argv)
-    try:
-        cfg = loads(UnitsConfig, args.config) if args.command != "text" else None
-        if args.command == "features":
-            if cfg.quantizer is not None:
-                raise EncoderConfigError(f"--config: features are continuous: quantizer must be null, got "
-                                         f"{cfg.quantizer!r}")
-            extract_features(cfg.encoder, cfg.layer, args.manifest, args.out, codebook_probs=args.codebook_probs,
-                             run=run_options_from_args(args, cfg.extraction))
-        elif args.command == "units":
-            if cfg.quantizer is None:
-                raise EncoderConfigError("--config: units need a quantizer ('codebook' or 'kmeans')")
-            extract_units(cfg.encoder, cfg.layer, cfg.quantizer, args.manifest, args.out, kmeans=args.kmeans,
-                          run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir,
-                          shard=(args.shard, args.num_shards))
-        elif args.command == "text":
-            write_text_units(args.units, args.out)
-        else:
-            train = json.loads(args.train_config) if args.train_config else None
-            check_units_config(cfg.encoder, cfg.layer, cfg.quantizer, train_config=train)
-            print("ok")
-    except (EncoderConfigError, KMeansError, BadAudioError, ManifestError, UnitsFileError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    cfg = loads(UnitsConfig, args.config) if args.command != "text" else None
+    if args.command == "features":
+        if cfg.quantizer is not None:
+            raise EncoderConfigError(f"--config: features are continuous: quantizer must be null, got "
+                                     f"{cfg.quantizer!r}")
+        extract_features(cfg.encoder, cfg.layer, args.manifest, args.out, codebook_probs=args.codebook_probs,
+                         run=run_options_from_args(args, cfg.extraction))
+    elif args.command == "units":
+        if cfg.quantizer is None:
+            raise EncoderConfigError("--config: units need a quantizer ('codebook' or 'kmeans')")
+        extract_units(cfg.encoder, cfg.layer, cfg.quantizer, args.manifest, args.out, kmeans=args.kmeans,
+                      run=run_options_from_args(args, cfg.extraction), work_dir=args.work_dir,
+                      shard=(args.shard, args.num_shards))
+    elif args.command == "text":
+        write_text_units(args.units, args.out)
+    else:
+        train = json.loads(args.train_config) if args.train_config else None
+        check_units_config(cfg.encoder, cfg.layer, cfg.quantizer, train_config=train)
+        print("ok")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Columns: `id` (string, the utterance id of the manifest), `units` (list<int32>) and, for deduplicated files,
 `durations` (list<int32>, frames per unit; their sum is the utterance's frame count). The Parquet key-value
 metadata key `textless` holds JSON: `vocab_size`, `frame_rate` (Hz), `deduplicated`, and `provenance`.
-pandas reads it as is: `pd.read_parquet(path)`.
+pandas reads it as is: `pd.read_parquet(path)`. Readers check the metadata (`check_meta`) and, per record batch,
+that unit ids lie in [0, vocab_size) and durations match units, so a damaged or foreign file is one error naming
+it, never an overflow or a huge allocation downstream.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.io import atomic_write, write_failure
 
 META_KEY = b"textless"
+MAX_VOCAB = 1 << 20  # far above any codebook or k-means K; a count matrix of this many units x phones fits in RAM
+MAX_FRAME_RATE = 16000.0  # one frame per sample at 16 kHz
+REMEDY = "delete it and rerun the rule that writes it (quantize / dedup)"
 
 
 class UnitsFileError(ValueError):
@@ -121,19 +127,63 @@ def read_units_meta(path: str | Path) -> dict[str, Any]:
                              "rerun the rule that writes it (quantize / dedup)") from err
     if META_KEY not in meta:
         raise UnitsFileError(f"{path}: Parquet file without the '{META_KEY.decode()}' metadata of a units file")
-    return json.loads(meta[META_KEY])
+    try:
+        values = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as err:
+        raise UnitsFileError(f"{path}: units metadata is not JSON ({err}); {REMEDY}") from None
+    return check_meta(values, path)
+
+
+def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
+    """The metadata, after checking vocab_size, frame_rate and deduplicated; an error naming the file otherwise."""
+    if not isinstance(meta, dict):
+        raise UnitsFileError(f"{path}: units metadata is not a JSON object; {REMEDY}")
+    vocab, rate = meta.get("vocab_size"), meta.get("frame_rate", 50.0)
+    if isinstance(vocab, bool) or not isinstance(vocab, int | float) or vocab != int(vocab) \
+            or not 1 <= vocab <= MAX_VOCAB:
+        raise UnitsFileError(f"{path}: units metadata vocab_size={vocab!r} is not an integer in [1, {MAX_VOCAB}]: "
+                             f"not a file this pipeline wrote, or a damaged one; {REMEDY}")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= MAX_FRAME_RATE:
+        raise UnitsFileError(f"{path}: units metadata frame_rate={rate!r} is not a rate in (0, {MAX_FRAME_RATE:g}] "
+                             f"Hz; {REMEDY}")
+    if not isinstance(meta.get("deduplicated", False), bool):
+        raise UnitsFileError(f"{path}: units metadata deduplicated={meta.get('deduplicated')!r} is not true or "
+                             f"false; {REMEDY}")
+    return {**meta, "vocab_size": int(vocab)}
+
+
+def check_batch(batch: pa.RecordBatch | pa.Table, vocab_size: int, path: str | Path) -> None:
+    """Unit ids in [0, vocab_size), and, in a deduplicated file, one positive duration per unit."""
+    if "units" not in batch.schema.names:
+        raise UnitsFileError(f"{path}: no 'units' column; {REMEDY}")
+    flat = pc.list_flatten(batch.column("units"))
+    if len(flat):
+        low, high = pc.min_max(flat).values()
+        if low.as_py() < 0 or high.as_py() >= vocab_size:
+            raise UnitsFileError(f"{path}: unit ids {low.as_py()}..{high.as_py()} outside [0, {vocab_size}) of its "
+                                 f"metadata's vocab_size; {REMEDY}")
+    if "durations" in batch.schema.names:
+        durations = batch.column("durations")
+        if not pc.all(pc.equal(pc.list_value_length(durations), pc.list_value_length(batch.column("units")))).as_py():
+            raise UnitsFileError(f"{path}: an utterance has not one duration per unit; {REMEDY}")
+        flat = pc.list_flatten(durations)
+        if len(flat) and pc.min(flat).as_py() < 1:
+            raise UnitsFileError(f"{path}: a duration below 1 frame; {REMEDY}")
 
 
 def read_units(path: str | Path) -> pd.DataFrame:
     """The whole file as a DataFrame (id, units[, durations]) with numpy int32 arrays in the list columns."""
-    read_units_meta(path)
-    return pd.read_parquet(path)
+    meta = read_units_meta(path)
+    table = pq.read_table(path)
+    check_batch(table, meta["vocab_size"], path)
+    return table.to_pandas()
 
 
 def iter_units(path: str | Path, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """Rows one at a time without loading the file: {'id', 'units'[, 'durations']} with numpy arrays."""
-    read_units_meta(path)
+    meta = read_units_meta(path)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        check_batch(batch, meta["vocab_size"], path)
         cols = batch.to_pydict()
         for i, uid in enumerate(cols["id"]):
             row: dict[str, Any] = {"id": uid, "units": np.asarray(cols["units"][i], dtype=np.int32)}

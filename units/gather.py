@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("shards", type=Path, nargs="+", help="shard files 0..N-1 of `units --num-shards N`, in order")
     parser.add_argument("--out", type=Path, required=True, help="units file (.parquet)")
     args = parser.parse_args(argv)
-    try:
-        gather_units(args.shards, args.out)
-    except UnitsFileError as err:
-        sys.exit(f"error: {err}")
+    gather_units(args.shards, args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from data.audio import SAMPLE_RATE
 from data.manifest import read_manifest
 from units.batching import encode_batched
 from units.config import (
-    EncoderConfigError,
     EncoderSpec,
     RunOptions,
     UnitsConfig,
@@ -230,15 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--out", type=Path, required=True, help="the k-means file (.npz)")
     add_run_options(fit)
     args = parser.parse_args(argv)
-    try:
-        cfg = loads(UnitsConfig, args.config)
-        if cfg.quantizer != "kmeans" or cfg.k is None or cfg.fit is None:
-            raise KMeansError(f"--config: k-means fitting needs quantizer 'kmeans', 'k' and 'fit', got {args.config}")
-        fit_from_corpus(cfg.encoder, cfg.layer, args.manifest, k=cfg.k, seed=cfg.fit.seed,
-                        max_frames=cfg.fit.max_frames, out=args.out, niter=cfg.fit.niter,
-                        run=run_options_from_args(args, cfg.extraction))
-    except (EncoderConfigError, KMeansError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    cfg = loads(UnitsConfig, args.config)
+    if cfg.quantizer != "kmeans" or cfg.k is None or cfg.fit is None:
+        raise KMeansError(f"--config: k-means fitting needs quantizer 'kmeans', 'k' and 'fit', got {args.config}")
+    fit_from_corpus(cfg.encoder, cfg.layer, args.manifest, k=cfg.k, seed=cfg.fit.seed,
+                    max_frames=cfg.fit.max_frames, out=args.out, niter=cfg.fit.niter,
+                    run=run_options_from_args(args, cfg.extraction))
 
 
 if __name__ == "__main__":

@@ -103,8 +103,12 @@ def iter_shards(ids: Sequence[str], paths: Sequence[str], shards: Sequence[tuple
                         for _, _, fs in pending:
                             for f in fs:
                                 f.cancel()
-                        raise BadAudioError(f"{err} (utterance {ids[row]}; use --bad-audio skip to skip and count "
-                                            "bad files)") from err
+                        raise BadAudioError(
+                            f"{err} (utterance {ids[row]}): the audio is not what its manifest recorded; restore the "
+                            "file, or rebuild the manifest (the workflow does when the folder changes); to drop and "
+                            "count unreadable files instead, set extraction: {bad_audio: skip} in the workflow config "
+                            "(python -m units.extract: {\"extraction\": {\"bad_audio\": \"skip\"}} in --config)"
+                        ) from err
                     print(f"bad audio, skipped: {ids[row]} {paths[row]}: {err}", file=log)
                     shard.skipped.append({"id": ids[row], "path": paths[row], "problem": str(err)})
                     continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,12 @@ class HFEncoder(Encoder):
             self.model = AutoModel.from_pretrained(name)
         except (OSError, ValueError) as err:
             raise EncoderConfigError(f"cannot load Hugging Face model {name!r}: {err}") from err
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a pickled .bin
+            found = re.search(r"GLOBAL (\S+)", str(err))
+            raise EncoderConfigError(
+                f"{name}: the model's pickled weights (.bin) hold Python objects that torch.load(weights_only=True) "
+                f"refuses to build{f' ({found.group(1)})' if found else ''}, so they were not loaded and none of "
+                "their code ran; use a model saved as model.safetensors (save_pretrained's default)") from None
         cfg = self.model.config
         parts = ("feature_extractor", "encoder")
         if not all(hasattr(self.model, a) for a in parts) or not hasattr(cfg, "conv_stride"):

@@ -1,4 +1,22 @@
-"""Data stage: the generated demo corpus, manifests of real corpora and of every benchmark set."""
+"""Data stage: the generated demo corpus, manifests of real corpora and of every benchmark set.
+
+A folder of audio is no Snakemake input (its files are not known before the manifest lists them), so each manifest
+rule has the folder's fingerprint (data.walk: relative paths, sizes and mtimes of its audio files) as a param: an
+edited, added, deleted or restored file changes it, and Snakemake reruns the manifest and what depends on it.
+"""
+
+from data.walk import fingerprint
+
+
+def corpus_fingerprint(wildcards):
+    corpus = config["corpora"][wildcards.corpus]
+    return fingerprint(corpus["root"], pipeline.manifest_config(config, wildcards.corpus).ext)
+
+
+def benchmark_fingerprint(wildcards):
+    if config["benchmarks"][wildcards.benchmark]["source"] == "demo":
+        return "generated"  # the demo's info.json is the input
+    return fingerprint(benchmark_layout(wildcards.benchmark)[wildcards.lmtask], ManifestConfig().ext)
 
 
 rule demo_data:
@@ -38,6 +56,7 @@ rule manifest:
     params:
         root=lambda wc: config["corpora"][wc.corpus]["root"],
         manifest=lambda wc: manifest_config(wc.corpus),
+        fingerprint=corpus_fingerprint,
     shell:
         "python -m data.manifest {params.root} {output} --config '{params.manifest}' --threads {threads} "
         "> {log} 2>&1"
@@ -69,6 +88,7 @@ rule benchmark_manifest:
         root=lambda wc: benchmark_layout(wc.benchmark)[wc.lmtask],
         # Benchmark wavs are flat folders named <speaker>_... or <speaker>-...; gold files name them by stem.
         manifest=dumps(ManifestConfig(speaker="prefix", ids="stem")),
+        fingerprint=benchmark_fingerprint,
     shell:
         "python -m data.manifest {params.root} {output} --config '{params.manifest}' --threads {threads} "
         "> {log} 2>&1"
