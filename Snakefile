@@ -26,3 +26,4 @@ rule all:
     input:
         all_targets(),
         learning_curve_targets(),
+        published_targets(),

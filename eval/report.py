@@ -17,7 +17,11 @@ The LaTeX table bolds the best cell of each column and underlines the cells not 
 
 REPORT_DIR gets: metrics_long.csv (one row per number), table.{csv,md,tex}, table_all_metrics.csv, significance.csv,
 correlations.{csv,md,tex} (Pearson and Spearman of ABX / PNMI against each LM metric across rows),
-metric_vs_layer.png, correlations.png and report.json (inputs, notes on anything that could not be computed).
+metric_vs_layer.png, correlations.png, report.json (inputs, notes on anything that could not be computed) and
+published_schema/: each table also in the long format of the SpidR paper's published CSVs (spoken-lm.csv,
+units-quality.csv, abx-discrete.csv, abx-continuous.csv, map-continuous.csv: same columns and metric names, our
+encoder names mapped to theirs by `--published-names`, eval.published.PublishedNames), so that a reproduction is a
+file to diff, with our intervals beside each in <table>.intervals.csv (what `python -m eval.published` compares).
 Every file is always written: a plot that cannot be drawn (too few rows, no layer labels) is a figure saying why,
 and the same note is in table.md and report.json.
 """
@@ -39,6 +43,7 @@ import pandas as pd
 
 from common.io import atomic_write, atomic_write_json, atomic_write_text, provenance
 from eval import stats
+from eval.published import SCHEMA_DIR, PublishedNames, published_tables, write_schema
 from eval.results import LABEL_KEYS, read_metrics
 
 # The last one, lm, is what unit metrics lack; `set` is the evaluation set (several in one run: a set column).
@@ -531,12 +536,16 @@ def note_figure(out: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_report(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+def build_report(paths: Sequence[str | Path], out: str | Path,
+                 published_names: PublishedNames | None = None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     long = long_table(paths)
     wide = assemble(long)
     notes: list[str] = []
+    tables, schema_notes = published_tables(wide, published_names or PublishedNames())
+    write_schema(tables, out / SCHEMA_DIR)
+    notes += schema_notes
 
     atomic_write_text(out / "metrics_long.csv", long.drop(columns=["has_lm", "items"]).to_csv(index=False))
     atomic_write_text(out / "table_all_metrics.csv", wide[public_columns(wide)].to_csv(index=False))
@@ -603,6 +612,9 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--metrics", nargs="+", type=Path, help="metrics JSON files from eval.*")
     mode.add_argument("--print", dest="print_dir", type=Path, help="print REPORT_DIR's Markdown tables")
     parser.add_argument("--out", type=Path, help="report folder (with --metrics)")
+    parser.add_argument("--published-names", default=None, metavar="JSON",
+                        help="how our names read in the published tables (eval.published.PublishedNames; the "
+                             "workflow passes its report.published_names); default: our names as they are")
     parser.add_argument("--compare", nargs=2, metavar=("EXP_A", "EXP_B"),
                         help="with --metrics: paired tests of two experiments over the same items, per accuracy "
                              "(printed; with --out also written to REPORT_DIR/compare_EXP_A_EXP_B.csv)")
@@ -622,7 +634,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.out is None:
             parser.error("--metrics needs --out REPORT_DIR")
-        index = build_report(args.metrics, args.out)
+        names = PublishedNames.from_json(args.published_names) if args.published_names is not None else None
+        index = build_report(args.metrics, args.out, names)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for note in index["notes"]:

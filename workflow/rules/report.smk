@@ -1,4 +1,15 @@
-"""Report stage: every metrics file of every experiment into tables (Markdown, CSV, LaTeX) and plots."""
+"""Report stage: every metrics file of every experiment into tables (Markdown, CSV, LaTeX) and plots, each table
+also in the published long format (published_schema/), and ours beside the published results when
+`report.published` names their folder (eval.published).
+"""
+
+import json
+
+from pipeline.published import published_names
+
+# Our names in the published tables' spelling (report.published_names), checked while the workflow parses.
+PUBLISHED_NAMES = json.dumps(published_names(config).to_dict(), sort_keys=True)
+PUBLISHED = (config.get("report") or {}).get("published")
 
 
 rule report:
@@ -12,11 +23,37 @@ rule report:
         summary="results/report/report.json",
         by_layer=report("results/report/metric_vs_layer.png", category="Plots"),
         correlations=report("results/report/correlations.png", category="Plots"),
+        schema=directory("results/report/published_schema"),
     log:
         "logs/report.log",
     localrule: True
+    params:
+        names=PUBLISHED_NAMES,
     shell:
-        "python -m eval.report --metrics {input} --out results/report > {log} 2>&1"
+        "python -m eval.report --metrics {input} --out results/report --published-names '{params.names}' "
+        "> {log} 2>&1"
+
+
+def published_targets():
+    return ["results/published/comparison.md"] if PUBLISHED else []
+
+
+rule published:
+    """Ours beside the published results (report.published: e.g. a checkout's facebookresearch/spidr paper/results)."""
+    input:
+        ours="results/report/published_schema",
+        published=PUBLISHED or [],
+    output:
+        md=report("results/published/comparison.md", category="Published"),
+        csv="results/published/comparison.csv",
+        one_side="results/published/one_side.csv",
+        summary="results/published/comparison.json",
+    log:
+        "logs/published.log",
+    localrule: True
+    shell:
+        "python -m eval.published --ours results/report --published {input.published} --out results/published "
+        "> {log} 2>&1"
 
 
 # Encoders pretrained here with a learning-curve probe (train.curve_interval; eval.curves).
