@@ -93,3 +93,69 @@ def test_errors_name_the_grid_and_key() -> None:
     empty["experiments"] = {}
     with pytest.raises(ConfigError, match="no experiment"):
         pipeline.validate(empty)
+
+
+def test_codebook_probs_and_a_grid_over_existing_units() -> None:
+    config = base()
+    config["corpora"]["small"] = {"source": "subset", "of": "demo", "hours": 0.1, "seed": 0}
+    config["grids"]["cb"] = {"encoder": "spidr_small", "layer": [4, 6], "quantizer": ["codebook", "kmeans"], "k": 64,
+                             "fit": {"corpus": "demo"}, "abx_codebook_probs": True, "lm": "tiny"}
+    config["grids"]["scaling"] = {"units": ["cb_l6_kmeans", "mfcc_kmeans"], "lm": "tiny", "lm_corpus": "small",
+                                  "seed": [0, 1]}
+    expanded = expand_grids(config)
+    # the codebook units get the probabilities' ABX, the k-means units of the same grid do not
+    assert expanded["units"]["cb_l4_codebook"]["abx_codebook_probs"] is True
+    assert "abx_codebook_probs" not in expanded["units"]["cb_l4_kmeans"]
+    # a grid over existing units (one from another grid, one written by hand) adds LMs and experiments only
+    assert set(expanded["units"]) == set(expand_grids({**config, "grids": {"cb": config["grids"]["cb"]}})["units"])
+    assert expanded["experiments"]["scaling_cb_l6_kmeans_s1"] == {"units": "cb_l6_kmeans", "lm": "tiny_small_s1"}
+    assert expanded["experiments"]["scaling_mfcc_kmeans_s0"] == {"units": "mfcc_kmeans", "lm": "tiny_small_s0"}
+    lm = expanded["lms"]["tiny_small_s1"]
+    assert lm["corpus"] == "small" and lm["train"]["seed"] == 1
+    experiments, _ = draw_labels(config)
+    assert experiments["scaling_mfcc_kmeans_s1"] == {"units_group": "mfcc_kmeans", "kmeans_seed": None,
+                                                     "lm_group": "tiny_small", "seed": 1}
+    pipeline.validate(config)
+    bad = copy.deepcopy(config)
+    bad["grids"]["scaling"]["units"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"'grids.scaling.units' refers to units 'nope', which is not defined"):
+        pipeline.validate(bad)
+    bad["grids"]["scaling"] = {"units": "mfcc_kmeans", "layer": 3, "lm": "tiny"}
+    with pytest.raises(ConfigError, match=r"'grids.scaling': \['layer'\] cannot go with 'units'"):
+        pipeline.validate(bad)
+    bad["grids"]["scaling"] = {"encoder": "mfcc", "layer": 0, "quantizer": "codebook", "abx_codebook_probs": "yes"}
+    with pytest.raises(ConfigError, match=r"'grids.scaling.abx_codebook_probs' must be true or false"):
+        pipeline.validate(bad)
+
+
+def test_the_paper_recipe_covers_the_published_sweeps() -> None:
+    """configs/paper.yaml: the configurations of the SpidR paper's spoken-lm.csv (but its text topline) as
+    experiments, and the layers of its ABX and unit-quality tables as units."""
+    config = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
+    expanded = expand_grids(config)
+    corpus_hours = {"librilight600": 600, "librilight6k": 6000, "librilight60k": 60000}
+    rows = set()
+    for exp in expanded["experiments"].values():
+        if exp.get("lm") is None:
+            continue
+        unit = expanded["units"][exp["units"]]
+        rows.add((unit["encoder"], unit["quantizer"], unit.get("k", 256), unit["layer"],
+                  corpus_hours[expanded["lms"][exp["lm"]]["corpus"]]))
+    published = {("spidr_base", "codebook", 256, layer, 6000) for layer in range(5, 13)}
+    published |= {("spidr_base", "kmeans", 256, layer, 6000) for layer in range(1, 13)}
+    published |= {("spidr_base", "kmeans", k, 6, 6000) for k in (50, 100, 200, 500)}
+    published |= {("hubert_base", "kmeans", 256, layer, 6000) for layer in range(1, 13)}
+    published |= {("wav2vec2_base", "kmeans", 256, 6, 6000), ("wavlm_base", "kmeans", 256, 11, 6000)}
+    scaled = [("spidr_base", "codebook", 6), ("spidr_base", "kmeans", 6), ("hubert_base", "kmeans", 11)]
+    scaled += [(enc, q, 5) for enc in ("dinosr_original", "dinosr_base") for q in ("codebook", "kmeans")]
+    published |= {(enc, q, 256, layer, hours) for enc, q, layer in scaled for hours in corpus_hours.values()}
+    assert len(published) == 56  # spoken-lm.csv's 59 configurations less the 3 text toplines
+    assert published <= rows and rows - published == {("spidr_release", "codebook", 256, 6, 6000)}
+    layers = {(u["encoder"], u["quantizer"], u["layer"]) for u in expanded["units"].values()}
+    for encoder in ("spidr_base", "dinosr_original", "dinosr_base"):  # codebook layers; every layer's features
+        assert {(encoder, "codebook", layer) for layer in range(5, 13)} <= layers
+        assert {layer for enc, _, layer in layers if enc == encoder} == set(range(1, 13))
+    assert {("hubert_base", "kmeans", layer) for layer in range(1, 13)} <= layers
+    probs = pipeline.codebook_probs_layers(expanded, list(expanded["units"]))
+    encoders = ("spidr_base", "dinosr_original", "dinosr_base")
+    assert {(e, layer) for e in encoders for layer in range(5, 13)} == set(probs)
