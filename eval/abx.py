@@ -59,6 +59,8 @@ SLICINGS = {
     "librilight": "Libri-Light / ZeroSpeech 2021 compatible (same start, exclusive end: last frame dropped)",
 }
 LIBRILIGHT_ENV = "FASTABX_WITH_LIBRILIGHT_BUG"
+MEMORY_HINT = ("keep fastabx's tokens on the CPU (eval.abx.device: cpu) or subsample the cells more (a smaller "
+               "eval.abx.max_size_group / max_x_across; a protocol change, said in the report)")
 AGGREGATION = {
     "within": "mean over (prev, next) contexts, then speakers, then ordered (A, B) phone pairs",
     "any": "mean over speakers, then ordered (A, B) phone pairs",
@@ -292,6 +294,10 @@ def run(item_path: Path, out: Path, *, features: Path | None, units_path: Path |
                                    f"of their utterance, {dropped['empty']} without a frame)")
     metrics, details = [], {"items_total": len(items), "items_used": len(kept), "items_dropped": dropped,
                             "conditions": {}}
+    if dropped["past_end"]:  # the report lists details' warnings as notes
+        details["warnings"] = [f"{item_path}: {dropped['past_end']} of {len(items)} items fall past the end of their "
+                               f"utterance in {units_path or features} and were left out of ABX"]
+        print(f"warning: {details['warnings'][0]}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="abx-") as tmp:
         filtered = Path(tmp) / f"{kind}.item"
         filtered.write_text(items.header + "\n" + "\n".join(kept) + "\n")
@@ -346,4 +352,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from common.cli import run_main
 
-    run_main(main)
+    run_main(main, memory_hint=MEMORY_HINT)

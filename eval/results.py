@@ -256,6 +256,17 @@ def scoring_conventions(scores: str | Path | Any, given: str | None) -> dict[str
             **{f"lm_{k}": str(v) for k, v in sorted(recorded.items()) if k != "normalisation"}}
 
 
+def scores_warnings(scores: str | Path) -> list[str]:
+    """The warnings lm.score recorded in the sidecar of a scores file (e.g. an LM trained for many epochs)."""
+    sidecar = Path(scores).with_name(Path(scores).name + ".json")
+    try:
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except json.JSONDecodeError:
+        return []  # scoring_conventions names a broken sidecar
+    found = meta.get("warnings") if isinstance(meta, dict) else None
+    return [str(w) for w in found] if isinstance(found, list) else []
+
+
 def pair_outcome(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     """The field's pair rule: 1 when the positive item is more probable, 0.5 on an exact tie, else 0."""
     positive = np.asarray(positive, dtype=np.float64)

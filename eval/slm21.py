@@ -44,6 +44,7 @@ from eval.results import (
     pair_outcome,
     read_scores,
     records,
+    scores_warnings,
     scoring_conventions,
     write_metrics,
 )
@@ -198,6 +199,8 @@ def run(task: str, gold_path: Path, scores_path: Path, out: Path, *, submission:
         raise BenchmarkError(f"unknown sLM21 task {task!r}; expected lexical or syntactic")
     if submission is not None:
         details["submission_file"] = str(write_submission(submission, task, split, gold, scores))
+    if scores_warnings(scores_path):  # the report lists them as notes
+        details["warnings"] = scores_warnings(scores_path)
     return write_metrics(out, task=task, metrics=metrics, labels=labels, inputs=inputs,
                          config={"task": task, "set": split, "normalisation": norm}, details=details)
 

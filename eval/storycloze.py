@@ -25,6 +25,7 @@ from eval.results import (
     ScoresFileError,
     pair_outcome,
     read_scores,
+    scores_warnings,
     scoring_conventions,
     write_metrics,
 )
@@ -69,6 +70,8 @@ def run(folder: Path, scores_path: Path, out: Path, *, task: str | None, normali
                              "story pairs", value=accuracy)
     details = {"ties": int((result["outcome"] == 0.5).sum()),
                "mean_margin": float((result["score_correct"] - result["score_incorrect"]).mean())}
+    if scores_warnings(scores_path):  # the report lists them as notes
+        details["warnings"] = scores_warnings(scores_path)
     return write_metrics(out, task=task, metrics=[metric], labels=labels,
                          inputs={"dir": folder, "scores": scores_path},
                          config={"task": task, "normalisation": norm}, details=details)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from common.config import loads
 from eval.benchmarks import UnitsSource, iter_unit_sequences, read_phone_labels, units_source
 from eval.config import UnitQualityConfig, UnitQualityJob, labels_of
 from eval.results import Metric, write_metrics
+from units.format import collapse_warning
 
 DEFAULT_UNIT_RATE = 50.0  # Hz: every encoder here and SpidR's released units
 
@@ -238,6 +240,10 @@ def run(units_path: Path | Sequence[Path], phones_path: Path | Sequence[Path], o
     ]
     details = {**details, "mutual_information_nats": result["mutual_information_nats"],
                "phone_entropy_nats": result["phone_entropy_nats"]}
+    collapsed = collapse_warning(int(result["active_units"]), int(details["vocab_size"]), units_names)
+    if collapsed:  # the report lists details' warnings as notes
+        details["warnings"] = [collapsed]
+        print(f"warning: {collapsed}", file=sys.stderr)
     inputs = ({"units": units_paths[0], "phones": phones_paths[0]} if len(units_paths) == 1 else
               {**{f"units_{i}": u for i, u in enumerate(units_paths)},
                **{f"phones_{i}": f for i, f in enumerate(phones_paths)}})

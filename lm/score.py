@@ -37,6 +37,8 @@ from units.format import iter_units, read_units_meta
 
 PAD_MULTIPLE = 16
 NORMALISATIONS = ("mean", "sum")
+MANY_EPOCHS = 20  # passes over the training blocks above which lm.score warns
+MEMORY_HINT = "lower --batch-size (sequences per batch, default 64; scores do not depend on it)"
 # What makes two units files the same units: an LM trained on one scores only the other when these agree.
 UNITS_IDENTITY = ("encoder", "layer", "quantizer", "vocab_size", "kmeans_sha256")
 
@@ -149,6 +151,16 @@ def units_mismatch(trained: dict[str, Any], scored: dict[str, Any]) -> str:
     return "; ".join(diff)
 
 
+def epochs_warning(training: dict[str, Any], model_dir: Path) -> str | None:
+    """A warning when the LM made many passes over a small training set (it then memorises its corpus)."""
+    epochs = training.get("epochs")
+    if not isinstance(epochs, int | float) or epochs <= MANY_EPOCHS:
+        return None
+    return (f"{model_dir}: the LM made {epochs:.0f} passes over its training blocks ({training.get('train_blocks')} "
+            "blocks): a corpus this small is memorised, so its validation loss and scores say little; train on more "
+            "units or lower max_steps / set max_epochs in its train config")
+
+
 def select_model(model_dir: str | Path, which: str = "best") -> Path:
     """The directory of lm.train's `best` model (MODEL_DIR) or of its `last` (final) one (MODEL_DIR/last)."""
     model_dir = Path(model_dir)
@@ -202,6 +214,9 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
                     flush()
             flush()
         training = lm_info.get("training", {})
+        warnings = [w for w in [epochs_warning(training, trained)] if w]
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         chosen = (f"best: lowest validation loss {training.get('best_valid_loss')} at step "
                   f"{training.get('best_step')} of {training.get('steps')}") if which == "best" else \
             f"last: the final weights (step {training.get('steps')})"
@@ -215,7 +230,7 @@ def score_units_file(model_dir: str | Path, units: str | Path, out: str | Path, 
                             "units": "the `units` column (deduplicated when the file is)",
                             **({"units_mismatch": f"scored anyway (--allow-units-mismatch): {mismatch}"}
                                if mismatch else {})},
-            "utterances": count, "units_meta": meta,
+            "utterances": count, "units_meta": meta, "warnings": warnings,
             "lm_code_version": lm_info.get("code_version"), "lm_config": lm_info.get("config")})
     print(f"lm.score: wrote {count} scores to {out}", file=sys.stderr)
 
@@ -242,4 +257,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from common.cli import run_main
 
-    run_main(main)
+    run_main(main, memory_hint=MEMORY_HINT)

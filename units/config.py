@@ -280,3 +280,9 @@ class UnitsConfig:
         """What these units are, for metrics files and the report (eval.results.LABEL_KEYS)."""
         return {"units": self.name, "encoder": self.encoder_name, "encoder_kind": self.encoder.kind,
                 "layer": self.layer, "quantizer": self.quantizer or "continuous", "k": self.k}
+
+
+# What an out-of-memory error of an extraction job names (common.cli.run_main's memory_hint).
+MEMORY_HINT = ("lower the audio per batch (--batch-seconds, default 400 on CUDA and 60 on CPU; --max-batch, default "
+               "256) or the chunk length of long files (--chunk-seconds, default 40; it changes the units slightly), "
+               "or run on a GPU with more free memory")

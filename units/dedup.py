@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.io import atomic_write_json, provenance
-from units.format import UnitsFileError, UnitsWriter, read_units_meta, write_text_units
+from units.format import UnitsFileError, UnitsWriter, collapse_warning, read_units_meta, write_text_units
 
 
 def run_length_batch(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,6 +125,10 @@ def deduplicate(inp: str | Path, out: str | Path, stats: str | Path, text: str |
                  pa.ListArray.from_arrays(run_offsets, pa.array(durations, pa.int32()))],
                 names=["id", "units", "durations"]))
     result = {**acc.result(), "units_config": source.get("config"), "provenance": provenance(config)}
+    collapsed = collapse_warning(result["active_units"], vocab, str(inp))
+    result["warnings"] = [collapsed] if collapsed else []
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     atomic_write_json(stats, result)
     if text is not None:
         write_text_units(out, text)

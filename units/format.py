@@ -28,6 +28,16 @@ META_KEY = b"textless"
 MAX_VOCAB = 1 << 20  # far above any codebook or k-means K; a count matrix of this many units x phones fits in RAM
 MAX_FRAME_RATE = 16000.0  # one frame per sample at 16 kHz
 REMEDY = "delete it and rerun the rule that writes it (quantize / dedup)"
+COLLAPSE_SHARE = 0.1  # fewer active units than this share of the vocabulary: warned in the log and the report
+
+
+def collapse_warning(active: int, vocab_size: int, where: str) -> str | None:
+    """A warning when few of the units are ever used (a collapsed codebook or k-means), else None."""
+    if vocab_size < 8 or active >= COLLAPSE_SHARE * vocab_size:
+        return None
+    return (f"{where}: only {active} of {vocab_size} units are used (under {COLLAPSE_SHARE:.0%}): the units have "
+            "collapsed, and every metric over them (and an LM's low loss) reflects a tiny alphabet; check the "
+            "encoder's codebook usage during pretraining or the k-means fit")
 
 
 class UnitsFileError(ValueError):

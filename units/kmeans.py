@@ -33,6 +33,7 @@ from data.audio import SAMPLE_RATE
 from data.manifest import read_manifest
 from units.batching import encode_batched
 from units.config import (
+    MEMORY_HINT,
     EncoderSpec,
     RunOptions,
     UnitsConfig,
@@ -240,4 +241,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from common.cli import run_main
 
-    run_main(main)
+    run_main(main, memory_hint=MEMORY_HINT)
