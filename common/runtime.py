@@ -617,7 +617,8 @@ def reapply_optimizer_settings(optimizer: torch.optim.Optimizer, state: dict[str
 def retry_advice(module: str, argv: list[str], config: dict[str, Any], changes: dict[str, Any],
                  err: TrainingDiverged, lr: float) -> TrainingDiverged:
     """`err` with the command that continues from its last good checkpoint, in a new work directory named after
-    the new learning rate, with `changes` applied to the resolved `config` (`argv`: the trainer's own arguments)."""
+    the new learning rate, with `changes` applied to the resolved `config` (`module`: the entry point, shell-quoted;
+    `argv`: the trainer's own arguments)."""
     words, i = [], 0
     while i < len(argv):
         flag = argv[i].split("=", 1)[0]
@@ -635,7 +636,7 @@ def retry_advice(module: str, argv: list[str], config: dict[str, Any], changes: 
         words += ["--init-from", str(err.last_checkpoint)]
     start = "continue from it" if err.last_checkpoint else "start again"
     return TrainingDiverged(f"{err}\nTo {start} with half the learning rate in a new work directory:\n  "
-                            f"{shlex.join(['python', '-m', *module.split(), *words])}",
+                            f"python -m {module} {shlex.join(words)}",
                             step=err.step, last_checkpoint=err.last_checkpoint)
 
 

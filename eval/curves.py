@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def train_main(argv: list[str]) -> None:
     args, rest = parser.parse_known_args(argv)
     from spidr.train import main as spidr_train_main
 
-    spidr_train_main(rest, probe=CodebookProbe(args.dev_manifest, args.phones, args.max_utterances))
+    entry = shlex.join(["eval.curves", "train", "--dev-manifest", args.dev_manifest, "--phones", args.phones])
+    spidr_train_main(rest, probe=CodebookProbe(args.dev_manifest, args.phones, args.max_utterances), entry=entry)
 
 
 def plot_main(argv: list[str]) -> None:

@@ -120,6 +120,9 @@ class OptimConfig:
     decay_steps: int | None = field(None, ge=0)  # None = 0.50 * max_steps
     init_lr_scale: float = field(0.01, ge=0)
     final_lr_scale: float = field(0.01, ge=0)
+    # bf16 only: a step whose gradients are NaN/Inf is skipped (no update), as the official code's GradScaler does;
+    # the run stops after more than this many consecutive skips. fp32 stops at the first NaN/Inf.
+    skip_nonfinite_steps: int = field(10, ge=0)
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ class TrainConfig:
                     "curve_interval"):
             d.pop(key)
         d["data"].pop("num_workers")
+        d["optim"].pop("skip_nonfinite_steps")
         return d
 
     @classmethod

@@ -72,7 +72,8 @@ def test_ema_movement_stops_where_the_teacher_freezes() -> None:
 def test_proportional_scaling_is_unchanged_and_explicit_values_win() -> None:
     small = TrainConfig.from_dict({"preset": "small"})
     assert (small.ema_start_decay, small.ema_timescale) == (0.999, 30.0)
-    medium = TrainConfig.from_dict({"preset": "medium", "ema": {"start_decay": 0.99, "timescale": 100.0}, "max_steps": 50})
+    medium = TrainConfig.from_dict({"preset": "medium", "ema": {"start_decay": 0.99, "timescale": 100.0},
+                                    "max_steps": 50})
     assert (medium.ema_start_decay, medium.ema_timescale) == (0.99, 100.0)
     with pytest.raises(ConfigError, match=re.escape("ema.scaling='movement'")):
         TrainConfig.from_dict({"kind": "dinosr", "preset": "base", "ema": {"scaling": "movement"}})

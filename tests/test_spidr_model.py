@@ -254,7 +254,8 @@ def test_front_end_norm_and_gelu_run_outside_autocast_in_the_conv_dtype():
 @pytest.mark.slow
 def test_compiled_model_matches_eager():
     """`compile_model` (spidr.train's `compile: true`) changes speed, not results."""
-    cfg = TrainConfig.from_dict({"preset": "tiny", "model": {"dropout": 0.0, "attention_dropout": 0.0}}).model  # RNGs differ
+    # no dropout: the RNGs of the two runs differ
+    cfg = TrainConfig.from_dict({"preset": "tiny", "model": {"dropout": 0.0, "attention_dropout": 0.0}}).model
     model = build_model(cfg, seed=0).train()
     wav = torch.randn(2, 16_000)
     index = mask_indices(2, model.frame_count(16_000), generator=torch.Generator().manual_seed(0))
@@ -498,7 +499,8 @@ def test_global_batch_is_reached_on_any_world_size_that_divides_it():
     assert "NOT data.global_batch_samples=60800000" in inexact.describe() and not inexact.to_dict()["exact"]
     with pytest.raises(ConfigError, match=r"encoders\.x\.train\.data.*global_batch_samples=1000000 is not a "
                                           r"multiple of data\.batch_samples=300000"):
-        TrainConfig.from_dict({"data": {"global_batch_samples": 1_000_000, "batch_samples": 300_000}}, "encoders.x.train")
+        TrainConfig.from_dict({"data": {"global_batch_samples": 1_000_000, "batch_samples": 300_000}},
+                              "encoders.x.train")
 
 
 def test_config_overrides_and_unknown_keys():
@@ -519,4 +521,5 @@ def test_config_overrides_and_unknown_keys():
         TrainConfig.from_dict({"kind": "hubert"})
     with pytest.raises(ConfigError, match="num_heads"):
         TrainConfig.from_dict({"model": {"num_heads": 5}})
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what checkpoints record reloads identically
+    # what checkpoints record reloads identically
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
