@@ -1,9 +1,12 @@
-"""Span masking of the student input, computed on CPU in the data loader (fairseq `compute_mask_indices`, static).
+"""Span masking of the student input, computed on CPU in the data loader (the official `compute_mask_indices`,
+static lengths, overlap allowed).
 
-Each row gets int(prob * T / length + U[0, 1)) (at least `min_masks`) span starts drawn without replacement
-among the first T - length frames; each masks `length` frames (spans may overlap). Every row is then randomly
-subsampled to the smallest masked count in the batch, so the result is a rectangular (B, M) tensor of sorted
-frame indices (about 57% of frames at prob 0.8, length 10).
+Each row draws its own number of spans, int(prob * T / length + U[0, 1)) (at least `min_masks`), as the official
+code does for every batch it masks (it always passes a padding mask, which takes its per-row branch; it also draws
+one batch-wide count first and never uses it, so we draw it too, keeping the random stream the same). The span
+starts are drawn without replacement among the first T - length frames; each span masks `length` frames (spans may
+overlap). Every row is then randomly subsampled to the smallest masked count in the batch, so the result is a
+rectangular (B, M) tensor of sorted frame indices (about 57% of frames at prob 0.8, length 10).
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ def mask_indices(
     """(batch, M) int64 sorted masked frame indices, the same M for every row (unpadded batches: same T)."""
     if frames <= 0:
         raise ValueError(f"cannot mask {frames} frames")
-    num = max(min_masks, int(prob * frames / length + float(torch.rand((), generator=generator))))
-    span_range = frames - length
-    if span_range <= num:  # very short input: fewer candidate starts than spans
-        span_range = frames - num - 1
-    span_range = max(1, span_range)
+
+    def span_count() -> int:
+        return max(min_masks, int(prob * frames / length + float(torch.rand((), generator=generator))))
+
+    span_count()  # the official batch-wide count: drawn, unused with a padding mask
     offsets = torch.arange(length)
     rows = []
     for _ in range(batch):
+        num = span_count()
+        # very short input: fewer candidate starts than spans (the official fallback)
+        span_range = frames - length if frames - length > num else num + 1
         starts = torch.randperm(span_range, generator=generator)[:num]
         idx = (starts.unsqueeze(1) + offsets).flatten()
         rows.append(torch.unique(idx[idx < frames]))  # sorted

@@ -1,5 +1,5 @@
-"""common.runtime: metrics log, checkpoints and RNG state, perplexity, divergence guard, stop signals, init-from
-helpers; and (slow) no torchrun worker outlives a killed workflow process group."""
+"""common.runtime: metrics log, checkpoints and RNG state, perplexity, divergence guard (and bf16 skips), stop
+signals, retry advice; and (slow) no torchrun worker outlives a killed workflow process group."""
 
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ from common.runtime import (
     choose_precision,
     config_changes,
     load_checkpoint,
-    merged,
     perplexity,
     restore_rng_states,
-    retry_command,
+    retry_advice,
     rng_state,
     save_checkpoint,
     setup_distributed,
@@ -109,17 +108,36 @@ def test_stop_signals_are_recorded_then_the_handlers_restored():
     assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
 
-def test_init_from_helpers():
+def test_bf16_guard_skips_non_finite_steps_then_stops_after_too_many_in_a_row():
+    """As the official code's GradScaler: a step with NaN/Inf gradients is skipped, not fatal; only a run of more
+    than `skip_limit` consecutive skips stops the run."""
+    dist = setup_distributed("cpu")
+    guard = FiniteGuard(torch.device("cpu"), step=0, skip_limit=2)
+    nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
+    assert [guard.allow_step(ok, g) for g in (ok, nan, nan, ok, nan)] == [True, False, False, True, False]
+    guard.check(5, dist, None, "advice")  # never more than 2 in a row: no stop
+    assert guard.take_skipped() == 3 and guard.take_skipped() == 0
+    assert [guard.allow_step(ok, nan) for _ in range(2)] == [False, False]  # 3 in a row with the one before
+    with pytest.raises(TrainingDiverged, match=r"NaN/Inf on more than 2 consecutive steps \(each skipped\)"):
+        guard.check(7, dist, None, "advice")
+    strict = FiniteGuard(torch.device("cpu"), step=0)  # fp32: the first NaN stops at the next check
+    assert strict.allow_step(ok, nan)
+    with pytest.raises(TrainingDiverged, match="loss became NaN/Inf"):
+        strict.check(1, dist, None, "advice")
+
+
+def test_retry_advice_replaces_the_work_directory_and_config_and_adds_init_from():
     old = {"lr": 1.0, "optim": {"lr": 5e-4, "betas": [0.9, 0.98]}, "seed": 0}
     new = {"lr": 1.0, "optim": {"lr": 2.5e-4, "betas": [0.9, 0.98]}, "seed": 1}
     assert config_changes(old, new) == {"optim.lr": [5e-4, 2.5e-4], "seed": [0, 1]}
-    assert merged({"preset": "tiny", "optim": {"eps": 1e-6}}, {"optim": {"lr": 1e-4}}) == {
-        "preset": "tiny", "optim": {"eps": 1e-6, "lr": 1e-4}}
-    command = retry_command("spidr.train", [("--manifest", "my data/m.tsv"), ("--valid-manifest", None)],
-                            {"preset": "tiny"}, {"optim": {"lr": 1e-4}}, "work/x-lr0.0001", Path("work/x/s.pt"))
-    assert shlex.split(command) == ["python", "-m", "spidr.train", "--manifest", "my data/m.tsv", "--workdir",
-                                    "work/x-lr0.0001", "--config", '{"optim": {"lr": 0.0001}, "preset": "tiny"}',
-                                    "--init-from", "work/x/s.pt"]
+    err = TrainingDiverged("diverged", step=5, last_checkpoint=Path("work/x/s.pt"))
+    argv = ["--manifest", "my data/m.tsv", "--workdir", "work/x", "--config", "{}", "--init-from", "elsewhere"]
+    advice = retry_advice("spidr.train", argv, {"preset": "tiny", "optim": {"eps": 1e-6}}, {"optim": {"lr": 1e-4}},
+                          err, 1e-4)
+    assert shlex.split(str(advice).splitlines()[-1]) == [
+        "python", "-m", "spidr.train", "--manifest", "my data/m.tsv", "--workdir", "work/x-lr0.0001", "--config",
+        '{"optim": {"eps": 1e-06, "lr": 0.0001}, "preset": "tiny"}', "--init-from", "work/x/s.pt"]
+    assert advice.exit_code == 3 and advice.last_checkpoint == Path("work/x/s.pt")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -181,6 +181,36 @@ def test_masking_statistics():
     assert short.shape[1] >= 1
 
 
+def official_mask(batch: int, frames: int, gen: torch.Generator, prob: float = 0.8, length: int = 10,
+                  min_masks: int = 2) -> torch.Tensor:
+    """The official compute_mask_indices with a padding mask of no padding (static lengths, overlap), as a boolean
+    (batch, frames) mask: one batch-wide count drawn, then per row its own count, starts and spans."""
+    max(min_masks, int(prob * frames / float(length) + torch.rand(1, generator=gen)))
+    per_row = []
+    for _ in range(batch):
+        num = max(min_masks, int(prob * frames / float(length) + torch.rand(1, generator=gen)))
+        lengths = torch.full((num,), length)
+        min_len = int(min(lengths))
+        if frames - min_len <= num:
+            min_len = frames - num - 1
+        starts = torch.randperm(frames - min_len, generator=gen)[:num]
+        spans = torch.tensor([int(starts[j]) + o for j in range(len(starts)) for o in range(int(lengths[j]))])
+        per_row.append(torch.unique(spans[spans < frames]))
+    smallest = min(len(m) for m in per_row)
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    for i, m in enumerate(per_row):
+        mask[i, m[torch.randperm(len(m), generator=gen)[:smallest]] if len(m) > smallest else m] = True
+    return mask
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(1, 250), (4, 300), (7, 61), (3, 12), (2, 5)])
+def test_masking_draws_the_span_count_per_row_like_the_official_code(batch, frames):
+    ours = mask_indices(batch, frames, generator=torch.Generator().manual_seed(7))
+    reference = official_mask(batch, frames, torch.Generator().manual_seed(7))
+    mask = torch.zeros(batch, frames, dtype=torch.bool).scatter_(1, ours, True)
+    assert torch.equal(mask, reference)
+
+
 @pytest.mark.parametrize(
     ("kind", "mode"), [("spidr", "layer_norm"), ("dinosr", "layer_norm"), ("spidr", "group_norm")]
 )
