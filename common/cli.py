@@ -141,6 +141,9 @@ def run_main(main: Callable[[], Any], *, memory_hint: str | None = None) -> Any:
 
     `memory_hint` names the entry point's own settings that reduce memory, for an out-of-memory error."""
     try:
+        from common.launch import job_start  # the job log's first line and the GPU driver check; no torch
+
+        job_start()
         return main()
     except Exception as err:
         message = error_message(err, memory_hint)

@@ -21,6 +21,7 @@ process, and so the SLURM step, alive until the workers have written their check
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shlex
@@ -43,6 +44,107 @@ MAX_MARGIN_S = 300.0
 
 class LaunchError(RuntimeError):
     """A launch that cannot work as asked (e.g. several nodes outside a SLURM job)."""
+
+
+# --- what a job runs on: the first lines of every job log, and the driver the CUDA wheels need -------------------
+
+# Set by the workflow (workflow/rules/common.smk) for the jobs it runs: common.cli.run_main then starts each entry
+# point's log with job_header(). torchrun's workers (RANK set) leave it to the launcher, which prints it once.
+JOB_HEADER_ENV = "TEXTLESS_JOB_HEADER"
+# The oldest NVIDIA Linux driver that runs a CUDA major release (CUDA's minor-version compatibility: the first
+# driver of a major release runs all of its minor versions). torch's PyPI wheels pin CUDA 13 (constraints.txt).
+MIN_DRIVER = {13: "580.65.06", 12: "525.60.13", 11: "450.80.02"}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version))
+
+
+def torch_versions() -> tuple[str | None, str | None]:
+    """(torch version, the CUDA version its wheel was built for), read from its files: no torch import (seconds)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None, None
+    spec = importlib.util.find_spec("torch")
+    cuda = None
+    if spec is not None and spec.submodule_search_locations:
+        version_py = os.path.join(next(iter(spec.submodule_search_locations)), "version.py")
+        try:
+            with open(version_py) as f:
+                match = re.search(r"^cuda(?:: [^=]+)? = '([\d.]+)'", f.read(), re.M)
+            cuda = match.group(1) if match else None
+        except OSError:
+            cuda = None
+    return version, cuda
+
+
+def nvidia_driver(path: str = "/proc/driver/nvidia/version") -> str | None:
+    """The loaded NVIDIA kernel driver's version (from its /proc file), None without one."""
+    try:
+        with open(path) as f:
+            match = re.search(r"Kernel Module(?: for [\w_]+)?\s+([\d.]+)", f.read())
+        return match.group(1) if match else None
+    except OSError:
+        return None
+
+
+def gpu_models() -> list[str]:
+    """Models of the GPUs this process may use (CUDA_VISIBLE_DEVICES of the node's GPUs), from the driver's files."""
+    models = []
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        try:
+            with open(info) as f:
+                match = re.search(r"^Model:\s+(.+)$", f.read(), re.M)
+        except OSError:
+            continue
+        models.append(match.group(1).strip() if match else "unknown")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and all(part.isdigit() for part in visible.split(",") if part):
+        models = [models[int(i)] for i in visible.split(",") if i and int(i) < len(models)]
+    return models
+
+
+def job_header() -> str:
+    """One line: host, SLURM job, GPUs, driver, torch + CUDA and code versions (no torch import, no subprocess but
+    `git describe`)."""
+    from common.io import code_version
+
+    torch, cuda = torch_versions()
+    job = os.environ.get("SLURM_JOB_ID", "-")
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job += f"_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    models = gpu_models()
+    gpus = f"{len(models)} ({', '.join(sorted(set(models)))})" if models else "none"
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        gpus += f" CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
+    return (f"job: host={socket.gethostname()} slurm_job={job} gpus={gpus} driver={nvidia_driver() or 'none'} "
+            f"torch={torch or 'none'} cuda={cuda or 'cpu'} code={code_version()}")
+
+
+def check_driver(driver: str | None, cuda: str | None) -> None:
+    """A LaunchError when the node's driver is older than torch's CUDA wheels need (torch would otherwise warn and
+    run on the CPU, hours slower); nothing without a driver or with a CPU build."""
+    if driver is None or cuda is None:
+        return
+    needed = MIN_DRIVER.get(_version_tuple(cuda)[0])
+    if needed is not None and _version_tuple(driver) < _version_tuple(needed):
+        raise LaunchError(
+            f"NVIDIA driver {driver} on {socket.gethostname()} is older than {needed}, which the installed torch "
+            f"(CUDA {cuda} wheels) needs: ask for nodes with a newer driver (the rule's `constraint` resource, see "
+            "slurm/README.md), or install a torch built for the CUDA the driver supports (nvidia-smi shows it)")
+
+
+def job_start() -> None:
+    """Print the job header to stderr (the rule's log) and refuse a GPU node whose driver is too old for torch's
+    CUDA; only in jobs the workflow runs (JOB_HEADER_ENV), once per job (not in torchrun's workers)."""
+    if not os.environ.get(JOB_HEADER_ENV) or os.environ.get("RANK") is not None:
+        return
+    print(job_header(), file=sys.stderr, flush=True)
+    check_driver(nvidia_driver(), torch_versions()[1])
 
 
 def gpus_per_node(nodes: int, gpus: int, gres: str) -> int:
@@ -197,6 +299,9 @@ def relay_stderr(source: BinaryIO, sink: Callable[[bytes], None], module: str) -
 def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -> int:
     """Run the trainer (see the module docstring); returns the exit status."""
 
+    job_start()
+    if nproc > 0:  # a GPU job: refuse a driver torch's CUDA cannot use, also outside the workflow
+        check_driver(nvidia_driver(), torch_versions()[1])
     job_id = os.environ.get("SLURM_JOB_ID")
     hosts: list[str] = []
     deadline = None

@@ -17,6 +17,8 @@ from lm.config import ScoreConfig
 # Rules run `python -m ...`: make that the interpreter running Snakemake (the project's venv), also inside SLURM
 # jobs, whatever PATH the user's shell had.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# Every job's log starts with host, SLURM job, GPUs, driver, torch / CUDA and code versions (common.launch.job_start).
+os.environ.setdefault("TEXTLESS_JOB_HEADER", "1")
 
 # The schema fixes the structure (sections, named entries, sources) and rejects unknown sections and entry keys;
 # the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
