@@ -79,6 +79,8 @@ def metrics_files(root: Path) -> list[Path]:
         files.append(write(root, f"feat-{quantizer}", units_labels("spidr_base", 6, quantizer, None, "dev"),
                            [Metric("abx_triphone_within_speaker", 3.3, "%", 10),
                             Metric("abx_triphone_across_speaker", 3.6, "%", 10)]))
+    files.append(write(root, "feat-map", units_labels("spidr_base", 6, "continuous", None, "dev_other"),
+                       [Metric("word_map", 42.5, "%", 15)]))  # eval.word_map's metric
     return files
 
 
@@ -108,7 +110,7 @@ def test_report_writes_each_table_in_the_published_schema(report_dir: Path) -> N
                ].score.item() == pytest.approx(6.6)
     cont = pd.read_csv(schema / "abx-continuous.csv")
     assert set(cont.model) == {"spidr", "spidr_codebooks"} and set(cont.speaker) == {"within", "across"}
-    assert pd.read_csv(schema / "map-continuous.csv").empty  # no word MAP in this run: the header only
+    assert pd.read_csv(schema / "map-continuous.csv").values.tolist() == [["spidr", "dev-other", 6, 42.5]]
     intervals = pd.read_csv(schema / "spoken-lm.intervals.csv")
     first = intervals[(intervals.model == "spidr_kmeans") & (intervals.hours == 6000)].iloc[0]
     assert first["ci_high"] - first["ci_low"] == pytest.approx(2.0) and first["ours_set"] == "dev"
@@ -136,7 +138,7 @@ def test_an_exact_copy_agrees_and_a_shifted_copy_is_flagged(report_dir: Path, tm
     printed = capsys.readouterr().out
     assert "spoken-lm: 15 row(s) in both, 0 flagged" in printed
     both = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
-    assert len(both) == 15 + 18 + 12 + 4 and both["within_precision"].all()
+    assert len(both) == 15 + 18 + 12 + 4 + 1 and both["within_precision"].all()
     assert not both["verdict"].str.startswith("OUTSIDE").any()
     one = pd.read_csv(tmp_path / "cmp" / "one_side.csv")
     assert one[["table", "side", "model", "metric"]].values.tolist() == [
