@@ -8,11 +8,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 CORES ?= all
 
-.PHONY: demo test test-fast setup system-deps test-deps lint dag clean
+.PHONY: demo test test-fast setup system-deps test-deps lint dag clean rehearsal-plan
 
 # The stamp below skips the install once done; the drift check runs every time (a package upgraded by hand would
 # make this machine format, lint or compute differently from a fresh clone).
-setup: $(VENV)/.installed system-deps
+# No root and no system package: what a cluster run needs (the demo corpus and the test cluster add their own).
+setup: $(VENV)/.installed
 	$(BIN)/python scripts/check_venv.py constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
@@ -20,16 +21,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
 	touch $@
 
 system-deps:
-	scripts/install_system_deps.sh
+	scripts/install_system_deps.sh --demo
 
 # The tests also start a real single-node SLURM cluster (Debian's slurmctld, slurmd, munge, slurmdbd, MariaDB).
 test-deps:
-	scripts/install_system_deps.sh --slurm
+	scripts/install_system_deps.sh --demo --slurm
 
 # The corpus is generated first with every core (flite processes in parallel); then every job runs on one thread
 # (OMP_NUM_THREADS=1 above) and Snakemake runs as many jobs at once as there are cores: the demo's jobs are short
 # and single-threaded, so a rule claiming several threads would only keep the other cores idle.
-demo: setup
+demo: setup system-deps
 	$(BIN)/snakemake --cores $(CORES) resources/demo/info.json
 	$(BIN)/snakemake --cores $(CORES) --max-threads 1 all
 	$(BIN)/python -m eval.report --print results/report
@@ -43,8 +44,22 @@ test: setup test-deps .venv-zrc/.installed
 	TEXTLESS_STRICT=1 $(BIN)/pytest
 
 # The fast tier: no SLURM cluster, no end-to-end DAG (tests marked `slow` are left out).
-test-fast: setup
+test-fast: setup system-deps
 	TEXTLESS_STRICT=1 $(BIN)/pytest -m "not slow"
+
+# The paper recipe's plan on a miniature copy of its data (data.rehearsal, seconds): the dry run of configs/paper.yaml
+# as a cluster user runs it (2 nodes x 8 GPUs), with every training layout. Planned in its own directory, so this
+# checkout's results/ do not change the plan. The tiny Hugging Face encoders are read offline from the tree's cache.
+REHEARSAL ?= resources/rehearsal
+rehearsal-plan: setup $(REHEARSAL)/data/info.json
+	mkdir -p $(REHEARSAL)/plan
+	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(CURDIR)/$(REHEARSAL)/data/huggingface/hub \
+	SBATCH_ACCOUNT=$${SBATCH_ACCOUNT:-rehearsal} SBATCH_PARTITION=$${SBATCH_PARTITION:-gpu} \
+	$(BIN)/snakemake --profile slurm --workflow-profile slurm/profiles/2x8 --directory $(REHEARSAL)/plan \
+	    --configfile configs/paper.yaml --replace-workflow-config --config data_root=$(CURDIR)/$(REHEARSAL)/data -n all
+
+$(REHEARSAL)/data/info.json: data/rehearsal.py data/demo.py
+	$(BIN)/python -m data.rehearsal --out $(REHEARSAL)/data
 
 lint: setup
 	$(BIN)/ruff check .

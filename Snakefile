@@ -8,8 +8,12 @@ software is the project's pinned venv, `make setup`; jobs run its interpreter, a
 and common.smk edits PATH, which is not a variable the user must provide (it puts that interpreter first).
 """
 
+# config.yaml is the default experiment: any --configfile replaces it rather than merging into it. Snakemake does
+# not pass --replace-workflow-config on to the jobs it submits (SLURM, groups), so without this each job would
+# merge the demo's entries into the recipe it was started with and fail on the first name they share.
+if not workflow.overwrite_configfiles:
 
-configfile: "config.yaml"
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

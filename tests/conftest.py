@@ -1,9 +1,10 @@
-"""Shared fixtures: a small generated demo corpus (flite), built once per test session."""
+"""Shared fixtures: a small generated demo corpus (flite) and the local SLURM cluster, each once per session."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,12 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate(out, DemoConfig.from_dict(SMALL_DEMO), threads=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Path]:
+    """The local two-node SLURM cluster (tests/slurm_cluster.py), one per test session; its state directory."""
+    from tests.slurm_cluster import local_cluster
+
+    with local_cluster() as state:
+        yield state

@@ -7,7 +7,6 @@ Snakemake run is wrapped in `timeout -s INT`: a mis-set status query makes the p
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -15,9 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +22,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.slurm_cluster import SYSTEM_PATH
+
 REPO = Path(__file__).resolve().parent.parent
-CLUSTER_SCRIPT = REPO / "scripts" / "slurm" / "local_cluster.sh"
 VENV_BIN = Path(sys.executable).parent
 # What local_cluster.sh registers; the test passes them the way a user does (sbatch's own variables).
 ACCOUNT, PARTITION = "ci", "cpu"
-PROGRAMS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch",
-            "sacct", "sacctmgr")
-SYSTEM_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-# One local cluster per host: it owns /etc/slurm/slurm.conf and fixed ports, so concurrent runs queue here.
-LOCK = Path(tempfile.gettempdir()) / "textless-slm-local-slurm.lock"
 # Seconds, per Snakemake run, far above the expected 3-5 min and 1-2 min: the guards against a hung status query.
 WORKFLOW_TIMEOUT_S = 900
 FAIL_TIMEOUT_S = 300
@@ -43,56 +36,6 @@ POLL = ("--slurm-init-seconds-before-status-checks", "2")
 # Training steps that outlast one 1-minute job even on a fast idle machine (tiny steps take ~0.04-0.1 s on CPU and
 # each job stops about 30 s before its limit), so at least one stop and resume always happens.
 LM_STEPS, SPIDR_STEPS = 1200, 1200
-
-
-def _skip_reason() -> str | None:
-    missing = [p for p in PROGRAMS if shutil.which(p, path=SYSTEM_PATH) is None]
-    if missing:
-        return (f"SLURM Debian packages are not installed (missing {', '.join(missing)}); "
-                "install them with `scripts/install_system_deps.sh --slurm`")
-    if os.geteuid() != 0:
-        return "the local SLURM cluster runs its daemons and jobs as root (and links /etc/slurm/slurm.conf)"
-    return None
-
-
-def _cluster(command: str, state: Path) -> None:
-    out = subprocess.run(["bash", str(CLUSTER_SCRIPT), command, str(state)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PATH": SYSTEM_PATH})
-    if out.returncode != 0:
-        pytest.fail(f"local_cluster.sh {command} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-
-
-def _running_daemons(state: Path) -> list[str]:
-    """Daemons whose recorded PID still runs that daemon."""
-    left = []
-    for pid_file in sorted((state / "pids").glob("*.pid")):
-        pid = pid_file.read_text().strip()
-        try:
-            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:
-            continue
-        if Path(argv0).name == pid_file.stem:
-            left.append(f"{pid_file.stem} ({pid})")
-    return left
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> Iterator[Path]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = Path(tempfile.mkdtemp(prefix="textless-slm-slurm-"))
-        state.chmod(0o755)  # munged insists that every directory above its socket is searchable by all
-        try:
-            _cluster("start", state)
-            yield state
-        finally:
-            _cluster("stop", state)
-            left = _running_daemons(state)
-            shutil.rmtree(state, ignore_errors=True)
-        assert not left, f"still running after local_cluster.sh stop: {left}"
 
 
 def _node_memory_mb() -> int:

@@ -14,6 +14,9 @@
 # Two nodes on this one host (two slurmd, `slurmd -N NAME`, each with its own port): `$(hostname -s)`, the first,
 # whose name resolves (multi-node training meets there), and `$(hostname -s)-n2`; both report the host's CPUs.
 # Ports (override with the environment variables): slurmctld 16817, slurmd 16818 and 16820, slurmdbd 16819, MariaDB 13307.
+# Each node also declares LOCAL_SLURM_GPUS (default 2) `gpu` GRES backed by plain files, so GPU requests
+# (`--gres=gpu:2`, srun --gpus-per-node) are scheduled as on a GPU cluster while CPU processes stand in for the GPUs
+# (common.launch starts one per GPU; gloo on CPU). Jobs that ask for no GPU are unaffected.
 set -Eeuo pipefail
 
 CTLD_PORT=${LOCAL_SLURM_CTLD_PORT:-16817}
@@ -25,6 +28,7 @@ CLUSTER=local
 PARTITION=cpu
 ACCOUNT=ci
 WAIT_S=${LOCAL_SLURM_WAIT_S:-90}
+GPUS=${LOCAL_SLURM_GPUS:-2}
 ETC=/etc/slurm
 # Start order; stop runs it backwards.
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd slurmd.2)
@@ -160,6 +164,8 @@ AccountingStorageEnforce=associations
 JobCompType=jobcomp/none
 # Keep sbatch --comment (the executor plugin writes rule_<name>_wildcards_<...> there) in sacct.
 AccountingStoreFlags=job_comment
+# GPUs (the stand-in GRES) in sacct's TRES, so a test can read what each job was given.
+AccountingStorageTRES=gres/gpu
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -172,9 +178,19 @@ MinJobAge=300
 KillWait=5
 MpiDefault=none
 MailProg=/bin/true
-NodeName=$HOST NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT $node RealMemory=$mem State=UNKNOWN
-NodeName=$HOST-n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD2_PORT $node RealMemory=$mem State=UNKNOWN
+GresTypes=gpu
+NodeName=$HOST NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT $node RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
+NodeName=$HOST-n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD2_PORT $node RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST,$HOST-n2 Default=YES MaxTime=INFINITE State=UP
+EOF
+
+    # Stand-in GPUs: plain files as their devices (slurmd counts a gpu GRES by its File entries; nothing opens them).
+    local i
+    mkdir -p "$S/dev"
+    for ((i = 0; i < GPUS; i++)); do : >"$S/dev/gpu$i"; done
+    cat >"$S/etc/gres.conf" <<EOF
+AutoDetect=off
+NodeName=$HOST,$HOST-n2 Name=gpu File=$S/dev/gpu[0-$((GPUS - 1))]
 EOF
 
     cat >"$S/etc/slurmdbd.conf" <<EOF
@@ -240,6 +256,7 @@ do_start() {
     write_configs
     link_etc slurm.conf
     link_etc slurmdbd.conf
+    link_etc gres.conf
 
     # munge: a fresh key and our own socket, so a host munged (if any) is neither used nor disturbed.
     mungekey -c -k "$S/munge/munge.key"
@@ -308,7 +325,7 @@ do_stop() {
         stop_pid "${DAEMONS[k]}"
     done
     local name
-    for name in slurm.conf slurmdbd.conf; do
+    for name in slurm.conf slurmdbd.conf gres.conf; do
         [[ "$(readlink "$ETC/$name" 2>/dev/null || true)" == "$S/etc/$name" ]] && rm -f "$ETC/$name"
     done
     log "stopped; logs kept under $S/log"

@@ -8,6 +8,7 @@ import sys
 from snakemake.utils import validate
 
 import pipeline.config as pipeline
+from pipeline.checks import check_names
 from pipeline.data_root import resolve as resolve_data_root
 from common.config import dumps
 from data.config import ManifestConfig
@@ -23,6 +24,8 @@ os.environ.setdefault("TEXTLESS_JOB_HEADER", "1")
 # The schema fixes the structure (sections, named entries, sources) and rejects unknown sections and entry keys;
 # the stage dataclasses own every default and range, and pipeline.validate checks them and the cross-references,
 # naming the key path. Cheap (no torch), so every parse checks, jobs included.
+# Entry names first (they build every output path): one line naming the entry and why, before the schema's report.
+check_names(config)
 validate(config, schema="../schemas/config.schema.yaml")
 # Relative data paths are resolved against `data_root` (pipeline.data_root), once, before anything reads them.
 config.update(resolve_data_root(config))
