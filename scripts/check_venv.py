@@ -30,7 +30,8 @@ def main() -> int:
              if name in installed and installed[name] != version]
     if drift:
         print(f"error: {sys.prefix} differs from {lock}: " + ", ".join(drift), file=sys.stderr)
-        print(f"repair: {sys.executable} -m pip install -c {lock} -e '.[dev]'", file=sys.stderr)
+        print(f"repair: {sys.executable} -m pip install -c {lock} -e '.[dev,cpu]' ('.[dev,gpu]' on CUDA machines)",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -104,10 +104,21 @@ def _spec_key(spec: EncoderSpec) -> tuple:
     return spec.kind, checkpoint, model, spec.normalize
 
 
+def import_faiss():
+    """faiss, from whichever variant is installed (faiss-cpu or faiss-gpu-cu12: one at a time, see pyproject.toml)."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise KMeansError(f"faiss is not installed ({err}): scripts/setup_venv.sh installs it (--gpu for the GPU "
+                          "variant), or pip install -c constraints.txt -e '.[cpu]' ('.[gpu]' on CUDA "
+                          "machines)") from None
+    return faiss
+
+
 def fit_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int = 50, gpu: bool = False,
                verbose: bool = False) -> tuple[np.ndarray, float]:
     """Faiss Lloyd k-means (L2) on all rows of x; deterministic for a seed on CPU. Returns centroids, objective."""
-    import faiss
+    faiss = import_faiss()
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -215,7 +226,7 @@ def fit_from_corpus(spec: str | dict | EncoderSpec, layer: int, manifest: str | 
 
 
 def _faiss_gpus() -> int:
-    import faiss
+    faiss = import_faiss()
 
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
