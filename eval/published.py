@@ -178,7 +178,11 @@ def _table_set(wide: pd.DataFrame, table: Table, names: PublishedNames, notes: l
 
 
 def published_tables(wide: pd.DataFrame, names: PublishedNames) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Each published table's rows that our report holds: {table: frame of its keys, score and our intervals}."""
+    """Each published table's rows that our report holds: {table: frame of its keys, score and our intervals}.
+
+    A row's model name is its encoder's stem plus its representation's suffix, so rows without a quantizer label
+    (the workflow's metrics files always have one: codebook, kmeans, continuous, codebook_probs) are left out.
+    """
     notes: list[str] = []
     out = {}
     for table in TABLES:

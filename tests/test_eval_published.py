@@ -215,3 +215,67 @@ def test_the_workflow_plans_the_comparison_when_published_is_set(tmp_path: Path)
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "published" in {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.mark.slow
+def test_the_demo_through_the_whole_comparison_path(demo_corpus: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """The real eval entry points on the generated demo (MFCC k-means units and a bigram unit LM, as
+    test_eval_demo builds them), the report with the config's names, then eval.published against published-format
+    copies of it: exact (every row agrees) and shifted (every row with an interval flagged)."""
+    import json
+
+    import torch
+
+    from eval import abx, report, slm21, storycloze, unit_quality
+    from tests.test_eval_demo import K, bigram_scores, dedup, kmeans, mfcc_50hz, units_of
+    from units.format import UnitsWriter
+
+    dev = {p.stem: mfcc_50hz(p) for p in sorted((demo_corpus / "dev" / "wav").glob("*.wav"))}
+    train = [mfcc_50hz(p) for p in sorted((demo_corpus / "train" / "wav").glob("*.wav"))]
+    centroids = kmeans(torch.cat(train).numpy(), K)
+    units_path = tmp_path / "units.parquet"
+    with UnitsWriter(units_path, vocab_size=K, frame_rate=50) as w:
+        for uid, f in dev.items():
+            w.write(uid, units_of(f, centroids))
+    units = {"encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans", "k": K, "fit": {}, "name": "mfcc_km",
+             "encoder_name": "mfcc"}
+    job = json.dumps({"experiment": {"units": units, "eval_set": "demo"}})
+    metrics = [tmp_path / "abx.json", tmp_path / "uq.json"]
+    abx.main(["--item", str(demo_corpus / "dev" / "triphone.item"), "--units", str(units_path), "--out",
+              str(metrics[0]), "--config", job])
+    unit_quality.main(["--units", str(units_path), "--phones", str(demo_corpus / "dev" / "phones_100hz.jsonl"),
+                       "--out", str(metrics[1]), "--config", job])
+    train_units = [dedup(units_of(f, centroids)) for f in train]
+    lm_job = json.dumps({"experiment": {"units": units, "lm": "bigram", "name": "mfcc_bigram", "eval_set": "demo"}})
+    for task, folder in (("lexical", demo_corpus / "sLM21/lexical/dev"), ("sSC", demo_corpus / "storycloze/sSC")):
+        scores = tmp_path / f"{task}.tsv"
+        bigram_scores(train_units, {p.stem: dedup(units_of(mfcc_50hz(p), centroids))
+                                    for p in sorted(folder.glob("*.wav"))}, scores)
+        out = tmp_path / f"{task}.json"
+        if task == "lexical":
+            slm21.main([task, "--gold", str(folder / "gold.csv"), "--scores", str(scores), "--out", str(out),
+                        "--submission", str(tmp_path / "submission"), "--config", lm_job])
+        else:
+            storycloze.main(["--dir", str(folder), "--scores", str(scores), "--task", task, "--out", str(out),
+                             "--config", lm_job])
+        metrics.append(out)
+    names = {"encoders": {"mfcc": "mfcc"}, "datasets": {"demo": "dev-clean"}, "lm_hours": {"bigram": 0.34}}
+    report.main(["--metrics", *map(str, metrics), "--out", str(tmp_path / "report"),
+                 "--published-names", json.dumps(names)])
+    schema = tmp_path / "report" / "published_schema"
+    # in-vocab sWUGGY is not computed on the small demo (no band with items): no row, rather than a made-up one
+    assert set(pd.read_csv(schema / "spoken-lm.csv").metric) == {"swuggy_all", "ssc"}
+    assert len(pd.read_csv(schema / "units-quality.csv")) == 6 and len(pd.read_csv(schema / "abx-discrete.csv")) == 2
+
+    exact = published_copy(tmp_path / "report", tmp_path / "exact")
+    published.main(["--ours", str(tmp_path / "report"), "--published", str(exact), "--out", str(tmp_path / "c1")])
+    both = pd.read_csv(tmp_path / "c1" / "comparison.csv")
+    assert len(both) == 2 + 6 + 2 and not both["verdict"].str.startswith("OUTSIDE").any()
+    shifted = published_copy(tmp_path / "report", tmp_path / "shifted", shift=60.0)  # beyond any accuracy CI
+    published.main(["--ours", str(tmp_path / "report"), "--published", str(shifted), "--out", str(tmp_path / "c2")])
+    both = pd.read_csv(tmp_path / "c2" / "comparison.csv")
+    with_ci = both["ci_low"].notna()
+    assert with_ci.sum() == 2 and (both[with_ci]["verdict"] == "OUTSIDE 95% CI").all()
+    assert (both[~with_ci]["verdict"] == "differs (no interval)").all()
+    assert "flagged" in capsys.readouterr().out

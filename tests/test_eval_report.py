@@ -47,8 +47,13 @@ def test_report_tables_in_three_formats_and_correlations(tmp_path: Path) -> None
     assert index["rows"] == 5
     for name in ("metrics_long.csv", "table.csv", "table.md", "table.tex", "table_all_metrics.csv",
                  "correlations.csv", "correlations.md", "correlations.tex", "metric_vs_layer.png",
-                 "correlations.png", "report.json"):
+                 "correlations.png", "report.json", "published_schema/spoken-lm.csv",
+                 "published_schema/abx-discrete.intervals.csv"):
         assert (out / name).is_file(), name
+    # every table also in the published long format (eval.published): its model names need the quantizer label
+    # (codebook / kmeans, which the workflow's metrics always carry), absent from these files: the header only
+    slm = pd.read_csv(out / "published_schema/spoken-lm.csv")
+    assert list(slm.columns) == ["model", "num_units", "layer", "hours", "metric", "score"] and slm.empty
 
     table = pd.read_csv(out / "table.csv")
     assert list(table.columns[:7]) == ["set", "encoder", "units", "quantizer", "layer", "k", "lm"]
