@@ -182,6 +182,12 @@ def test_tokens_without_frames_are_dropped_and_counted(corpus: Path, tmp_path: P
     doc = run(item, tmp_path / "m.json", features=corpus / "feats", units_path=None, frame_rate=50,
               cfg=AbxConfig(speakers=("within",)), labels={})
     assert doc["details"]["items_dropped"] == {"empty": 1, "past_end": 1}
+    # issue 23, case 4: said in every ABX cell's conventions (the report's footnotes) and as a warning (its notes)
+    total = len(lines) + 1
+    assert doc["metrics"][0]["conventions"]["items_dropped"] == (f"2 of {total} (1 past the end of their utterance, "
+                                                                 "1 without a frame)")
+    assert doc["details"]["warnings"] == [f"{item}: 1 of {total} items fall past the end of their utterance in "
+                                          f"{corpus / 'feats'} and were left out of ABX"]
     assert doc["details"]["items_used"] == len(lines) - 1
     want = direct(corpus / "triphone.item", corpus / "feats", speaker="within", context="within", slicing="fastabx")
     assert doc["metrics"][0]["value"] == pytest.approx(want, abs=1e-9)
