@@ -100,6 +100,10 @@ def _jobs(log: str, local: bool = False) -> Counter:
     return Counter(re.findall(r"^(?:    )?rule (\w+):$", log, re.M))
 
 
+# The workflow's `group:` names (workflow/rules/*.smk): jobs bundled into one SLURM job each.
+GROUPS = ("benchmark_units", "features", "codebook_probs")
+
+
 def _submissions(log: str) -> Counter:
     """SLURM jobs per rule (or per group, for a "Group job G" of bundled jobs) that a run submitted."""
     return Counter(re.findall(r"^rule (\w+):$", log, re.M) + re.findall(r"\] Group job (\w+)", log))
@@ -161,8 +165,9 @@ def _sacct() -> list[dict[str, str]]:
     jobs = []
     for line in out.stdout.splitlines():
         job_id, state, account, partition, tres, comment = line.split("|", 5)
-        # a group job's comment is rule_<group>_<group>
-        rule = re.fullmatch(r"rule_(\w+)_\1", comment) or re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment)
+        # a group job's comment is rule_<group>_<its rules, joined by "_">
+        rule = (re.match(rf"rule_({'|'.join(GROUPS)})_", comment)
+                or re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment))
         jobs.append({"id": job_id, "state": state, "account": account, "partition": partition, "tres": tres,
                      "rule": rule.group(1) if rule else comment,
                      # the plugin joins the wildcard values with "_"
@@ -396,3 +401,72 @@ def test_two_node_training_through_srun_and_a_c10d_rendezvous(slurm_cluster: Pat
     assert "--rdzv-backend=c10d" in words and any(w.startswith(f"--rdzv-endpoint={host}:") for w in words), words
     provenance = json.loads((repo / target / "provenance.json").read_text())
     assert provenance["training"]["world_size"] == 2, provenance["training"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preemption: a job put back in the queue by SLURM, and a job cancelled (how PreemptMode=CANCEL, scancel or a node
+# drain end it), must each end with the workflow finished, nothing hung, the training resumed from work/
+
+
+def _running_job(rule: str, metrics: Path, since: list[dict[str, str]], timeout_s: float = 600) -> str:
+    """The SLURM job id of `rule`'s job once it runs and its trainer has logged a step (its metrics log grew)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for job in _new_jobs(since):
+            if job["rule"] == rule and job["state"] == "RUNNING" and metrics.is_file() and metrics.stat().st_size:
+                return job["id"]
+        time.sleep(2)
+    pytest.fail(f"no running {rule} job with a training step in {metrics} after {timeout_s} s: {_new_jobs(since)}")
+
+
+@pytest.mark.slow
+def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slurm_cluster: Path,
+                                                                            tmp_path: Path) -> None:
+    import time
+
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=2 * LM_STEPS, spidr_steps=6)))
+    target = "results/lm/mfcc_kmeans/tiny/model"
+    threads = ("--max-threads", "1")
+    code, dry = _snakemake(repo, target, "-n", *threads, timeout_s=120)
+    assert code == 0, dry
+    overrides = _cpu_cluster_resources(repo, _resources(dry), _node_memory_mb())
+    lm_log = repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log"
+    metrics = repo / "work" / "lm" / "mfcc_kmeans" / "tiny" / "metrics.jsonl"
+
+    before = _sacct()
+    cmd = ["timeout", "-s", "INT", "-k", "30", str(WORKFLOW_TIMEOUT_S), str(VENV_BIN / "snakemake"), "--profile",
+           "slurm", target, *threads, *POLL, *overrides]
+    with (tmp_path / "snakemake.log").open("w") as out:
+        run = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            # 1. SLURM puts the running job back in the queue (what PreemptMode=REQUEUE and a node failure do): the
+            #    same job id runs again, the plugin keeps polling it, the trainer resumes.
+            job = _running_job("train_lm", metrics, before)
+            subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True)
+            deadline = time.monotonic() + 300
+            while "resumed from" not in (lm_log.read_text() if lm_log.is_file() else ""):
+                assert time.monotonic() < deadline and run.poll() is None, (tmp_path / "snakemake.log").read_text()
+                time.sleep(2)
+            # 2. The job is cancelled for good: the plugin reports it failed, Snakemake resubmits it (preemptible
+            #    retries), and the new job resumes.
+            job = _running_job("train_lm", metrics, before)
+            time.sleep(5)  # a few steps past the resume
+            subprocess.run(["scancel", job], check=True, capture_output=True, text=True)
+            code = run.wait(timeout=WORKFLOW_TIMEOUT_S + 60)
+        finally:
+            if run.poll() is None:
+                run.send_signal(2)
+                run.wait(timeout=60)
+    log = (tmp_path / "snakemake.log").read_text()
+    assert code == 0, log[-8000:]
+    assert (repo / target / "config.json").is_file() or any((repo / target).iterdir())
+    ran = [job for job in _new_jobs(before) if job["rule"] == "train_lm"]
+    # the requeued job kept its id (sacct shows its last run), the cancelled one was replaced by a new job
+    assert [job["state"] for job in ran] == ["CANCELLED", "COMPLETED"], ran
+    requeued = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", ran[0]["id"], "-o", "State"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert "REQUEUED" in requeued or len(requeued) >= 2, requeued
+    assert "resumed from" in lm_log.read_text(), lm_log.read_text()[-3000:]

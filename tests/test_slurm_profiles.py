@@ -253,5 +253,6 @@ def test_the_paper_plan_on_2x8_prints_every_layout_and_bundles_short_jobs(tmp_pa
     submitted = sum(single.values()) + sum(groups.values())
     # each benchmark set's units chain (extract, gather, dedup, score / ABX) and each ABX-on-features pair is one job
     assert groups["benchmark_units"] and groups["features"], groups
+    assert set(groups) <= {"benchmark_units", "features", "codebook_probs"}, groups  # test_slurm.GROUPS reads them
     assert not {"score_lm", "eval_abx_features", "eval_abx_units"} & set(single), single
     assert submitted < jobs / 2, (submitted, jobs, single, groups)
