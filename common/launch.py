@@ -138,6 +138,29 @@ def check_driver(driver: str | None, cuda: str | None) -> None:
             "slurm/README.md), or install a torch built for the CUDA the driver supports (nvidia-smi shows it)")
 
 
+def requeue_if_preempted(job_id: str) -> bool:
+    """Put this job back in the queue when SLURM is preempting it (its PreemptTime is set), and say so.
+
+    The executor plugin (2.8) keeps polling a job whose final state is PREEMPTED as if it still ran, so on a cluster
+    with PreemptMode=CANCEL the workflow would wait forever. Requeued instead (the profile submits with --requeue),
+    the same job id runs again and resumes from work/; PreemptMode=REQUEUE does this by itself. A time limit or
+    scancel sets no PreemptTime: those end CANCELLED / TIMEOUT, which the plugin reports and Snakemake retries.
+    """
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    match = re.search(r"\bPreemptTime=(\S+)", shown.stdout)
+    if match is None or match.group(1) in ("None", "Unknown"):
+        return False
+    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"common.launch: warning: SLURM job {job_id} is being preempted and `scontrol requeue` failed "
+              f"({(done.stderr or done.stdout).strip()}): it ends PREEMPTED, which the executor plugin does not "
+              "report; restart Snakemake if it waits on it (slurm/README.md)", file=sys.stderr)
+        return False
+    print(f"common.launch: SLURM job {job_id} is being preempted (PreemptTime={match.group(1)}): requeued it; it "
+          "resumes from the work directory when it runs again", file=sys.stderr)
+    return True
+
+
 def job_start() -> None:
     """Print the job header to stderr (the rule's log) and refuse a GPU node whose driver is too old for torch's
     CUDA; only in jobs the workflow runs (JOB_HEADER_ENV), once per job (not in torchrun's workers)."""
@@ -325,6 +348,8 @@ def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -
     relay.start()
     code = proc.wait()
     relay.join(timeout=10)
+    if received and job_id is not None:
+        requeue_if_preempted(job_id)
     due = received or (deadline is not None and time.monotonic() >= deadline)
     if code != 0 and due:
         why = ", ".join(received) if received else "the stop before the time limit"

@@ -71,3 +71,35 @@ def test_the_launcher_refuses_a_gpu_job_on_a_driver_too_old(monkeypatch: pytest.
     monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun started"))
     assert launch.main(["--gpus", "2", "lm.train", "--config", "{}"]) == 2
     assert "common.launch: error: NVIDIA driver 470.82.01" in capsys.readouterr().err
+
+
+def _fake_scontrol(bin_dir: Path, preempt_time: str, requeue_rc: int = 0) -> Path:
+    """An scontrol that shows a job with the given PreemptTime and records `scontrol requeue` calls."""
+    bin_dir.mkdir()
+    calls = bin_dir / "calls"
+    (bin_dir / "scontrol").write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        f'if [ "$1" = show ]; then echo "JobId=$3 JobName=x"; echo "   PreemptEligibleTime=2026-12-06T12:00:00 '
+        f'PreemptTime={preempt_time}"; fi\n'
+        f'if [ "$1" = requeue ]; then echo "requeue refused" >&2; exit {requeue_rc}; fi\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize(("preempt_time", "requeue_rc", "requeued", "says"), [
+    ("2026-12-06T12:30:00", 0, True, "is being preempted (PreemptTime=2026-12-06T12:30:00): requeued it"),
+    ("2026-12-06T12:30:00", 1, False, "`scontrol requeue` failed (requeue refused): it ends PREEMPTED"),
+    ("None", 0, False, None),  # a time limit or scancel: the plugin reports those, Snakemake retries
+])
+def test_a_preempted_training_job_requeues_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture, preempt_time: str, requeue_rc: int,
+                                                  requeued: bool, says: str | None) -> None:
+    from common.launch import requeue_if_preempted
+
+    calls = _fake_scontrol(tmp_path / "bin", preempt_time, requeue_rc)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert requeue_if_preempted("4242") is requeued
+    assert ("requeue 4242" in calls.read_text()) == (preempt_time != "None")
+    err = capsys.readouterr().err
+    assert (says in err) if says else err == ""
