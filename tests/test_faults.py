@@ -728,8 +728,10 @@ AS_MAIN: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("data.manifest, duplicate stems", lambda t: ["data.manifest", str(manifest_file(t).parent / "dup"),
                                                    str(t / "m.tsv"), "--config", '{"ids": "stem"}'],
      r"dup: 1 utterance id\(s\) name several files"),
-    ("eval.submission, no part", lambda t: ["eval.submission", "--parts", str(t / "nothing"), "--out",
-                                            str(t / "sub"), "--config", '{"train_set": "x"}'], r"."),
+    ("eval.submission, an empty part", lambda t: ["eval.submission", "--parts", str(t / "empty"), "--out",
+                                                  str(t / "sub"), "--config",
+                                                  '{"train_set": "x", "description": "d"}'],
+     r"empty: part holds no task file"),
 ]
 
 
