@@ -53,6 +53,10 @@ ROW_TITLES = {"set": "Set", "encoder": "Encoder", "units": "Units", "quantizer":
 SEED_KEYS = ("seed", "kmeans_seed")
 
 
+class ReportError(ValueError):
+    """Metrics that cannot be assembled into one report (no metric, conflicting values, unknown experiment)."""
+
+
 @dataclass(frozen=True)
 class Column:
     metric: str
@@ -64,6 +68,8 @@ class Column:
 COLUMNS = (
     Column("abx_triphone_within_speaker", "ABX within (%)", 2, lower_is_better=True),
     Column("abx_triphone_across_speaker", "ABX across (%)", 2, lower_is_better=True),
+    Column("abx_phoneme_within_context_within_speaker", "Phoneme ABX within (%)", 2, lower_is_better=True),
+    Column("abx_phoneme_within_context_across_speaker", "Phoneme ABX across (%)", 2, lower_is_better=True),
     Column("pnmi", "PNMI", 3),
     Column("swuggy_all", "sWUGGY all", 2),
     Column("swuggy_in_vocab", "sWUGGY in-vocab", 2),
@@ -115,7 +121,7 @@ def long_table(paths: Sequence[str | Path]) -> pd.DataFrame:
                          "code_version": (doc.get("provenance") or {}).get("code_version"), "source": str(path),
                          "has_lm": doc["labels"].get("lm") is not None})
     if not rows:
-        raise ValueError("no metric in the given files")
+        raise ReportError("no metric in the given files")
     return _as_objects(pd.DataFrame(rows), rows, (*LABEL_KEYS, "items"))
 
 
@@ -145,8 +151,8 @@ def _cell(metric: str, key: tuple, draws: dict[tuple, dict]) -> dict[str, Any]:
     recs = [draws[d] for d in sorted(draws, key=_sort_key)]
     conventions = {r["conventions"] for r in recs}
     if len(conventions) > 1:
-        raise ValueError(f"seed draws of {metric} for {dict(zip(ROW_KEYS, key, strict=True))} were computed with "
-                         f"different conventions: {sorted(conventions)} (in {[r['source'] for r in recs]})")
+        raise ReportError(f"seed draws of {metric} for {dict(zip(ROW_KEYS, key, strict=True))} were computed with "
+                          f"different conventions: {sorted(conventions)} (in {[r['source'] for r in recs]})")
     if len(recs) == 1:
         r = recs[0]
         return {"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "std": None, "draws": 1,
@@ -180,9 +186,9 @@ def assemble(long: pd.DataFrame) -> pd.DataFrame:
         old = draws.get(_draw(rec))
         if old is not None and old["source"] != rec["source"] and old["value"] != rec["value"]:
             seeds = {k: v for k, v in zip(SEED_KEYS, _draw(rec), strict=True) if v is not None}
-            raise ValueError(f"two values for {rec['metric']} of {dict(zip(ROW_KEYS, key, strict=True))}"
-                             f"{f' {seeds}' if seeds else ''}: {old['value']} in {old['source']} and "
-                             f"{rec['value']} in {rec['source']}")
+            raise ReportError(f"two values for {rec['metric']} of {dict(zip(ROW_KEYS, key, strict=True))}"
+                              f"{f' {seeds}' if seeds else ''}: {old['value']} in {old['source']} and "
+                              f"{rec['value']} in {rec['source']}")
         draws[_draw(rec)] = rec
         if rec["experiment"] is not None:
             experiments.setdefault(key, set()).add(str(rec["experiment"]))
@@ -356,7 +362,7 @@ def compare(wide: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
         hit = wide[wide["experiment"].map(lambda e: e is not None and name in str(e).split(", "))]
         if hit.empty:
             known = sorted({n for e in wide["experiment"].dropna() for n in str(e).split(", ")})
-            raise ValueError(f"--compare: no experiment named {name!r} in the report; known: {known}")
+            raise ReportError(f"--compare: no experiment named {name!r} in the report; known: {known}")
         return hit
 
     ra, rb = rows_of(a), rows_of(b)
@@ -373,8 +379,8 @@ def compare(wide: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                             "value_a": 100 * test.mean_a, "value_b": 100 * test.mean_b,
                             "difference": 100 * test.difference, "p_value": test.p_value, "test": test.method})
     if not out:
-        raise ValueError(f"--compare {a} {b}: no accuracy with per-item scores in both (paired tests need the "
-                         "sWUGGY / sBLIMP / tSC / sSC metrics files of both experiments on the same set)")
+        raise ReportError(f"--compare {a} {b}: no accuracy with per-item scores in both (paired tests need the "
+                          "sWUGGY / sBLIMP / tSC / sSC metrics files of both experiments on the same set)")
     return pd.DataFrame(out)
 
 
@@ -543,6 +549,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path,
     long = long_table(paths)
     wide = assemble(long)
     notes: list[str] = []
+    for path in paths:  # what the evaluations warned about (collapsed units, LMs over many epochs, dropped items)
+        for warning in (read_metrics(path).get("details") or {}).get("warnings") or []:
+            notes += [] if warning in notes else [warning]
     tables, schema_notes = published_tables(wide, published_names or PublishedNames())
     write_schema(tables, out / SCHEMA_DIR)
     notes += schema_notes
@@ -619,25 +628,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --metrics: paired tests of two experiments over the same items, per accuracy "
                              "(printed; with --out also written to REPORT_DIR/compare_EXP_A_EXP_B.csv)")
     args = parser.parse_args(argv)
-    try:
-        if args.print_dir is not None:
-            print(print_report(args.print_dir), end="")
-            return
-        if args.compare is not None:
-            result = compare(assemble(long_table(args.metrics)), *args.compare)
-            if args.out is not None:
-                atomic_write_text(args.out / f"compare_{args.compare[0]}_{args.compare[1]}.csv",
-                                  result.to_csv(index=False))
-            for r in result.itertuples():
-                print(f"{r.set} {r.metric}: {r.a} {r.value_a:.2f} vs {r.b} {r.value_b:.2f} (difference "
-                      f"{r.difference:+.2f} over {r.n} items), p = {r.p_value:.4g} ({r.test})")
-            return
-        if args.out is None:
-            parser.error("--metrics needs --out REPORT_DIR")
-        names = PublishedNames.from_json(args.published_names) if args.published_names is not None else None
-        index = build_report(args.metrics, args.out, names)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    if args.print_dir is not None:
+        print(print_report(args.print_dir), end="")
+        return
+    if args.compare is not None:
+        result = compare(assemble(long_table(args.metrics)), *args.compare)
+        if args.out is not None:
+            atomic_write_text(args.out / f"compare_{args.compare[0]}_{args.compare[1]}.csv",
+                              result.to_csv(index=False))
+        for r in result.itertuples():
+            print(f"{r.set} {r.metric}: {r.a} {r.value_a:.2f} vs {r.b} {r.value_b:.2f} (difference "
+                  f"{r.difference:+.2f} over {r.n} items), p = {r.p_value:.4g} ({r.test})")
+        return
+    if args.out is None:
+        parser.error("--metrics needs --out REPORT_DIR")
+    names = PublishedNames.from_json(args.published_names) if args.published_names is not None else None
+    index = build_report(args.metrics, args.out, names)
     for note in index["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(f"report: {index['rows']} row(s) -> {args.out}")
