@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from common.config import ConfigError, field, load
 
-# The architecture presets of lm/model.py (tests/test_lm_config.py checks that the two lists agree); named here so
+# The architecture presets of lm/model.py (tests/test_config.py checks that the two lists agree); named here so
 # that the workflow checks a preset without importing transformers.
 Preset = Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"]
 PRESET_NAMES = typing.get_args(Preset)

@@ -196,7 +196,7 @@ def test_lm_train_config_rejects_the_probes() -> None:
 def test_spidr_train_config_rejects_the_probes(tmp_path: Path, config: dict, message: str) -> None:
     from spidr.train import main
 
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ConfigError, match=message):
         main(["--manifest", "m.tsv", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "c.pt"),
               "--config", json.dumps(config)])
 

@@ -44,8 +44,7 @@ EVAL = pipeline.eval_config(config)
 SHARDING = pipeline.sharding(config)
 # Every benchmark evaluated in this run; the first is also where the pretraining's learning curves are measured.
 BENCH = EVAL.benchmarks[0]
-LM_TASKS = ["lexical", "syntactic", "sSC", "tSC"]
-BENCH_SETS = [*LM_TASKS, "abx"]
+BENCH_SETS = [*pipeline.LM_TASKS, "abx"]
 
 
 wildcard_constraints:
@@ -55,7 +54,7 @@ wildcard_constraints:
     units="|".join(UNITS),
     lm="|".join(LMS),
     experiment="|".join(EXPERIMENTS),
-    lmtask="|".join(LM_TASKS),
+    lmtask="|".join(pipeline.LM_TASKS),
     benchset="|".join(BENCH_SETS),
     abxkind="triphone|phoneme",
     layer=r"\d+",
