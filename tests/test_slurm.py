@@ -101,7 +101,7 @@ def _jobs(log: str, local: bool = False) -> Counter:
 
 
 # The workflow's `group:` names (workflow/rules/*.smk): jobs bundled into one SLURM job each.
-GROUPS = ("benchmark_units", "features", "codebook_probs")
+GROUPS = ("benchmark_units",)
 
 
 def _submissions(log: str) -> Counter:

@@ -70,8 +70,6 @@ rule eval_abx_units:
         "results/eval/units/{units}/{benchmark}/abx_{abxkind}.json",
     log:
         "logs/eval_abx_units/{units}/{benchmark}/{abxkind}.log",
-    group:
-        benchmark_group
     params:
         job=abx_units_json,
     shell:
@@ -87,8 +85,6 @@ rule eval_abx_features:
         "results/eval/features/{encoder}/L{layer}/{benchmark}/abx_{abxkind}.json",
     log:
         "logs/eval_abx_features/{encoder}/L{layer}/{benchmark}/{abxkind}.log",
-    group:
-        "features"
     params:
         job=abx_features_json,
         features=lambda wc, input: os.path.dirname(input.features),
@@ -109,8 +105,6 @@ rule extract_codebook_probs:
         "logs/extract_codebook_probs/{encoder}/L{layer}/{benchmark}.log",
     benchmark:
         "logs/benchmarks/extract_codebook_probs/{encoder}/L{layer}/{benchmark}.tsv"
-    group:
-        "codebook_probs"
     threads: 2
     resources:
         gpu=0,
@@ -131,8 +125,6 @@ rule eval_abx_codebook_probs:
         "results/eval/codebook_probs/{encoder}/L{layer}/{benchmark}/abx_{abxkind}.json",
     log:
         "logs/eval_abx_codebook_probs/{encoder}/L{layer}/{benchmark}/{abxkind}.log",
-    group:
-        "codebook_probs"
     params:
         job=abx_features_json,
         features=lambda wc, input: os.path.dirname(input.features),
@@ -149,8 +141,6 @@ rule eval_unit_quality:
         "results/eval/units/{units}/{benchmark}/unit_quality.json",
     log:
         "logs/eval_unit_quality/{units}/{benchmark}.log",
-    group:
-        lambda wc: None if pipeline.benchmark_tasks(config, wc.benchmark).get("pooled") else benchmark_group(wc)
     params:
         job=unit_quality_json,
     shell:

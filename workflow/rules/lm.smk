@@ -60,9 +60,6 @@ rule score_lm:
         conventions="results/lm/{units}/{lm}/scores/{benchmark}-{lmtask}.tsv.json",
     log:
         "logs/score_lm/{units}/{lm}/{benchmark}-{lmtask}.log",
-    # with its benchmark set's extraction (units.smk): a few minutes of GPU, one SLURM job per set
-    group:
-        benchmark_group
     threads: 2
     resources:
         gpu=0,

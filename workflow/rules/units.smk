@@ -6,11 +6,11 @@ pipeline.config): encoder spec, layer, quantizer, k-means fit, extraction settin
 
 
 def benchmark_group(wildcards):
-    """`group:` of a benchmark set's units jobs: its extraction, gather, dedup and unit evaluations run as one SLURM
-    job (a chain of minutes, hundreds of them in the paper DAG); a training corpus's jobs stay separate (hours each).
+    """`group:` of a benchmark set's units chain: its one extraction shard, gather and dedup run one after the other as
+    one SLURM job (minutes, hundreds of them in the paper DAG); a training corpus's jobs stay separate (hours each).
+    Only chains: jobs side by side in a group would add up their CPUs, memory and GPUs into one allocation.
     """
-    dataset = wildcards.get("dataset", f"{wildcards.get('benchmark', '')}-abx")
-    return None if dataset.startswith("corpus-") else "benchmark_units"
+    return None if wildcards.dataset.startswith("corpus-") else "benchmark_units"
 
 
 rule fit_kmeans:
@@ -97,8 +97,6 @@ rule extract_features:
         "logs/extract_features/{encoder}/L{layer}/{benchmark}.log",
     benchmark:
         "logs/benchmarks/extract_features/{encoder}/L{layer}/{benchmark}.tsv"
-    group:
-        "features"
     threads: 2
     resources:
         gpu=0,
