@@ -7,6 +7,14 @@ from typing import Any, Literal
 
 from common.config import ConfigError, field, load
 
+# The generated demo's evaluation sets, as a benchmark entry's keys -> paths relative to the demo folder: data.demo
+# writes them there, the workflow reads them (a `demo` benchmark is this `paths` entry under resources/demo).
+DEMO_BENCHMARKS: dict[str, dict[str, str]] = {
+    "dev": {"lexical": "sLM21/lexical/dev", "syntactic": "sLM21/syntactic/dev", "sSC": "storycloze/sSC",
+            "tSC": "storycloze/tSC", "abx_manifest": "dev/manifest.tsv", "triphone_item": "dev/triphone.item",
+            "phoneme_item": "dev/phoneme.item", "phones": "dev/phones_100hz.jsonl"},
+    "test": {"lexical": "sLM21/lexical/test", "syntactic": "sLM21/syntactic/test"},
+}
 VOICES = ("slt", "awb", "rms", "kal16")  # flite's 16 kHz voices (CMU ARCTIC recordings)
 Voice = Literal["slt", "awb", "rms", "kal16"]
 

@@ -40,8 +40,10 @@ import soundfile as sf
 from common.config import loads
 from common.io import atomic_write_json, atomic_write_text, provenance
 from data.audio import SAMPLE_RATE, write_wav
-from data.config import DemoConfig
+from data.config import DEMO_BENCHMARKS, DemoConfig
 from data.manifest import write_manifest, write_table
+
+DEV, TEST = DEMO_BENCHMARKS["dev"], DEMO_BENCHMARKS["test"]  # where each evaluation set is written
 
 # flite's example texts; TEXTLESS_FLITE_EXAMPLES points elsewhere when flite is unpacked outside /usr
 # (scripts/gpu_quick.sh on a machine without the Debian package).
@@ -418,17 +420,17 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
     lexicon = pronounce(all_words)
     known = {tuple(p) for p in lexicon.values()}
     candidates = [w for w in all_words if 3 <= len(lexicon[w]) <= 8 and len(w) >= 3]
-    jobs["lexical"], lex_rows, dev_words = lexical_split(out / "sLM21/lexical/dev", candidates, lexicon, known,
+    jobs["lexical"], lex_rows, dev_words = lexical_split(out / DEV["lexical"], candidates, lexicon, known,
                                                          counts, cfg, rng, stream=3)
     seen_pairs: set[tuple[str, str]] = set()
-    jobs["syntactic"], syn_rows = syntactic_split(out / "sLM21/syntactic/dev", seen_pairs, cfg, rng, stream=4)
+    jobs["syntactic"], syn_rows = syntactic_split(out / DEV["syntactic"], seen_pairs, cfg, rng, stream=4)
     # The sLM21 test split: its own words and sentence pairs, disjoint from dev's, drawn from a generator of its
     # own so that every other file of the corpus is the same as without it (zrc validates dev and test together).
     test_rng = np.random.default_rng([cfg.seed, 6])
     jobs["lexical_test"], lex_test_rows, _ = lexical_split(
-        out / "sLM21/lexical/test", [w for w in candidates if w not in set(dev_words)], lexicon, known, counts, cfg,
+        out / TEST["lexical"], [w for w in candidates if w not in set(dev_words)], lexicon, known, counts, cfg,
         test_rng, stream=6)
-    jobs["syntactic_test"], syn_test_rows = syntactic_split(out / "sLM21/syntactic/test", seen_pairs, cfg, test_rng,
+    jobs["syntactic_test"], syn_test_rows = syntactic_split(out / TEST["syntactic"], seen_pairs, cfg, test_rng,
                                                             stream=7)
 
     # StoryCloze: one voice per story, the same jitter for both endings so only the content differs.
@@ -439,7 +441,7 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
         random_ending = held_out[s % len(held_out)] if held_out else sentences[dev_idx[0]] + "."
         for task, negative in (("sSC", wrong), ("tSC", random_ending)):
             for k, (label, ending) in enumerate((("correct", right), ("incorrect", negative))):
-                path = out / "storycloze" / task / f"{2 * s + k}_story{s:03d}_{label}.wav"
+                path = out / DEV[task] / f"{2 * s + k}_story{s:03d}_{label}.wav"
                 jobs[task].append(Utterance(path, voice, " ".join([*context, ending]), (cfg.seed, 5, s)))
 
     all_jobs = [u for group in jobs.values() for u in group]
@@ -459,14 +461,14 @@ def generate(out: str | Path, cfg: DemoConfig, threads: int = 2) -> dict:
         phoneme += p
         labels.append(json.dumps({"id": u.path.stem, "phones": frame_labels(u.segments, u.num_samples)}) + "\n")
         alignment += [(u.path.stem, round(on, 4), round(off, 4), ph) for ph, on, off in u.segments]
-    write_item_file(triphone, out / "dev/triphone.item")
-    write_item_file(phoneme, out / "dev/phoneme.item")
-    atomic_write_text(out / "dev/phones_100hz.jsonl", "".join(labels))
+    write_item_file(triphone, out / DEV["triphone_item"])
+    write_item_file(phoneme, out / DEV["phoneme_item"])
+    atomic_write_text(out / DEV["phones"], "".join(labels))
     write_table(pd.DataFrame(alignment, columns=["id", "onset", "offset", "phone"]), out / "dev/alignment.tsv")
-    pd.DataFrame(lex_rows).to_csv(out / "sLM21/lexical/dev/gold.csv", index=False)
-    pd.DataFrame(syn_rows).to_csv(out / "sLM21/syntactic/dev/gold.csv", index=False)
-    pd.DataFrame(lex_test_rows).to_csv(out / "sLM21/lexical/test/gold.csv", index=False)
-    pd.DataFrame(syn_test_rows).to_csv(out / "sLM21/syntactic/test/gold.csv", index=False)
+    pd.DataFrame(lex_rows).to_csv(out / DEV["lexical"] / "gold.csv", index=False)
+    pd.DataFrame(syn_rows).to_csv(out / DEV["syntactic"] / "gold.csv", index=False)
+    pd.DataFrame(lex_test_rows).to_csv(out / TEST["lexical"] / "gold.csv", index=False)
+    pd.DataFrame(syn_test_rows).to_csv(out / TEST["syntactic"] / "gold.csv", index=False)
 
     hours = {k: sum(u.num_samples for u in v) / SAMPLE_RATE / 3600 for k, v in jobs.items()}
     info = {"counts": {k: len(v) for k, v in jobs.items()}, "hours": hours, "abx_items": len(triphone),

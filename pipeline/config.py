@@ -3,8 +3,10 @@
 The JSON schema (workflow/schemas/config.schema.yaml) fixes the structure (sections, named entries, sources);
 the stage dataclasses own every default and range (common.config.load names the key and what was expected);
 this module checks what neither can: names that must be defined, layers the encoder has, codebook heads. It
-also builds the one `--config` JSON of each units and eval job, so the rules only plumb it through. No torch:
-Snakemake imports this while it parses the workflow, and `snakemake -n` must stay fast.
+also builds the one `--config` of every job (a resolved dataclass, `common.config.dumps` in the rules), so the
+rules only plumb it through. The functions below take the config with its grids expanded (`grids.expand_grids`,
+which the workflow does once, up front). No torch: Snakemake imports this while it parses the workflow, and
+`snakemake -n` must stay fast.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import ConfigError, load
-from data.config import DemoConfig, ManifestConfig, SubsetConfig
+from data.config import DEMO_BENCHMARKS, DemoConfig, ManifestConfig, SubsetConfig
 from eval.config import EvalConfig, Experiment
 from eval.submission import SubmissionJob, SubmissionMeta
 from lm.config import TrainConfig as LMTrainConfig
@@ -67,8 +69,6 @@ UNITS_EVAL_KEYS = ("abx_codebook_probs",)
 
 def units_config(config: dict[str, Any], name: str) -> UnitsConfig:
     """The `--config` of every job of units entry `name` (k-means fit, extraction, dedup, its evaluations)."""
-    if name not in config["units"]:
-        config = grids.expand_grids(config)  # an entry of a grid (the workflow expands them once, up front)
     entry = {k: v for k, v in config["units"][name].items() if k not in UNITS_EVAL_KEYS}
     entry["encoder"] = encoder_spec(config, entry["encoder"])
     values = {**entry, "name": name, "encoder_name": config["units"][name]["encoder"],
@@ -85,8 +85,6 @@ def features_config(config: dict[str, Any], encoder: str, layer: int) -> UnitsCo
 
 def experiment(config: dict[str, Any], name: str, eval_set: str | None = None) -> Experiment:
     """What an experiment's LM-task jobs evaluate, with its labels (seed draws of a grid row: pipeline.grids)."""
-    if name not in config["experiments"]:
-        config = grids.expand_grids(config)
     exp = config["experiments"][name]
     draws = grids.draw_labels(config)[0].get(name, {})
     return Experiment(units=units_config(config, exp["units"]), name=name, lm=exp.get("lm"), eval_set=eval_set,
@@ -113,15 +111,14 @@ ABX_KINDS = ("triphone", "phoneme")
 def benchmark_tasks(config: dict[str, Any], name: str) -> dict[str, tuple[str, ...]]:
     """What a benchmark entry evaluates: {"lm": LM tasks, "abx": item kinds, "unit_quality": (), "pooled": parts}.
 
-    The demo has every set; a `paths` entry has the sets whose files it names (sLM21 dev and test are two entries);
-    a `pooled` entry is only the unit quality (PNMI) over the ABX audio of the entries it names, together.
+    A `paths` entry (or the demo's, data.config.DEMO_BENCHMARKS) has the sets whose files it names (sLM21 dev and
+    test are two entries); a `pooled` entry is only the unit quality (PNMI) over the ABX audio of the entries it
+    names, together.
     """
     bench = config["benchmarks"][name]
     if bench["source"] == "demo":
-        if bench.get("set", "dev") == "test":
-            return {"lm": ("lexical", "syntactic")}
-        return {"lm": LM_TASKS, "abx": ABX_KINDS, "unit_quality": ()}
-    if bench["source"] == "pooled":
+        bench = DEMO_BENCHMARKS[bench.get("set", "dev")]
+    elif bench["source"] == "pooled":
         return {"unit_quality": (), "pooled": tuple(bench["of"])}
     tasks: dict[str, tuple[str, ...]] = {}
     if any(task in bench for task in LM_TASKS):
@@ -145,8 +142,6 @@ def submission_meta(config: dict[str, Any]) -> SubmissionMeta:
 
 def train_set(config: dict[str, Any], name: str) -> str:
     """meta.yaml's train_set of an LM experiment: the corpora its encoder, k-means and LM were trained on."""
-    if name not in config["experiments"]:
-        config = grids.expand_grids(config)
     exp = config["experiments"][name]
     units = units_config(config, exp["units"])
     enc = config["encoders"][units.encoder_name]

@@ -11,7 +11,7 @@ import pipeline.config as pipeline
 from pipeline.checks import check_names
 from pipeline.data_root import resolve as resolve_data_root
 from common.config import dumps
-from data.config import ManifestConfig
+from data.config import DEMO_BENCHMARKS, ManifestConfig
 from eval.config import AbxJob, Experiment, ScoresJob, UnitQualityJob
 from lm.config import ScoreConfig
 
@@ -93,22 +93,8 @@ def corpus_manifest(name):
 def benchmark_layout(name):
     """Where each evaluation set of a benchmark lives (official layouts); the demo's are generated."""
     bench = config["benchmarks"][name]
-    if bench["source"] == "demo" and bench.get("set", "dev") == "test":
-        return {
-            "lexical": f"{DEMO}/sLM21/lexical/test",
-            "syntactic": f"{DEMO}/sLM21/syntactic/test",
-        }
     if bench["source"] == "demo":
-        return {
-            "lexical": f"{DEMO}/sLM21/lexical/dev",
-            "syntactic": f"{DEMO}/sLM21/syntactic/dev",
-            "sSC": f"{DEMO}/storycloze/sSC",
-            "tSC": f"{DEMO}/storycloze/tSC",
-            "abx_manifest": f"{DEMO}/dev/manifest.tsv",
-            "triphone_item": f"{DEMO}/dev/triphone.item",
-            "phoneme_item": f"{DEMO}/dev/phoneme.item",
-            "phones": f"{DEMO}/dev/phones_100hz.jsonl",
-        }
+        return {key: f"{DEMO}/{path}" for key, path in DEMO_BENCHMARKS[bench.get("set", "dev")].items()}
     return {key: value for key, value in bench.items() if key != "source"}
 
 
