@@ -5,11 +5,14 @@ also in the published long format (published_schema/), and ours beside the publi
 
 import json
 
+from eval.published import TABLE_NAMES
 from pipeline.published import published_names
 
 # Our names in the published tables' spelling (report.published_names), checked while the workflow parses.
 PUBLISHED_NAMES = json.dumps(published_names(config).to_dict(), sort_keys=True)
 PUBLISHED = (config.get("report") or {}).get("published")
+# Each table in the published long format, and our intervals beside it (what eval.published compares).
+SCHEMA_FILES = [f"results/report/published_schema/{t}{part}.csv" for t in TABLE_NAMES for part in ("", ".intervals")]
 
 
 rule report:
@@ -23,7 +26,7 @@ rule report:
         summary="results/report/report.json",
         by_layer=report("results/report/metric_vs_layer.png", category="Plots"),
         correlations=report("results/report/correlations.png", category="Plots"),
-        schema=directory("results/report/published_schema"),
+        schema=SCHEMA_FILES,
     log:
         "logs/report.log",
     localrule: True
@@ -41,7 +44,7 @@ def published_targets():
 rule published:
     """Ours beside the published results (report.published: e.g. a checkout's facebookresearch/spidr paper/results)."""
     input:
-        ours="results/report/published_schema",
+        ours=rules.report.output.schema,
         published=PUBLISHED or [],
     output:
         md=report("results/published/comparison.md", category="Published"),
