@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export OMP_NUM_THREADS ?= 1
 CORES ?= all
 
-.PHONY: demo test test-fast setup system-deps test-deps lint dag clean rehearsal-plan
+.PHONY: demo test test-fast setup system-deps test-deps lint dag clean rehearsal-plan rehearsal
 
 # The stamp below skips the install once done; the drift check runs every time (a package upgraded by hand would
 # make this machine format, lint or compute differently from a fresh clone).
@@ -53,10 +53,15 @@ test-fast: setup system-deps
 REHEARSAL ?= resources/rehearsal
 rehearsal-plan: setup $(REHEARSAL)/data/info.json
 	mkdir -p $(REHEARSAL)/plan
-	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(CURDIR)/$(REHEARSAL)/data/huggingface/hub \
+	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(abspath $(REHEARSAL))/data/huggingface/hub \
 	SBATCH_ACCOUNT=$${SBATCH_ACCOUNT:-rehearsal} SBATCH_PARTITION=$${SBATCH_PARTITION:-gpu} \
 	$(BIN)/snakemake --profile slurm --workflow-profile slurm/profiles/2x8 --directory $(REHEARSAL)/plan \
-	    --configfile configs/paper.yaml --replace-workflow-config --config data_root=$(CURDIR)/$(REHEARSAL)/data -n all
+	    --configfile configs/paper.yaml --replace-workflow-config --config data_root=$(abspath $(REHEARSAL))/data -n all
+
+# The rehearsal itself: configs/paper.yaml + configs/rehearsal.yaml through slurm/profiles/2x8 on the local two-node
+# SLURM cluster (stand-in GPUs), reruns after hyperparameter changes, a requeued job and one at its time limit.
+rehearsal: setup test-deps
+	TEXTLESS_STRICT=1 TEXTLESS_REHEARSAL=1 $(BIN)/pytest -m slow tests/test_rehearsal.py -k local_cluster -s
 
 $(REHEARSAL)/data/info.json: data/rehearsal.py data/demo.py
 	$(BIN)/python -m data.rehearsal --out $(REHEARSAL)/data

@@ -38,8 +38,11 @@ def skip_reason() -> str | None:
 
 
 def run_script(command: str, state: Path) -> None:
+    # 8 CPUs per node whatever the host has (a bundled group job asks for the sum of its jobs' threads), and 8
+    # stand-in GPUs: slurm/profiles/2x8 runs as written, its trainers at the paper's world sizes (CPU processes).
+    env = {"LOCAL_SLURM_CPUS": "8", "LOCAL_SLURM_GPUS": "8", **os.environ, "PATH": SYSTEM_PATH}
     out = subprocess.run(["bash", str(CLUSTER_SCRIPT), command, str(state)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PATH": SYSTEM_PATH})
+                         timeout=300, env=env)
     if out.returncode != 0:
         pytest.fail(f"local_cluster.sh {command} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
 

@@ -257,19 +257,19 @@ def test_rehearsal_plan_of_the_paper_recipe_on_2x8_is_clean(rehearsal_dir: Path)
 # The rehearsal on the local two-node SLURM cluster (slow)
 
 ACCOUNT, PARTITION = "ci", "cpu"
-LOCAL_GPUS = 2  # stand-in GPUs per node of scripts/slurm/local_cluster.sh
+LOCAL_GPUS = 8  # stand-in GPUs per node of the local cluster (tests/slurm_cluster.py)
 # Guards against a hung status query (the plugin can wait forever): far above the expected durations.
 RUN_TIMEOUT_S = 2400
 POLL = ("--slurm-init-seconds-before-status-checks", "2")
 
 
 def local_profile(repo: Path, node_mem_mb: int) -> Path:
-    """slurm/profiles/2x8 as this cluster can hold it: gres counts and GPUs capped at its 2 stand-in GPUs per node,
-    memory at a quarter of a node; everything else (nodes, tasks, mpi, runtimes, expressions) as in the profile."""
+    """slurm/profiles/2x8 as this cluster can hold it: memory at most 1/16 of a node (GPU counts capped at its
+    stand-in GPUs, 8 per node: none is); the rest (nodes, gres, tasks, mpi, runtimes, expressions) as written."""
     profile = yaml.safe_load(PROFILE_2X8.read_text())
     for resources in profile["set-resources"].values():
         if isinstance(resources.get("mem_mb"), int):
-            resources["mem_mb"] = min(resources["mem_mb"], node_mem_mb // 4)
+            resources["mem_mb"] = min(resources["mem_mb"], node_mem_mb // 16)
         if resources.get("gres"):
             resources["gres"] = re.sub(r"\d+$", lambda m: str(min(int(m[0]), LOCAL_GPUS)), str(resources["gres"]))
         if isinstance(resources.get("gpu"), int):
@@ -352,7 +352,11 @@ def world_of(provenance: Path) -> int:
     return int(json.loads(provenance.read_text())["training"]["world_size"])
 
 
+# The whole rehearsal DAG is ~1,070 jobs (configs/paper.yaml's grids trimmed to two values each): on 2 cores that is
+# well over an hour, beyond `make test`'s budget, so it runs with `make rehearsal` (TEXTLESS_REHEARSAL=1).
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TEXTLESS_REHEARSAL") != "1",
+                    reason="the rehearsal of the paper DAG takes over an hour on 2 cores: `make rehearsal` runs it")
 def test_rehearsal_of_the_paper_recipe_on_the_local_cluster(slurm_cluster: Path, rehearsal_data: Path,
                                                            tmp_path: Path) -> None:
     repo = repo_copy(tmp_path / "repo")
@@ -372,11 +376,11 @@ def test_rehearsal_of_the_paper_recipe_on_the_local_cluster(slurm_cluster: Path,
     jobs = [j for j in sacct_jobs() if j["id"] not in {b["id"] for b in before}]
     assert jobs and {j["state"] for j in jobs} == {"COMPLETED"}, Counter(j["state"] for j in jobs)
     print(f"rehearsal: {sum(planned.values())} jobs in {len(jobs)} sbatch jobs, {timings['first run']:.0f} s")
-    # Every trainer ran at the world size the profile gives it (2 nodes x 2 stand-in GPUs for pretraining), and
-    # reached the recipe's global batch exactly.
+    # Every trainer ran at the world size the profile gives it (2 nodes x 8 stand-in GPUs for pretraining, as the
+    # paper), and reached the recipe's global batch exactly.
     for encoder in ("spidr_base", "dinosr_base"):
         log_text = (repo / "logs" / "pretrain" / f"{encoder}.log").read_text()
-        assert "global batch: 4 process(es) x 4 accumulation x 8000 samples = 128000 samples" in log_text, encoder
+        assert "global batch: 16 process(es) x 1 accumulation x 8000 samples = 128000 samples" in log_text, encoder
     lm_res = yaml.safe_load((run.profile / "config.yaml").read_text())["set-resources"]["train_lm"]
     lm_world = int(lm_res.get("nodes", 1)) * (int(str(lm_res["gres"]).rsplit(":", 1)[1]) if lm_res.get("gres")
                                                else max(int(lm_res.get("gpu", 0)), 1))
@@ -418,7 +422,7 @@ def test_rehearsal_of_the_paper_recipe_on_the_local_cluster(slurm_cluster: Path,
     attempts = [j for j in sacct_jobs() if j["id"] not in {b["id"] for b in before}
                 and j["comment"].startswith("rule_pretrain")]
     assert len(attempts) >= 2 and attempts[-1]["state"] == "COMPLETED", attempts
-    assert "set aside" in (repo / "logs" / "pretrain" / "dinosr_base.log").read_text()
+    assert "the old work directory is kept as" in (repo / "logs" / "pretrain" / "dinosr_base.log").read_text()
     assert run.planned() == Counter()
 
 

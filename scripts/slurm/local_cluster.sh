@@ -124,8 +124,14 @@ link_etc() { # link STATE_DIR/etc/$1 to /etc/slurm/$1, refusing to replace a rea
 
 write_configs() {
     local node
-    # CPUs and topology exactly as slurmd detects them; RealMemory at 85% so the node is never drained for it.
-    node=$(slurmd -C | head -n1 | sed -E 's/^NodeName=[^ ]+ //; s/ RealMemory=[0-9]+//')
+    # CPUs and topology as slurmd detects them, or LOCAL_SLURM_CPUS per node (more than the host has: jobs of a
+    # paper-sized profile, e.g. a bundled group of 3 one-thread jobs, fit a 2-core test machine; slurmd accepts it
+    # with config_overrides). RealMemory at 85% so the node is never drained for it.
+    if [[ -n "${LOCAL_SLURM_CPUS:-}" ]]; then
+        node="CPUs=$LOCAL_SLURM_CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$LOCAL_SLURM_CPUS ThreadsPerCore=1"
+    else
+        node=$(slurmd -C | head -n1 | sed -E 's/^NodeName=[^ ]+ //; s/ RealMemory=[0-9]+//')
+    fi
     local mem
     mem=$(slurmd -C | head -n1 | sed -E 's/.*RealMemory=([0-9]+).*/\1/')
     mem=$((mem * 85 / 100))
@@ -177,6 +183,7 @@ ReturnToService=2
 MinJobAge=300
 KillWait=5
 MpiDefault=none
+SlurmdParameters=config_overrides
 MailProg=/bin/true
 GresTypes=gpu
 NodeName=$HOST NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT $node RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
