@@ -465,6 +465,7 @@ class Workdir:
         self.resumed_from: Path | None = None  # set by `start`: the own checkpoint resumed, or
         self.origin: Path | None = None  # --init-from's checkpoint
         self._lock: Any = None
+        self._origin_state: dict[str, Any] | None = None
 
     # -- the lock -------------------------------------------------------------------------------------------
 
@@ -512,7 +513,7 @@ class Workdir:
             what = f"resumed from {self.resumed_from} at step {state['step']}"
         elif init_from is not None:
             self.origin = origin_checkpoint(init_from)
-            state = load_checkpoint(self.origin)
+            state = self._origin_state or load_checkpoint(self.origin)
             if "optimizer" not in state:
                 raise ConfigError(f"--init-from {self.origin}: a final checkpoint without optimizer state; give "
                                   "the run's work directory or one of its checkpoints/step_*.pt")
@@ -538,14 +539,14 @@ class Workdir:
         versions = record.get("code_versions") or []
         version = code_version()
         if not versions or versions[-1]["version"] != version:
-            step = int(load_checkpoint(self.latest())["step"]) if self.latest() is not None else 0
+            step = int(self.latest().stem.removeprefix("step_")) if self.latest() is not None else 0
             if versions:
                 note = f"resuming under code {version} (the run so far: {versions[-1]['version']})"
             versions = [*versions, {"version": version, "from_step": step}]
         origin = record.get("init_from")
         if self.latest() is None and init_from is not None:
             checkpoint = origin_checkpoint(init_from)
-            state = load_checkpoint(checkpoint)
+            state = self._origin_state = load_checkpoint(checkpoint)  # read once: `start` uses it on rank 0
             old = state.get("config") or state.get("train_config") or {}
             origin = {"checkpoint": str(checkpoint.resolve()), "step": int(state["step"]),
                       "changed": config_changes(old, config)}
