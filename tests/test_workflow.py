@@ -180,7 +180,9 @@ def test_kmeans_k_reruns_the_fit_not_the_encoder(completed_workdir: Path) -> Non
 
 def test_reordered_yaml_and_gpu_count_rerun_nothing(completed_workdir: Path) -> None:
     assert planned_jobs(completed_workdir, reversed_keys(default_config())) == Counter()
-    gpus = ("--set-resources", "pretrain:gpu=4", "train_lm:gpu=2")
+    # Any GPU rule's GPU count; the training rules keep a world size that reaches the demo recipe's batch (one
+    # process, on CPU here), since any other is refused when the workflow is planned (tests/test_slurm_profiles.py).
+    gpus = ("--set-resources", "pretrain:gpu=0", "train_lm:gpu=0", "quantize:gpu=2", "score_lm:gpu=3")
     assert planned_jobs(completed_workdir, default_config(), *gpus) == Counter()
 
 
