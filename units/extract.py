@@ -319,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "text":
         write_text_units(args.units, args.out)
     else:
-        train = json.loads(args.train_config) if args.train_config else None
+        try:
+            train = json.loads(args.train_config) if args.train_config else None
+        except json.JSONDecodeError as err:
+            raise EncoderConfigError(f"--train-config is not JSON ({err}): {args.train_config!r}") from None
         check_units_config(cfg.encoder, cfg.layer, cfg.quantizer, train_config=train)
         print("ok")
 
