@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,8 @@ def load_audio(path: str | Path, *, convert: bool = True) -> np.ndarray:
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:
+        if not os.path.exists(path):  # soundfile says only "System error." for a file that is gone
+            raise BadAudioError(f"{path}: file not found") from None
         raise BadAudioError(f"{path}: unreadable audio ({err})") from err
     if data.shape[1] != 1:
         if not convert:

@@ -585,7 +585,8 @@ ROUND_3: list[tuple[str, Callable[[Path], Any], type, str, str | None]] = [
      r"triphone\.item: 24 of 36 items fall past the end .*allowed: 2%, eval\.abx\.max_dropped.*utt0 \(20 frames",
      None),
     ("07 a file deleted after its manifest", deleted_after_manifest, Exception,
-     r"utt1\.wav.*restore the file, or rebuild the manifest.*extraction: \{bad_audio: skip\}", "--bad-audio"),
+     r"utt1\.wav: file not found \(utterance spk1/utt1\).*restore the file, or rebuild the manifest"
+     r".*extraction: \{bad_audio: skip\}", "--bad-audio"),
     ("10 CUDA out of memory", oom(torch.OutOfMemoryError(CUDA_OOM)), SystemExit,
      r"^error: out of memory \(CUDA out of memory\. Tried to allocate 20\.00 GiB\): use less memory", None),
     ("10 out of memory in units.extract", oom(torch.OutOfMemoryError(CUDA_OOM), "UNITS"), SystemExit,
