@@ -112,7 +112,8 @@ def make_inputs(path: Path, preset: str, batch: int, item_seconds: float) -> int
     from spidr.model import build_model
 
     samples = int(item_seconds * SAMPLE_RATE)
-    frames = build_model(TrainConfig.from_dict({"kind": "spidr", "preset": preset}).model, teacher=False).frame_count(samples)
+    model_config = TrainConfig.from_dict({"kind": "spidr", "preset": preset}).model
+    frames = build_model(model_config, teacher=False).frame_count(samples)
     gen = torch.Generator().manual_seed(0)
     wavs = torch.randn(batch, samples, generator=gen)
     wavs = (wavs - wavs.mean(1, keepdim=True)) / wavs.std(1, keepdim=True)
