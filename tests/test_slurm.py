@@ -437,7 +437,8 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
     metrics = repo / "work" / "lm" / "mfcc_kmeans" / "tiny" / "metrics.jsonl"
 
     before = _sacct()
-    cmd = ["timeout", "-s", "INT", "-k", "30", str(WORKFLOW_TIMEOUT_S), str(VENV_BIN / "snakemake"), "--profile",
+    timeout_s = WORKFLOW_TIMEOUT_S + 600  # two restarts, one held ~2 minutes by SLURM
+    cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout_s), str(VENV_BIN / "snakemake"), "--profile",
            "slurm", target, *threads, *POLL, *overrides]
     with (tmp_path / "snakemake.log").open("w") as out:
         run = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -446,7 +447,7 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
             #    same job id runs again, the plugin keeps polling it, the trainer resumes.
             job = _running_job("train_lm", metrics, before)
             subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True)
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 600  # SLURM holds a requeued job for ~2 minutes (BeginTime)
             while "resumed from" not in (lm_log.read_text() if lm_log.is_file() else ""):
                 assert time.monotonic() < deadline and run.poll() is None, (tmp_path / "snakemake.log").read_text()
                 time.sleep(2)
@@ -455,17 +456,17 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
             job = _running_job("train_lm", metrics, before)
             time.sleep(5)  # a few steps past the resume
             subprocess.run(["scancel", job], check=True, capture_output=True, text=True)
-            code = run.wait(timeout=WORKFLOW_TIMEOUT_S + 60)
+            code = run.wait(timeout=timeout_s + 60)
         finally:
             if run.poll() is None:
                 run.send_signal(2)
                 run.wait(timeout=60)
     log = (tmp_path / "snakemake.log").read_text()
     assert code == 0, log[-8000:]
-    assert (repo / target / "config.json").is_file() or any((repo / target).iterdir())
+    assert (repo / target / "provenance.json").is_file()
     ran = [job for job in _new_jobs(before) if job["rule"] == "train_lm"]
     # the requeued job kept its id (sacct shows its last run), the cancelled one was replaced by a new job
-    assert [job["state"] for job in ran] == ["CANCELLED", "COMPLETED"], ran
+    assert [job["state"].split()[0] for job in ran] == ["CANCELLED", "COMPLETED"], ran  # "CANCELLED by 0"
     requeued = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", ran[0]["id"], "-o", "State"],
                               capture_output=True, text=True, check=True).stdout.split()
     assert "REQUEUED" in requeued or len(requeued) >= 2, requeued
