@@ -15,6 +15,7 @@ from common.config import ConfigError, field, load
 Preset = Literal["opt-125m", "llama-125m", "slam-qwen2-358m", "tiny-opt", "tiny"]
 PRESET_NAMES = typing.get_args(Preset)
 NORMALISATIONS = ("mean", "sum")
+MANY_EPOCHS = 20  # passes over the training blocks above which lm.train and lm.score warn (a memorised corpus)
 # Attention implementations that keep utterances apart (lm.model.document_attention_mask builds their mask).
 DOCUMENT_MASK_ATTENTION = ("sdpa", "eager", "flex_attention")
 

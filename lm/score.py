@@ -31,13 +31,12 @@ from transformers import AutoModelForCausalLM
 from common.artefacts import ArtefactError, corrupt
 from common.config import loads
 from common.io import atomic_write, atomic_write_json, provenance
-from lm.config import ScoreConfig
+from lm.config import MANY_EPOCHS, ScoreConfig
 from lm.model import UnitVocab, document_causal_mask
 from units.format import iter_units, read_units_meta
 
 PAD_MULTIPLE = 16
 NORMALISATIONS = ("mean", "sum")
-MANY_EPOCHS = 20  # passes over the training blocks above which lm.score warns
 MEMORY_HINT = "lower --batch-size (sequences per batch, default 64; scores do not depend on it)"
 # What makes two units files the same units: an LM trained on one scores only the other when these agree.
 UNITS_IDENTITY = ("encoder", "layer", "quantizer", "vocab_size", "kmeans_sha256")

@@ -51,7 +51,7 @@ from common.runtime import (
     setup_distributed,
     teardown,
 )
-from lm.config import TrainConfig
+from lm.config import MANY_EPOCHS, TrainConfig
 from lm.data import IGNORE_INDEX, LMDataError, PackedBlocks, open_token_arrays, prepare_token_arrays, train_block_ids
 from lm.model import UnitVocab, build_config, build_model, count_parameters, document_attention_mask
 from units.format import read_units_meta
@@ -63,6 +63,8 @@ RESUMABLE_KEYS = ("micro_batch_size", "eval_interval", "eval_minutes", "eval_blo
 BEST_PREFIX = "best-step"
 LAST = "last"
 DIVERGED_ADVICE = "Try a lower lr (and min_lr), a smaller grad_clip or precision fp32."
+MEMORY_HINT = ("lower micro_batch_size (the global batch_size stays, through gradient accumulation), context_length, "
+               "or eval_blocks; or use more GPUs")
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -439,6 +441,10 @@ class LMTrainer:
             write_model_dir(self.raw_model, self.vocab, out, info, best=None if best is None else self.best.path(best))
             print(f"lm.train: wrote {out} after {step} steps ({self.tokens} tokens), valid loss {self.valid_loss}, "
                   f"best {self.best.loss} at step {best}", file=sys.stderr)
+            epochs = self.summary()["epochs"]
+            if epochs > MANY_EPOCHS:
+                print(f"lm.train: warning: {epochs:.0f} passes over {len(self.train_blocks)} training blocks: the LM "
+                      "has probably memorised its corpus (a larger corpus, or fewer steps)", file=sys.stderr)
         self.dist.barrier()
 
 
@@ -488,4 +494,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from common.cli import run_main
 
-    run_main(main)
+    run_main(main, memory_hint=MEMORY_HINT)

@@ -63,6 +63,8 @@ from spidr.schedules import ema_decay_at, lr_at
 Probe = Callable[[DinoSR], dict]
 
 DIVERGED_ADVICE = "Try a lower optim.lr, a smaller optim.clip_norm or precision fp32."
+MEMORY_HINT = ("lower data.batch_samples (audio per GPU and micro-batch; the global batch stays, through gradient "
+               "accumulation) or data.max_samples (the crop length); or use more GPUs")
 
 
 def make_optimizer(model: DinoSR, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -448,4 +450,4 @@ def main(argv: list[str] | None = None, probe: Probe | None = None, entry: str =
 if __name__ == "__main__":
     from common.cli import run_main
 
-    run_main(main)
+    run_main(main, memory_hint=MEMORY_HINT)
