@@ -61,7 +61,7 @@ rehearsal-plan: setup $(REHEARSAL)/data/info.json
 # The rehearsal itself: configs/paper.yaml + configs/rehearsal.yaml through slurm/profiles/2x8 on the local two-node
 # SLURM cluster (stand-in GPUs), reruns after hyperparameter changes, a requeued job and one at its time limit.
 rehearsal: setup test-deps
-	TEXTLESS_STRICT=1 TEXTLESS_REHEARSAL=1 $(BIN)/pytest -m slow tests/test_rehearsal.py -k local_cluster -s
+	TEXTLESS_STRICT=1 TEXTLESS_REHEARSAL=1 $(BIN)/pytest -m slow tests/test_rehearsal.py -k whole_paper_dag -s
 
 $(REHEARSAL)/data/info.json: data/rehearsal.py data/demo.py
 	$(BIN)/python -m data.rehearsal --out $(REHEARSAL)/data
