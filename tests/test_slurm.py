@@ -408,17 +408,17 @@ def test_two_node_training_through_srun_and_a_c10d_rendezvous(slurm_cluster: Pat
 # drain end it), must each end with the workflow finished, nothing hung, the training resumed from work/
 
 
-def _running_job(rule: str, metrics: Path, since: list[dict[str, str]], timeout_s: float = 600) -> str:
-    """The SLURM job id of `rule`'s job once it runs and its trainer has logged a step (its metrics log grew)."""
+def _running_job(rule: str, log: Path, since: list[dict[str, str]], timeout_s: float = 600) -> str:
+    """The SLURM job id of `rule`'s job once it runs and its trainer's progress bar in the rule's log shows steps."""
     import time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for job in _new_jobs(since):
-            if job["rule"] == rule and job["state"] == "RUNNING" and metrics.is_file() and metrics.stat().st_size:
+            if job["rule"] == rule and job["state"] == "RUNNING" and log.is_file() and "step/s" in log.read_text():
                 return job["id"]
-        time.sleep(2)
-    pytest.fail(f"no running {rule} job with a training step in {metrics} after {timeout_s} s: {_new_jobs(since)}")
+        time.sleep(1)
+    pytest.fail(f"no running {rule} job with training steps in {log} after {timeout_s} s: {_new_jobs(since)}")
 
 
 @pytest.mark.slow
@@ -427,14 +427,13 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
     import time
 
     repo = _repo_copy(tmp_path / "repo")
-    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=2 * LM_STEPS, spidr_steps=6)))
+    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=3 * LM_STEPS, spidr_steps=6)))
     target = "results/lm/mfcc_kmeans/tiny/model"
     threads = ("--max-threads", "1")
     code, dry = _snakemake(repo, target, "-n", *threads, timeout_s=120)
     assert code == 0, dry
     overrides = _cpu_cluster_resources(repo, _resources(dry), _node_memory_mb())
     lm_log = repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log"
-    metrics = repo / "work" / "lm" / "mfcc_kmeans" / "tiny" / "metrics.jsonl"
 
     before = _sacct()
     timeout_s = WORKFLOW_TIMEOUT_S + 600  # two restarts, one held ~2 minutes by SLURM
@@ -445,7 +444,7 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
         try:
             # 1. SLURM puts the running job back in the queue (what PreemptMode=REQUEUE and a node failure do): the
             #    same job id runs again, the plugin keeps polling it, the trainer resumes.
-            job = _running_job("train_lm", metrics, before)
+            job = _running_job("train_lm", lm_log, before)
             subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True)
             deadline = time.monotonic() + 600  # SLURM holds a requeued job for ~2 minutes (BeginTime)
             while "resumed from" not in (lm_log.read_text() if lm_log.is_file() else ""):
@@ -453,8 +452,8 @@ def test_a_requeued_and_a_cancelled_training_job_both_finish_through_resume(slur
                 time.sleep(2)
             # 2. The job is cancelled for good: the plugin reports it failed, Snakemake resubmits it (preemptible
             #    retries), and the new job resumes.
-            job = _running_job("train_lm", metrics, before)
-            time.sleep(5)  # a few steps past the resume
+            job = _running_job("train_lm", lm_log, before)  # the requeued job, running again past its resume
+            time.sleep(5)
             subprocess.run(["scancel", job], check=True, capture_output=True, text=True)
             code = run.wait(timeout=timeout_s + 60)
         finally:
