@@ -316,7 +316,7 @@ class Rehearsal:
                                 stderr=subprocess.STDOUT, text=True)
 
     def planned(self, *targets: str) -> Counter:
-        code, out = self.run("-n", "--quiet", "rules", *targets, timeout_s=300)
+        code, out = self.run(*targets, "-n", "--quiet", "rules", timeout_s=300)  # --quiet takes a list: last
         assert code == 0, out[-4000:]
         return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)
                         if m[1] not in ("total", "all")})
