@@ -149,6 +149,7 @@ def run_main(main: Callable[[], Any], *, memory_hint: str | None = None) -> Any:
         message = error_message(err, memory_hint)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        label = getattr(err, "label", "error")  # "stopped" for a training stopped on purpose (a time limit)
+        print(f"{label}: {message}", file=sys.stderr)
         code = getattr(err, "exit_code", None)
         sys.exit(code if isinstance(code, int) and code != 0 else EXIT_ERROR)

@@ -265,6 +265,7 @@ class TrainingInterrupted(TrainingStopped):
     """A stop was requested (signal or launcher death); a resumable checkpoint was written first."""
 
     exit_code = EXIT_INTERRUPTED
+    label = "stopped"  # what run_main prints before the message: a planned stop, not an error
 
 
 class FiniteGuard:
@@ -530,10 +531,10 @@ class Workdir:
         record = self._read_record()
         if self.latest() is not None:
             changes = config_changes({k: record.get(k) for k in self.identity}, self.identity)
-            if record.get("finished"):
-                note = self.set_aside("a finished run started again (a forced rerun) starts afresh")
-            elif changes:
+            if changes:
                 note = self.set_aside(f"checkpoints of another recipe or data ({describe_changes(changes)})")
+            elif record.get("finished"):
+                note = self.set_aside("a finished run started again (a forced rerun) starts afresh")
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         record = self._read_record() if self.latest() is not None else {}
         versions = record.get("code_versions") or []

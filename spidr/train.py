@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,8 +175,14 @@ class SpidrTrainer:
     def _wrap(self) -> torch.nn.Module:
         if self.dist.world == 1:
             return self.model
+        if not self.dist.is_main:  # LayerDrop leaves layers unused by design: rank 0 says so once, not every rank
+            warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified.*")
+        # Buffers (codebooks, EMA state) are kept equal by the trainer's own reductions, not re-sent every forward:
+        # torch >= 2.12 names that forward_sync_buffers (broadcast_buffers is deprecated there).
+        sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False})
         return DDP(self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
-                   broadcast_buffers=False, find_unused_parameters=self.model.cfg.layer_drop > 0)
+                   find_unused_parameters=self.model.cfg.layer_drop > 0, **sync)
 
     def load(self, state: dict[str, Any] | None, run: Workdir) -> None:
         """Start from `state` (a resumed or --init-from checkpoint; None: step 0), then compile / wrap the model."""
