@@ -501,11 +501,13 @@ class Workdir:
 
     # -- where to start --------------------------------------------------------------------------------------
 
-    def start(self, config: dict[str, Any], init_from: str | Path | None = None) -> dict[str, Any] | None:
-        """Apply the policy; returns the checkpoint to start from (None: step 0). `config` is the resolved config."""
+    def start(self, config: dict[str, Any], init_from: str | Path | None = None,
+              facts: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Apply the policy; returns the checkpoint to start from (None: step 0). `config` is the resolved config;
+        `facts` are recorded beside it in config.json (e.g. SpidR's resolved schedule)."""
         note = None
         if self.dist.is_main:
-            note = self._decide(config, init_from)
+            note = self._decide(config, init_from, facts or {})
         self.dist.barrier()
         self.info = json.loads((self.path / CONFIG_JSON).read_text())
         self.resumed_from, self.origin = self.latest(), None
@@ -525,7 +527,7 @@ class Workdir:
             print(f"{self.path}: {note + '; ' if note else ''}{what}", file=sys.stderr)
         return state
 
-    def _decide(self, config: dict[str, Any], init_from: str | Path | None) -> str | None:
+    def _decide(self, config: dict[str, Any], init_from: str | Path | None, facts: dict[str, Any]) -> str | None:
         """Rank 0: set aside what must not be resumed, then write config.json; returns what was done, for the log."""
         note = None
         record = self._read_record()
@@ -551,8 +553,8 @@ class Workdir:
             old = state.get("config") or state.get("train_config") or {}
             origin = {"checkpoint": str(checkpoint.resolve()), "step": int(state["step"]),
                       "changed": config_changes(old, config)}
-        atomic_write_json(self.path / CONFIG_JSON, {**self.identity, "config": config, "code_versions": versions,
-                                                    "init_from": origin, "finished": None})
+        atomic_write_json(self.path / CONFIG_JSON, {**self.identity, "config": config, **facts,
+                                                    "code_versions": versions, "init_from": origin, "finished": None})
         return note
 
     def _read_record(self) -> dict[str, Any]:

@@ -419,7 +419,7 @@ def train(config: TrainConfig | dict, manifest: str, workdir: str, out: str | No
         trainer = SpidrTrainer(cfg, manifest, dist, valid_manifest=valid_manifest, probe=probe)
         with (Workdir(workdir, trainer.identity, dist, keep=cfg.keep_checkpoints) as run,
               StopSignals(stop_after_s=stop_after_s) as signals):
-            trainer.load(run.start(cfg.to_dict(), init_from), run)
+            trainer.load(run.start(cfg.to_dict(), init_from, facts={"schedule": cfg.schedule()}), run)
             if trainer.fit(run, signals, stop_after) and out is not None:
                 trainer.write_final(out, run)
                 run.finish(trainer.step)

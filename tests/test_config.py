@@ -165,9 +165,9 @@ def test_validate_accepts_the_shipped_configs_and_imports_no_torch() -> None:
 
 
 def test_job_configs_carry_the_resolved_defaults_and_the_labels() -> None:
-    from pipeline.config import experiment, units_config
+    from pipeline.config import experiment, grids, units_config
 
-    config = default_config()
+    config = grids.expand_grids(default_config())  # the functions take the expanded config (the workflow's)
     units = units_config(config, "spidr_kmeans_l6")
     assert units.fit.niter == 50 and units.fit.max_frames == 100_000 and units.extraction.bad_audio == "fail"
     assert units.encoder.checkpoint == "results/encoders/spidr_small/checkpoint.pt"
