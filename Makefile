@@ -47,7 +47,7 @@ test: setup test-deps .venv-zrc/.installed
 test-fast: setup system-deps
 	TEXTLESS_STRICT=1 $(BIN)/pytest -m "not slow"
 
-# The paper recipe's plan on a miniature copy of its data (data.rehearsal, seconds): the dry run of configs/paper.yaml
+# The paper recipe's plan on a miniature copy of its data (pipeline.rehearsal, seconds): the dry run of configs/paper.yaml
 # as a cluster user runs it (2 nodes x 8 GPUs), with every training layout. Planned in its own directory, so this
 # checkout's results/ do not change the plan. The tiny Hugging Face encoders are read offline from the tree's cache.
 REHEARSAL ?= resources/rehearsal
@@ -63,8 +63,8 @@ rehearsal-plan: setup $(REHEARSAL)/data/info.json
 rehearsal: setup test-deps
 	TEXTLESS_STRICT=1 TEXTLESS_REHEARSAL=1 $(BIN)/pytest -m slow tests/test_rehearsal.py -k whole_paper_dag -s
 
-$(REHEARSAL)/data/info.json: data/rehearsal.py data/demo.py
-	$(BIN)/python -m data.rehearsal --out $(REHEARSAL)/data
+$(REHEARSAL)/data/info.json: pipeline/rehearsal.py data/demo.py
+	$(BIN)/python -m pipeline.rehearsal --out $(REHEARSAL)/data
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""The paper recipe rehearsed: `data_root`, the miniature data tree (data.rehearsal), configs/rehearsal.yaml, the
+"""The paper recipe rehearsed: `data_root`, the miniature data tree (pipeline.rehearsal), configs/rehearsal.yaml, the
 plan of configs/paper.yaml on that tree (`make rehearsal-plan`), and (slow) the rehearsal itself on the local
 two-node SLURM cluster through the paper's profiles, with reruns after hyperparameter changes, a job at its time
 limit and a requeued job.
@@ -342,7 +342,7 @@ def repo_copy(dest: Path) -> Path:
 def rehearsal_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_flite()
     out = tmp_path_factory.mktemp("rehearsal-data")
-    done = subprocess.run([sys.executable, "-m", "data.rehearsal", "--out", str(out)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "pipeline.rehearsal", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out

@@ -1,6 +1,6 @@
 """A miniature copy of the paper recipe's data tree, for rehearsing configs/paper.yaml end to end in minutes.
 
-Usage: python -m data.rehearsal --out DIR [--threads N] [--seed S]
+Usage: python -m pipeline.rehearsal --out DIR [--threads N] [--seed S]
 
 Every file configs/paper.yaml names under its `data_root` is written below DIR, in the real data's layout, from
 data.demo's flite corpus (its speech, sLM21 and StoryCloze sets are reused, not re-synthesised differently):
