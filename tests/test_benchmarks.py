@@ -15,6 +15,7 @@ from tests.units_helpers import make_corpus
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_bench_spidr_prints_train_json_with_a_profile():
     cmd = [sys.executable, "benchmarks/bench_spidr.py", "--preset", "tiny", "--device", "cpu", "--modes", "train",
            "--steps", "1", "--warmup", "1", "--batch-seconds", "2", "--item-seconds", "1", "--threads", "1",

@@ -171,6 +171,7 @@ def test_nonwords_change_one_phone_within_its_class() -> None:
 # --- determinism ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_same_seed_same_corpus_other_seed_other_jitter(tmp_path: Path, demo_corpus: Path) -> None:
     require_flite()
     again = tmp_path / "again"

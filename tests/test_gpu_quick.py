@@ -82,6 +82,7 @@ def test_proportional_scaling_is_unchanged_and_explicit_values_win() -> None:
 # --- the corpus: several readings of each sentence ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_readings_add_jittered_copies_and_keep_the_first_reading(tmp_path: Path) -> None:
     from tests.conftest import require_flite
 

@@ -169,6 +169,7 @@ def rehearsal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_generated_tree_holds_every_path_of_the_paper_recipe(rehearsal_dir: Path) -> None:
     data = rehearsal_dir / "data"
     info = json.loads((data / "info.json").read_text())
@@ -194,6 +195,7 @@ def test_generated_tree_holds_every_path_of_the_paper_recipe(rehearsal_dir: Path
     assert sorted(info["hf_models"]) == sorted(e["model"] for e in paper()["encoders"].values() if e["kind"] == "hf")
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_dinosr_release_layout_loads_as_fairseq_and_hf_models_load_offline(rehearsal_dir: Path) -> None:
     data = rehearsal_dir / "data"
     code = ("import torch, sys; from spidr.checkpoint import is_fairseq_dinosr, load_model\n"
@@ -222,6 +224,7 @@ def planned_resources(plan: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+@pytest.mark.slow  # generates a corpus or a data tree: more than a few seconds
 def test_rehearsal_plan_of_the_paper_recipe_on_2x8_is_clean(rehearsal_dir: Path) -> None:
     """`make rehearsal-plan`: configs/paper.yaml with the 2x8 profile plans on the miniature tree, prints the layout
     of every distributed job, announces nothing to fail, and every job asks for what a 2 x 8-GPU cluster has."""
