@@ -306,7 +306,7 @@ def test_two_processes_train_the_same_model_as_one_accumulating(corpus, tmp_path
     cfg = {**TINY, "max_steps": 4, "progress": False,
            "data": {"global_batch_samples": 40_000, "batch_samples": 20_000}}
     one = train(cfg, str(corpus), str(tmp_path / "one"), str(tmp_path / "one.pt"))
-    assert (one.world, one.accumulation) == (1, 2)
+    assert (one.dist.world, one.accumulation) == (1, 2)
 
     def two_processes(name: str, config: dict, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
