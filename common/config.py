@@ -187,10 +187,11 @@ def load[T](cls: type[T], values: Mapping[str, Any] | None, where: str = "", *, 
         raise ConfigError(f"{where!r}: {err}" if where else str(err)) from None
 
 
-def loads[T](cls: type[T], text: str | None, where: str = "--config") -> T:
+def loads[T](cls: type[T], text: str | None, where: str = "--config", *, path: str = "") -> T:
     """The config of an entry point's `--config` JSON text (what the workflow passes: `dumps` of the resolved
     dataclass, so it loads back unchanged); empty text means all defaults. A class with a `from_dict` classmethod
-    (presets: spidr.config.TrainConfig, lm.config.TrainConfig) resolves its defaults there."""
+    (presets: spidr.config.TrainConfig, lm.config.TrainConfig; eval.published.PublishedNames) resolves its defaults
+    there. `where` names the argument in JSON errors, `path` prefixes key paths in the others."""
     values: Any = {}
     if text:
         try:
@@ -200,7 +201,7 @@ def loads[T](cls: type[T], text: str | None, where: str = "--config") -> T:
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a JSON object ({cls.__name__}), got {text[:200]!r}")
     from_dict = getattr(cls, "from_dict", None)
-    return from_dict(values, "") if from_dict is not None else load(cls, values, "")
+    return from_dict(values, path) if from_dict is not None else load(cls, values, path)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -23,7 +23,6 @@ gets a figure saying so.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,17 +121,6 @@ class PublishedNames:
         if not isinstance(size, int) or size < 2:
             raise ConfigError(f"'{where}.codebook_size' must be an integer >= 2, got {size!r}")
         return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> PublishedNames:
-        """From the `--published-names` JSON object (eval.report)."""
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--published-names is not valid JSON ({err}): {text!r}") from err
-        if not isinstance(values, dict):
-            raise ConfigError(f"--published-names must be a JSON object, got {text!r}")
-        return cls.from_dict(values, "--published-names")
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoders": dict(self.encoders), "datasets": dict(self.datasets), "spoken_lm_set": self.spoken_lm_set,

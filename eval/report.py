@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.config import loads
 from common.io import atomic_write, atomic_write_json, atomic_write_text, provenance
 from eval import stats
 from eval.published import SCHEMA_DIR, PublishedNames, published_tables, write_schema
@@ -642,7 +643,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         parser.error("--metrics needs --out REPORT_DIR")
-    names = PublishedNames.from_json(args.published_names) if args.published_names is not None else None
+    names = (loads(PublishedNames, args.published_names, "--published-names", path="--published-names")
+             if args.published_names is not None else None)
     index = build_report(args.metrics, args.out, names)
     for note in index["notes"]:
         print(f"note: {note}", file=sys.stderr)

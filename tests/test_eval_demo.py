@@ -64,20 +64,28 @@ def bigram_scores(train: list[np.ndarray], items: dict[str, np.ndarray], out: Pa
     (out.parent / (out.name + ".json")).write_text(json.dumps({"normalisation": "mean"}))
 
 
+def mfcc_kmeans_units(demo_corpus: Path, units_path: Path) -> tuple[dict[str, torch.Tensor], list[torch.Tensor],
+                                                                     np.ndarray]:
+    """MFCC k-means (K, fit on the training set) units of the demo's dev utterances, written to `units_path`;
+    returns the dev features by id, the training features and the centroids."""
+    dev = {p.stem: mfcc_50hz(p) for p in sorted((demo_corpus / "dev" / "wav").glob("*.wav"))}
+    train = [mfcc_50hz(p) for p in sorted((demo_corpus / "train" / "wav").glob("*.wav"))]
+    centroids = kmeans(torch.cat(train).numpy(), K)
+    with UnitsWriter(units_path, vocab_size=K, frame_rate=50) as w:
+        for uid, f in dev.items():
+            w.write(uid, units_of(f, centroids))
+    return dev, train, centroids
+
+
 @pytest.mark.slow
 def test_eval_chain_on_demo_layouts(demo_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     feat_dir = tmp_path / "feats"
     feat_dir.mkdir()
-    dev = {p.stem: mfcc_50hz(p) for p in sorted((demo_corpus / "dev" / "wav").glob("*.wav"))}
+    units_path = tmp_path / "units.parquet"
+    dev, train, centroids = mfcc_kmeans_units(demo_corpus, units_path)
     for uid, f in dev.items():
         torch.save(f, feat_dir / f"{uid}.pt")
-    train = [mfcc_50hz(p) for p in sorted((demo_corpus / "train" / "wav").glob("*.wav"))]
-    centroids = kmeans(torch.cat(train).numpy(), K)
-    units_path = tmp_path / "units.parquet"
-    with UnitsWriter(units_path, vocab_size=K, frame_rate=50) as w:
-        for uid, f in dev.items():
-            w.write(uid, units_of(f, centroids))
 
     # What the workflow passes (eval.config job JSON): the units config, from which every metric takes its labels.
     units = {"encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans", "k": K, "fit": {}, "name": "kmeans",

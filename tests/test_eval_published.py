@@ -225,19 +225,11 @@ def test_the_demo_through_the_whole_comparison_path(demo_corpus: Path, tmp_path:
     copies of it: exact (every row agrees) and shifted (every row with an interval flagged)."""
     import json
 
-    import torch
-
     from eval import abx, report, slm21, storycloze, unit_quality
-    from tests.test_eval_demo import K, bigram_scores, dedup, kmeans, mfcc_50hz, units_of
-    from units.format import UnitsWriter
+    from tests.test_eval_demo import K, bigram_scores, dedup, mfcc_50hz, mfcc_kmeans_units, units_of
 
-    dev = {p.stem: mfcc_50hz(p) for p in sorted((demo_corpus / "dev" / "wav").glob("*.wav"))}
-    train = [mfcc_50hz(p) for p in sorted((demo_corpus / "train" / "wav").glob("*.wav"))]
-    centroids = kmeans(torch.cat(train).numpy(), K)
     units_path = tmp_path / "units.parquet"
-    with UnitsWriter(units_path, vocab_size=K, frame_rate=50) as w:
-        for uid, f in dev.items():
-            w.write(uid, units_of(f, centroids))
+    _, train, centroids = mfcc_kmeans_units(demo_corpus, units_path)
     units = {"encoder": {"kind": "mfcc"}, "layer": 0, "quantizer": "kmeans", "k": K, "fit": {}, "name": "mfcc_km",
              "encoder_name": "mfcc"}
     job = json.dumps({"experiment": {"units": units, "eval_set": "demo"}})
