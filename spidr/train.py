@@ -107,21 +107,25 @@ class Meters:
         # loss sum, masked frames, grad-norm sum, audio samples; then target counts and predicted probabilities
         self.sums = torch.zeros(4 + 2 * k * v, device=device, dtype=torch.float64)
         self.k, self.v, self.steps, self.start = k, v, 0, time.perf_counter()
+        self.samples = 0  # audio samples, counted on the host (put into `sums` once per log line)
 
-    def add(self, step_sums: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, step_sums: torch.Tensor, grad_norm: torch.Tensor, samples: int) -> None:
         self.sums += step_sums
         self.sums[2] += grad_norm.detach().double()
+        self.samples += samples
         self.steps += 1
 
     def flush(self, dist: Dist) -> dict[str, Any]:
         """Every rank's sums together, as the per-step record's statistics; the meters restart."""
-        sums = dist.all_reduce(self.sums.clone())
+        sums = self.sums.clone()
+        sums[3] = float(self.samples)
+        dist.all_reduce(sums)
         kv = self.k * self.v
         loss, frames, gnorm, samples = sums[:4].tolist()
         targets, preds = sums[4:4 + kv].view(self.k, self.v), sums[4 + kv:].view(self.k, self.v)
         seconds, steps = time.perf_counter() - self.start, max(self.steps, 1)
         self.sums.zero_()
-        self.steps, self.start = 0, time.perf_counter()
+        self.steps, self.samples, self.start = 0, 0, time.perf_counter()
         return {"loss": loss / max(frames, 1.0), "grad_norm": gnorm / steps / dist.world,
                 "target_ppl": [round(x, 3) for x in perplexity(targets).tolist()],
                 "pred_ppl": [round(x, 3) for x in perplexity(preds).tolist()],
@@ -241,16 +245,14 @@ class SpidrTrainer:
                     loss, stats = self.ddp(wavs, mask, frames)
                 loss.backward()
             with torch.no_grad():
-                sums[:4] += torch.stack([stats["loss_sum"].double(), stats["frames"].double(),
-                                         torch.zeros((), device=dist.device, dtype=torch.float64),
-                                         torch.tensor(float(wavs.numel()), device=dist.device, dtype=torch.float64)])
+                sums[:2] += torch.stack([stats["loss_sum"].double(), stats["frames"].double()])
                 sums[4:] += torch.cat([stats["target_counts"].flatten(), stats["pred_probs"].flatten()]).double()
         self.model.codebooks.step()  # statistics of every micro-batch and rank: one update, as one large batch
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf)
         if self.guard.allow_step(sums[0], gnorm):
             self.optimizer.step()
-            self.meters.add(sums, gnorm)
+            self.meters.add(sums, gnorm, sum(b["wavs"].numel() for b in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.batch_in_epoch += 1
