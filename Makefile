@@ -40,12 +40,17 @@ demo: setup system-deps
 	scripts/setup_zrc_venv.sh .venv-zrc
 
 # TEXTLESS_STRICT=1: a test that would skip for a missing system package fails instead (make installs them all).
+# The fast tier first (a failure there stops before the long tier), then the slow one; each on WORKERS pytest-xdist
+# processes (the tests on the local SLURM cluster stay on one of them, see tests/conftest.py).
+WORKERS ?= 2
+PYTEST := TEXTLESS_STRICT=1 $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15
 test: setup test-deps .venv-zrc/.installed
-	TEXTLESS_STRICT=1 $(BIN)/pytest
+	$(PYTEST) -m "not slow"
+	$(PYTEST) -m slow
 
 # The fast tier: no SLURM cluster, no end-to-end DAG (tests marked `slow` are left out).
 test-fast: setup system-deps
-	TEXTLESS_STRICT=1 $(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The paper recipe's plan on a miniature copy of its data (pipeline.rehearsal, seconds): the dry run of configs/paper.yaml
 # as a cluster user runs it (2 nodes x 8 GPUs), with every training layout. Planned in its own directory, so this

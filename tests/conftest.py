@@ -1,4 +1,5 @@
-"""Shared fixtures: a small generated demo corpus (flite) and the local SLURM cluster, each once per session."""
+"""Shared fixtures: a small generated demo corpus (flite) and the local SLURM cluster, each once per session; how
+the tests are spread over pytest-xdist workers."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ def slurm_cluster() -> Iterator[Path]:
 
     with local_cluster() as state:
         yield state
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (make test): a module's tests run on one worker, so its module-scoped
+    fixtures (a completed DAG, a generated tree) are built once; and every test on the local SLURM cluster runs on
+    one worker, since there is one cluster per host and a second worker would wait on its lock for the session."""
+    for item in items:
+        group = "slurm-cluster" if "slurm_cluster" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
