@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import re
 import shlex
@@ -138,6 +139,13 @@ def check_driver(driver: str | None, cuda: str | None) -> None:
             "slurm/README.md), or install a torch built for the CUDA the driver supports (nvidia-smi shows it)")
 
 
+def preempt_time(job_id: str) -> str | None:
+    """When SLURM started preempting this job (scontrol's PreemptTime), or None when it is not being preempted."""
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    match = re.search(r"\bPreemptTime=(\S+)", shown.stdout)
+    return None if match is None or match.group(1) in ("None", "Unknown") else match.group(1)
+
+
 def requeue_if_preempted(job_id: str) -> bool:
     """Put this job back in the queue when SLURM is preempting it (its PreemptTime is set), and say so.
 
@@ -146,9 +154,8 @@ def requeue_if_preempted(job_id: str) -> bool:
     the same job id runs again and resumes from work/; PreemptMode=REQUEUE does this by itself. A time limit or
     scancel sets no PreemptTime: those end CANCELLED / TIMEOUT, which the plugin reports and Snakemake retries.
     """
-    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
-    match = re.search(r"\bPreemptTime=(\S+)", shown.stdout)
-    if match is None or match.group(1) in ("None", "Unknown"):
+    when = preempt_time(job_id)
+    if when is None:
         return False
     done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if done.returncode != 0:
@@ -156,9 +163,45 @@ def requeue_if_preempted(job_id: str) -> bool:
               f"({(done.stderr or done.stdout).strip()}): it ends PREEMPTED, which the executor plugin does not "
               "report; restart Snakemake if it waits on it (slurm/README.md)", file=sys.stderr)
         return False
-    print(f"common.launch: SLURM job {job_id} is being preempted (PreemptTime={match.group(1)}): requeued it; it "
+    print(f"common.launch: SLURM job {job_id} is being preempted (PreemptTime={when}): requeued it; it "
           "resumes from the work directory when it runs again", file=sys.stderr)
     return True
+
+
+# Seconds before the end of a preempted job's grace time at which it is requeued even if its trainer still saves.
+REQUEUE_MARGIN_S = 10
+
+
+def requeue_deadline(job_id: str) -> float:
+    """When (time.monotonic()) a job SLURM is preempting must be requeued at the latest: a few seconds before its
+    grace time ends (preemption moves its end to now + GraceTime); math.inf when it is not being preempted."""
+    if preempt_time(job_id) is None:
+        return math.inf
+    left = slurm_job(job_id)[1]
+    return time.monotonic() + max((left or 0.0) - REQUEUE_MARGIN_S, 0.0)
+
+
+def wait_trainer(proc: subprocess.Popen, job_id: str | None, received: list[str]) -> int:
+    """Wait for the trainer; when a stop signal comes from SLURM preempting the job, requeue the job (see
+    requeue_if_preempted) once the trainer has saved and stopped, or before the grace time runs out if it has not:
+    a job killed before `scontrol requeue` ends PREEMPTED. (`scontrol requeue` ends the job at once, so it is not
+    asked for sooner: the trainer keeps the whole grace time to save.)"""
+    requeue_by: float | None = None  # None: no stop signal checked yet; math.inf: nothing (more) to requeue
+    while True:
+        try:
+            code = proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if received and job_id is not None:
+            if requeue_by is None:
+                requeue_by = requeue_deadline(job_id)
+            if time.monotonic() >= requeue_by:
+                requeue_if_preempted(job_id)
+                requeue_by = math.inf
+    if received and job_id is not None and requeue_by != math.inf:
+        requeue_if_preempted(job_id)
+    return code
 
 
 def job_start() -> None:
@@ -346,10 +389,8 @@ def launch(nodes: int, nproc: int, threads: int, module: str, args: list[str]) -
     proc = subprocess.Popen(cmd, env={**os.environ, **TORCHRUN_ENV}, stderr=subprocess.PIPE)
     relay = threading.Thread(target=relay_stderr, args=(proc.stderr, write_stderr, module), daemon=True)
     relay.start()
-    code = proc.wait()
+    code = wait_trainer(proc, job_id, received)
     relay.join(timeout=10)
-    if received and job_id is not None:
-        requeue_if_preempted(job_id)
     due = received or (deadline is not None and time.monotonic() >= deadline)
     if code != 0 and due:
         why = ", ".join(received) if received else "the stop before the time limit"

@@ -464,3 +464,62 @@ def test_a_requeued_training_job_runs_again_and_resumes(slurm_cluster: Path, tmp
                           capture_output=True, text=True, check=True).stdout.split()
     assert runs == ["REQUEUED", "COMPLETED"], runs
     assert "resumed from work/lm/mfcc_kmeans/tiny/checkpoints/step_" in lm_log.read_text(), lm_log.read_text()[-3000:]
+
+
+def _job_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_preempted_training_job_requeues_itself_and_resumes(slurm_cluster: Path, tmp_path: Path) -> None:
+    """PreemptMode=CANCEL, as many clusters run it (the local cluster's partition "urgent" preempts "cpu", 30 s of
+    grace): the plugin would poll a PREEMPTED job forever, so the launcher requeues its job when SLURM's SIGTERM
+    comes with a PreemptTime; the job runs again under its id, resumes, and the workflow finishes."""
+    import time
+
+    repo = _repo_copy(tmp_path / "repo")
+    (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=2 * LM_STEPS, spidr_steps=6)))
+    target = "results/lm/mfcc_kmeans/tiny/model"
+    threads = ("--max-threads", "1")
+    code, dry = _snakemake(repo, target, "-n", *threads, timeout_s=120)
+    assert code == 0, dry
+    overrides = _cpu_cluster_resources(repo, _resources(dry), _node_memory_mb())
+    lm_log = repo / "logs" / "train_lm" / "mfcc_kmeans" / "tiny.log"
+
+    before = _sacct()
+    timeout_s = WORKFLOW_TIMEOUT_S + 300
+    cmd = ["timeout", "-s", "INT", "-k", "30", str(timeout_s), str(VENV_BIN / "snakemake"), "--profile",
+           "slurm", target, *threads, *POLL, *overrides]
+    with (tmp_path / "snakemake.log").open("w") as out:
+        run = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            job = _running_job("train_lm", lm_log, before, started="starting at step 0")
+            # A job that needs both nodes whole: SLURM preempts the LM's job to start it.
+            urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodes=2", "--exclusive",
+                                     "--mem=100", "--time=1", "--wrap", "sleep 5"], env=_env(), check=True,
+                                    capture_output=True, text=True).stdout.strip()
+            deadline = time.monotonic() + 120
+            while _job_state(job) != "PENDING" and time.monotonic() < deadline and run.poll() is None:
+                time.sleep(0.5)
+            # requeued: SLURM holds it back ~2 minutes (BeginTime) otherwise
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, capture_output=True)
+            code = run.wait(timeout=timeout_s + 60)
+        finally:
+            if run.poll() is None:
+                run.send_signal(2)
+                run.wait(timeout=60)
+    log = (tmp_path / "snakemake.log").read_text()
+    assert code == 0, log[-8000:]
+    # Snakemake deletes a rule's log before each attempt, so the launcher's "requeued it" went with the first one;
+    # the SLURM log holds both attempts (--open-mode=append, slurm/config.yaml), and sacct both runs of the job id.
+    assert "resumed from work/lm/mfcc_kmeans/tiny/checkpoints/step_" in lm_log.read_text(), lm_log.read_text()[-3000:]
+    slurm_log = next((repo / "logs" / "slurm" / "rule_train_lm").rglob(f"{job}.log")).read_text()
+    # Each attempt prints two Snakemake headers (its batch script's, its job step's): 4 is both attempts.
+    assert slurm_log.count("--target-jobs train_lm:") == 4, slurm_log[-5000:]
+    runs = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", job, "-o", "State"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert runs == ["REQUEUED", "COMPLETED"], runs  # not PREEMPTED, which the plugin would have polled forever
+    urgent_state = subprocess.run(["sacct", "-n", "-P", "-X", "-j", urgent, "-o", "State"], capture_output=True,
+                                  text=True, check=True).stdout.split()
+    assert urgent_state == ["COMPLETED"], urgent_state

@@ -10,7 +10,8 @@
 # SLURM_* variable (SLURM_CONF included) before the job's inner srun, which then finds only the default path.
 # Needs root (SlurmUser=root; jobs run as root) and the Debian packages installed by
 # `scripts/install_system_deps.sh --slurm`. No systemd, no cgroups: proctrack/linuxproc, task/affinity.
-# Cluster "local", partition "cpu", account "ci" (what the test passes as slurm_account / slurm_partition).
+# Cluster "local", partition "cpu", account "ci" (what the test passes as slurm_account / slurm_partition); partition
+# "urgent" preempts "cpu" (PreemptMode=CANCEL, 30 s of grace), for the preemption test.
 # Two nodes on this one host (two slurmd, `slurmd -N NAME`, each with its own port): `$(hostname -s)`, the first,
 # whose name resolves (multi-node training meets there), and `$(hostname -s)-n2`; both report the host's CPUs.
 # Ports (override with the environment variables): slurmctld 16817, slurmd 16818 and 16820, slurmdbd 16819, MariaDB 13307.
@@ -188,7 +189,12 @@ MailProg=/bin/true
 GresTypes=gpu
 NodeName=$HOST NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT $node RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 NodeName=$HOST-n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD2_PORT $node RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST,$HOST-n2 Default=YES MaxTime=INFINITE State=UP
+# Preemption as many clusters run it: a job of partition "urgent" preempts those of "$PARTITION", which get
+# GraceTime seconds (SIGTERM at once, SIGKILL at its end) and are then cancelled: they end PREEMPTED.
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=$PARTITION Nodes=$HOST,$HOST-n2 Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=$HOST,$HOST-n2 Default=NO MaxTime=INFINITE State=UP PriorityTier=2
 EOF
 
     # Stand-in GPUs: plain files as their devices (slurmd counts a gpu GRES by its File entries; nothing opens them).
