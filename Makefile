@@ -43,7 +43,7 @@ demo: setup system-deps
 # The fast tier first (a failure there stops before the long tier), then the slow one; each on WORKERS pytest-xdist
 # processes (the tests on the local SLURM cluster stay on one of them, see tests/conftest.py).
 WORKERS ?= 2
-PYTEST := TEXTLESS_STRICT=1 $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15
+PYTEST := TEXTLESS_STRICT=1 $(BIN)/pytest -n $(WORKERS) --dist loadfile --durations=15
 test: setup test-deps .venv-zrc/.installed
 	$(PYTEST) -m "not slow"
 	$(PYTEST) -m slow

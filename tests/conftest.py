@@ -1,5 +1,5 @@
 """Shared fixtures: a small generated demo corpus (flite) and the local SLURM cluster, each once per session; how
-the tests are spread over pytest-xdist workers."""
+the tests are spread over pytest-xdist workers (make test)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,30 @@ def slurm_cluster() -> Iterator[Path]:
         yield state
 
 
+# The modules whose tests use the local SLURM cluster (the `slurm_cluster` fixture): one cluster per host.
+CLUSTER_MODULES = ("tests/test_slurm.py", "tests/test_rehearsal.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `pytest -n N --dist loadgroup` (make test): a module's tests run on one worker, so its module-scoped
-    fixtures (a completed DAG, a generated tree) are built once; and every test on the local SLURM cluster runs on
-    one worker, since there is one cluster per host and a second worker would wait on its lock for the session."""
     for item in items:
-        group = "slurm-cluster" if "slurm_cluster" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and item.nodeid.split("::")[0] not in CLUSTER_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses the SLURM cluster: add its module to CLUSTER_MODULES "
+                                    "in tests/conftest.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`pytest -n N --dist loadfile` (make test): each module's tests on one worker (its module-scoped fixtures
+    built once), and the modules that use the local SLURM cluster all on the same worker: a second worker would
+    wait on the cluster's lock for the whole session. (pytest-xdist's `loadgroup` would say this with marks, but
+    it ignores them under pytest 9.2: pytest-xdist issue #1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ClusterModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "slurm-cluster" if module in CLUSTER_MODULES else module
+
+    return ClusterModulesTogether(config, log)
