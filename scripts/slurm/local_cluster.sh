@@ -326,8 +326,9 @@ do_stop() {
             log "cancelling jobs: $(echo $jobs)"
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
-            # slurmd's step daemons outlive slurmd itself; let them finish the cancel first.
-            for ((i = 0; i < 40; i++)); do
+            # slurmd's step daemons outlive slurmd itself; let them finish the cancel first (under load, e.g. a
+            # rehearsal stopped with 16 jobs running on 2 cores, 20 s left job processes behind).
+            for ((i = 0; i < 120; i++)); do
                 [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break
                 sleep 0.5
             done
