@@ -174,10 +174,14 @@ REQUEUE_MARGIN_S = 10
 
 def requeue_deadline(job_id: str) -> float:
     """When (time.monotonic()) a job SLURM is preempting must be requeued at the latest: a few seconds before its
-    grace time ends (preemption moves its end to now + GraceTime); math.inf when it is not being preempted."""
+    grace time ends (preemption moves its end to now + GraceTime), or now when that end is unknown; math.inf when
+    it is not being preempted."""
     if preempt_time(job_id) is None:
         return math.inf
-    left = slurm_job(job_id)[1]
+    try:
+        left = slurm_job(job_id)[1]
+    except LaunchError:
+        left = None
     return time.monotonic() + max((left or 0.0) - REQUEUE_MARGIN_S, 0.0)
 
 

@@ -103,3 +103,24 @@ def test_a_preempted_training_job_requeues_itself(tmp_path: Path, monkeypatch: p
     assert ("requeue 4242" in calls.read_text()) == (preempt_time != "None")
     err = capsys.readouterr().err
     assert (says in err) if says else err == ""
+
+
+@pytest.mark.parametrize(("time_left", "requeued_while_saving"), [
+    ("0:11", True),   # 11 s of grace left: requeued 10 s before its end, while the trainer still saves
+    ("5:00", False),  # ample grace: requeued once the trainer has stopped
+])
+def test_a_preempted_job_is_requeued_after_the_checkpoint_or_before_the_grace_time_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, time_left: str, requeued_while_saving: bool) -> None:
+    from common.launch import wait_trainer
+
+    calls = _fake_scontrol(tmp_path / "bin", "2026-12-06T12:30:00")
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.write_text(f"#!/bin/sh\necho 'vm|{time_left}'\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    # The trainer "saves" for 4 s after SLURM's SIGTERM, then says whether the job was requeued meanwhile.
+    saving = (f"import pathlib, sys, time; time.sleep(4); "
+              f"sys.exit(7 if 'requeue' in pathlib.Path({str(calls)!r}).read_text() else 8)")
+    proc = subprocess.Popen([sys.executable, "-c", saving])
+    assert wait_trainer(proc, "4242", received=["SIGTERM"]) == (7 if requeued_while_saving else 8)
+    assert calls.read_text().count("requeue 4242") == 1

@@ -461,8 +461,9 @@ def test_a_preempted_training_job_requeues_itself_and_resumes(slurm_cluster: Pat
             job = _running_job("train_lm", lm_log, before, started="starting at step 0")
             # A job that needs both nodes whole: SLURM preempts the LM's job to start it.
             urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodes=2", "--exclusive",
-                                     "--mem=100", "--time=1", "--wrap", "sleep 5"], env=_env(), check=True,
-                                    capture_output=True, text=True).stdout.strip()
+                                     "--mem=100", "--time=1", "--output=/dev/null", "--wrap", "sleep 5"],
+                                    cwd=tmp_path, env=_env(), check=True, capture_output=True,
+                                    text=True).stdout.strip()
             deadline = time.monotonic() + 120
             while _job_state(job) != "PENDING" and time.monotonic() < deadline and run.poll() is None:
                 time.sleep(0.5)
