@@ -1,6 +1,7 @@
-"""SLURM end-to-end: a real single-node cluster from Debian packages runs `snakemake --profile slurm all`.
+"""SLURM end-to-end: a real two-node cluster from Debian packages (on this host) runs `snakemake --profile slurm`:
+the workflow, retries, time limits, two-node training and a real preemption.
 
-scripts/slurm/local_cluster.sh starts munged, MariaDB, slurmdbd, slurmctld and slurmd (so the executor plugin's
+scripts/slurm/local_cluster.sh starts munged, MariaDB, slurmdbd, slurmctld and two slurmd (so the executor plugin's
 default `sacct` status path is the one tested) and stops each of them by PID, also when a test fails. Every
 Snakemake run is wrapped in `timeout -s INT`: a mis-set status query makes the plugin wait forever, ignoring TERM.
 """
