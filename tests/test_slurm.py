@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -414,8 +415,6 @@ def test_two_node_training_through_srun_and_a_c10d_rendezvous(slurm_cluster: Pat
 def _running_job(rule: str, log: Path, since: list[dict[str, str]], started: str, timeout_s: float = 600) -> str:
     """The SLURM job id of `rule`'s job once it runs and its trainer has written `started` into the rule's log (its
     progress bar reaches the log only at the end: common.launch relays the workers' stderr line by line)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     seen = {job["id"] for job in since}
     while time.monotonic() < deadline:
@@ -441,8 +440,6 @@ def test_a_preempted_training_job_requeues_itself_and_resumes(slurm_cluster: Pat
     """PreemptMode=CANCEL, as many clusters run it (the local cluster's partition "urgent" preempts "cpu", 30 s of
     grace): the plugin would poll a PREEMPTED job forever, so the launcher requeues its job when SLURM's SIGTERM
     comes with a PreemptTime; the job runs again under its id, resumes, and the workflow finishes."""
-    import time
-
     repo = _repo_copy(tmp_path / "repo")
     (repo / "config.yaml").write_text(yaml.safe_dump(_training_config(lm_steps=2 * LM_STEPS, spidr_steps=6)))
     target = "results/lm/mfcc_kmeans/tiny/model"
