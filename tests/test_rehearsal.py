@@ -459,7 +459,7 @@ def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str
     before = sacct_jobs()
     t0 = time.monotonic()
     limit = ("--set-resources", *local_resources(run.profile, pretrain="runtime=4")) if time_limit else ()
-    code, log = run.run(*POLL, *limit, *targets)
+    code, log = run.run(*POLL, *targets, *limit)  # --set-resources takes a list: last
     stats["pretrain_rerun_s"] = time.monotonic() - t0
     assert code == 0, log[-10000:]
     attempts = [j for j in sacct_jobs() if j["id"] not in {b["id"] for b in before}
