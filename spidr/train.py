@@ -26,7 +26,6 @@ import inspect
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -179,8 +178,8 @@ class SpidrTrainer:
     def _wrap(self) -> torch.nn.Module:
         if self.dist.world == 1:
             return self.model
-        if not self.dist.is_main:  # LayerDrop leaves layers unused by design: rank 0 says so once, not every rank
-            warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified.*")
+        # With LayerDrop, each rank's reducer warns once that a step found no unused parameter (a false positive its
+        # text allows for). It is a C++ warning printed by torch itself, out of reach of Python's warning filters.
         # Buffers (codebooks, EMA state) are kept equal by the trainer's own reductions, not re-sent every forward:
         # torch >= 2.12 names that forward_sync_buffers (broadcast_buffers is deprecated there).
         sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
