@@ -381,6 +381,12 @@ def planned_wildcards(run: Rehearsal, *targets: str) -> list[dict[str, str]]:
     return jobs
 
 
+def record(stats: dict[str, float], **figures: float) -> None:
+    """Add `figures` to `stats` and print them at once: a failure in a later phase keeps the earlier ones."""
+    stats.update(figures)
+    print(f"rehearsal: {figures}", flush=True)
+
+
 def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str, ...], *, time_limit: bool,
              run_timeout_s: int = RUN_TIMEOUT_S) -> dict[str, float]:
     """The rehearsal on the local cluster: a first run of `targets`, then reruns after an LM hyperparameter change
@@ -397,11 +403,11 @@ def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str
     before = sacct_jobs()
     t0 = time.monotonic()
     code, log = run.run(*POLL, *targets)
-    stats.update(first_run_s=time.monotonic() - t0, jobs=sum(planned.values()))
+    record(stats, first_run_s=time.monotonic() - t0, jobs=sum(planned.values()))
     assert code == 0, log[-10000:]
     assert run.planned(*targets) == Counter(), "the first run left jobs to do"
     jobs = [j for j in sacct_jobs() if j["id"] not in {b["id"] for b in before}]
-    stats["sbatch_jobs"] = len(jobs)
+    record(stats, sbatch_jobs=len(jobs))
     assert jobs and {j["state"] for j in jobs} == {"COMPLETED"}, Counter(j["state"] for j in jobs)
     # The trainers ran at the profile's world sizes (pretraining: 2 nodes x 8, as the paper) and reached the
     # recipe's global batch exactly; the pretraining jobs held 16 GPUs on 2 nodes.
@@ -430,7 +436,7 @@ def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str
     proc = run.start(*POLL, *targets)
     requeued = requeue_first_running("rule_train_lm", proc)
     log, _ = proc.communicate(timeout=run.run_timeout_s + 60)
-    stats["lm_rerun_s"] = time.monotonic() - t0
+    record(stats, lm_rerun_s=time.monotonic() - t0)
     assert proc.returncode == 0 and requeued, log[-10000:]
     states = subprocess.run(["sacct", "-D", "-n", "-X", "-j", requeued, "-o", "State"], capture_output=True,
                             text=True, check=True).stdout.split()
@@ -445,7 +451,7 @@ def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str
                for j in planned_jobs), planned_jobs
     t0 = time.monotonic()
     code, log = run.run(*POLL, *targets)
-    stats["k_rerun_s"] = time.monotonic() - t0
+    record(stats, k_rerun_s=time.monotonic() - t0)
     assert code == 0, log[-10000:]
     assert run.planned(*targets) == Counter()
 
@@ -460,7 +466,7 @@ def rehearse(slurm_cluster: Path, data: Path, tmp_path: Path, targets: tuple[str
     t0 = time.monotonic()
     limit = ("--set-resources", *local_resources(run.profile, pretrain="runtime=4")) if time_limit else ()
     code, log = run.run(*POLL, *targets, *limit)  # --set-resources takes a list: last
-    stats["pretrain_rerun_s"] = time.monotonic() - t0
+    record(stats, pretrain_rerun_s=time.monotonic() - t0)
     assert code == 0, log[-10000:]
     attempts = [j for j in sacct_jobs() if j["id"] not in {b["id"] for b in before}
                 and j["comment"].startswith("rule_pretrain")]
